@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)
     kafka_rebalance_timeout_ms: int = Field(10_000, ge=1_000)
+    # Prefix of every topic name, so several stacks (or test runs) can share one cluster.
+    kafka_topic_prefix: str = "imuflow."
     parser_group_id: str = "imuflow-parser"
     progress_group_id: str = "imuflow-progress"
     parser_concurrency: int = Field(2, ge=1)  # files one parser process works on at once
@@ -57,7 +59,6 @@ class Settings(BaseSettings):
     # Benchmark-only switch: with False the parser emits no progress events and no checkpoint.
     progress_tracking: bool = True
     log_level: str = "INFO"
-    # Secret for nothing yet; tokens are random and stored hashed.
     sse_ping_seconds: float = Field(15.0, gt=0)
 
     @field_validator("data_dir")
