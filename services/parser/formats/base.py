@@ -75,6 +75,9 @@ class FileInfo:
     format_id: str  # a preset id such as "generic_csv", "euroc", "cwa"
     bytes_total: int
     sample_count: int | None = None  # exact when the header says so (else estimated later)
+    # a reader's own guess when `sample_count` is unknown (e.g. .cwa: blocks x samples per
+    # block from the file size); the worker may prefer it to a bytes-based estimate
+    sample_count_estimate: int | None = None
     units: Mapping[str, str] = field(default_factory=dict)  # source unit per canonical column
     warnings: tuple[str, ...] = ()
     time_base: str = "relative"  # "epoch", "relative" or "none"
