@@ -1,0 +1,109 @@
+"""Parse one block of complete lines into typed columns with pyarrow.
+
+The fast path hands the whole block to pyarrow's C++ CSV parser with fixed column
+types. A block with a value pyarrow cannot convert (a word in a number column, a
+spreadsheet-mangled timestamp) is parsed again as text and converted column by column,
+so one bad cell costs its row that cell, not the whole block.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+
+@dataclass
+class Block:
+    """Typed columns of one block plus the rows pyarrow had to drop."""
+
+    columns: dict[int, pa.Array]
+    n_rows: int
+    bad_rows: list[tuple[int | None, str]] = field(default_factory=list)  # (line, text)
+    cells_fixed: int = 0  # cells that fell back to NULL in the slow path
+
+
+def _names(width: int) -> list[str]:
+    return [f"c{i}" for i in range(width)]
+
+
+def _to_float(text: str | None) -> float | None:
+    try:
+        v = float((text or "").strip().replace(",", "."))
+    except ValueError:
+        return None
+    return v if math.isfinite(v) or math.isnan(v) else None
+
+
+def _convert(col: pa.Array, target: pa.DataType) -> tuple[pa.Array, int]:
+    try:
+        return pc.cast(col, target), 0
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    texts = col.to_pylist()
+    if pa.types.is_integer(target):
+        ints: list[int | None] = []
+        for t in texts:
+            s = (t or "").strip()
+            ints.append(int(s) if s.lstrip("+-").isdigit() and len(s) < 20 else None)
+        out = pa.array(ints, type=pa.int64())
+    else:
+        out = pa.array([_to_float(t) for t in texts], type=target)
+    return out, int(out.null_count) - int(col.null_count)
+
+
+def parse_block(
+    data: bytes,
+    width: int,
+    delimiter: str,
+    quoted: bool,
+    types: dict[int, pa.DataType],
+) -> Block:
+    """Parse `data` (complete lines) into the columns named in `types`."""
+    bad: list[tuple[int | None, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad.append((row.number, row.text))
+        return "skip"
+
+    def read(column_types: dict[str, pa.DataType]) -> pa.Table:
+        bad.clear()
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(
+                column_names=_names(width),
+                use_threads=False,
+                block_size=max(len(data) + 1, 1 << 16),
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char='"' if quoted else False,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[f"c{i}" for i in sorted(types)],
+                column_types=column_types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+
+    wanted = {f"c{i}": t for i, t in types.items()}
+    try:
+        table = read(wanted)
+        fixed = 0
+    except pa.ArrowInvalid:
+        table = read({k: pa.string() for k in wanted})
+        fixed = 0
+        cols: dict[str, pa.Array] = {}
+        for name, target in wanted.items():
+            col = table.column(name).combine_chunks()
+            cols[name], n_fixed = (col, 0) if target == pa.string() else _convert(col, target)
+            fixed += n_fixed
+        table = pa.table(cols)
+    columns = {int(name[1:]): table.column(name).combine_chunks() for name in wanted}
+    return Block(columns, table.num_rows, list(bad), fixed)

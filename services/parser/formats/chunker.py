@@ -1,0 +1,61 @@
+"""Read a file forward in blocks of whole lines, tracking byte offsets for resume."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import numpy as np
+
+_MIN_READ = 64 * 1024
+# Past this many surplus lines, one numpy pass beats walking back with rfind.
+_RFIND_LIMIT = 2048
+
+
+class LineChunker:
+    """Hands out blocks of about N complete lines; memory stays bounded by one block."""
+
+    def __init__(self, f: BinaryIO, offset: int, bytes_per_line: float = 100.0) -> None:
+        self._f = f
+        self._buf = b""
+        self._newlines = 0  # newlines in _buf
+        self._offset = offset  # file offset of _buf[0]
+        self._eof = False
+        self.bytes_per_line = max(bytes_per_line, 8.0)
+
+    @property
+    def offset(self) -> int:
+        """File offset just after the last handed-out block."""
+        return self._offset
+
+    def next_block(self, n_lines: int) -> tuple[bytes, int, bool]:
+        """(block, end_offset, at_eof); the block ends after a newline unless at EOF."""
+        while self._newlines < n_lines and not self._eof:
+            want = max(_MIN_READ, int((n_lines - self._newlines) * self.bytes_per_line * 1.05))
+            piece = self._f.read(want)
+            if not piece:
+                self._eof = True
+                break
+            self._newlines += piece.count(b"\n")
+            self._buf = self._buf + piece if self._buf else piece
+        if self._newlines > n_lines:
+            cut = self._nth_newline(n_lines) + 1
+            block, self._buf = self._buf[:cut], self._buf[cut:]
+            self._newlines -= n_lines
+        else:
+            block, self._buf, self._newlines = self._buf, b"", 0
+        if n_lines and block:
+            self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(
+                1, block.count(b"\n")
+            )
+        self._offset += len(block)
+        return block, self._offset, self._eof and not self._buf
+
+    def _nth_newline(self, n: int) -> int:
+        surplus = self._newlines - n
+        if surplus <= _RFIND_LIMIT:
+            pos = len(self._buf)
+            for _ in range(surplus + 1):
+                pos = self._buf.rfind(b"\n", 0, pos)
+            return pos
+        marks = np.flatnonzero(np.frombuffer(self._buf, dtype=np.uint8) == 10)
+        return int(marks[n - 1])
