@@ -134,7 +134,10 @@ class GeneactivReader:
             self._tz = file_tz
             st = _PAGE_TIME.fullmatch(fields.get("Start Time", ""))
             y, mo, d = (int(v) for v in st.groups()[:3]) if st else (2000, 7, 1)
-            at_start = dt.datetime(y, mo, d)
+            try:
+                at_start = dt.datetime(y, mo, d)
+            except ValueError:  # a damaged Start Time: compare at a summer date instead
+                at_start = dt.datetime(2000, 7, 1)
             if options.timezone not in ("UTC", "") and (
                 at_start.replace(tzinfo=user_tz).utcoffset()
                 != at_start.replace(tzinfo=file_tz).utcoffset()

@@ -1,0 +1,151 @@
+"""ActiGraph .gt3x reader, tested with files synthesised from the documented layout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.parser.formats.base import STANDARD_GRAVITY, FormatError, ReadOptions
+from services.parser.formats.gt3x import Gt3xReader, sniff
+from tests.parser.formats.binary_helpers import (
+    check_resume_everywhere,
+    concat,
+    read_all,
+    read_never_crashes,
+)
+
+RATE = 30
+START = dt.datetime(2024, 5, 1, 8, 0, 0)  # device-local wall clock
+START_S = int(START.replace(tzinfo=dt.UTC).timestamp())
+
+
+def record(rtype: int, ts: int, payload: bytes, good: bool = True) -> bytes:
+    """One log.bin record with its ~XOR checksum (deliberately wrong if not `good`)."""
+    body = struct.pack("<BBIH", 0x1E, rtype, ts, len(payload)) + payload
+    x = 0
+    for b in body:
+        x ^= b
+    return body + bytes([(~x & 0xFF) ^ (0 if good else 0x5A)])
+
+
+def make_gt3x(
+    log: bytes, info_extra: str = "TimeZone: -05:00:00\r\n", member: str = "log.bin"
+) -> bytes:
+    """A .gt3x ZIP with info.txt (30 Hz, scale 256) and the given log.bin."""
+
+    def ticks(t: dt.datetime) -> int:
+        return int((t - dt.datetime(1, 1, 1)).total_seconds()) * 10_000_000
+
+    info = (
+        "Serial Number: MOS2E00000000\r\nDevice Type: wGT3XBT\r\nSample Rate: 30\r\n"
+        f"Start Date: {ticks(START)}\r\nLast Sample Time: {ticks(START) + 12 * 10**7}\r\n"
+        f"Acceleration Scale: 256.0\r\n{info_extra}"
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("info.txt", info)
+        zf.writestr(member, log)
+    return out.getvalue()
+
+
+def synthetic_log(seconds: int = 10) -> tuple[bytes, np.ndarray]:
+    """ACTIVITY2 records for `seconds` seconds (second 4 missing: idle sleep) + extras."""
+    rng = np.random.default_rng(3)
+    parts, raws = [record(0x06, START_S, b'{"MetadataType":"x"}')], []
+    for s in range(seconds):
+        if s == 4:
+            continue
+        raw = rng.integers(-2048, 2048, size=(RATE, 3), dtype=np.int16)
+        raws.append(raw)
+        parts.append(record(0x1A, START_S + s, raw.astype("<i2").tobytes()))
+        parts.append(record(0x02, START_S + s, b"\x10\x0f"))  # battery
+    return b"".join(parts), np.concatenate(raws)
+
+
+def test_synthesised_gt3x_decodes_to_the_values_written() -> None:
+    log, raw = synthetic_log()
+    info, batches = read_all(Gt3xReader(), make_gt3x(log))
+    assert info.format_id == "gt3x" and info.bytes_total == len(log)
+    assert info.sample_count_estimate == 12 * RATE
+    t_ns, values = concat(batches)
+    assert len(t_ns) == 9 * RATE
+    np.testing.assert_allclose(values[:, :3], raw / 256 * STANDARD_GRAVITY, rtol=1e-6)
+    assert np.isnan(values[:, 3:]).all()
+    # info.txt TimeZone -05:00 wins: local 08:00 is 13:00 UTC; samples 1/30 s apart.
+    assert t_ns[0] == (START_S + 5 * 3600) * 10**9
+    assert t_ns[1] - t_ns[0] == round(1e9 / RATE)
+    assert t_ns[4 * RATE] - t_ns[0] == 5 * 10**9  # the idle-sleep second is a gap
+    assert sum(b.rows_skipped for b in batches) == 0
+
+
+def test_upload_timezone_used_when_info_txt_has_none() -> None:
+    log, _ = synthetic_log(2)
+    data = make_gt3x(log, info_extra="")
+    _, batches = read_all(Gt3xReader(), data, options=ReadOptions(timezone="Europe/Berlin"))
+    assert batches[0].t_ns[0] == (START_S - 2 * 3600) * 10**9  # CEST in May
+
+
+def test_bad_checksum_and_garbage_are_skipped_and_counted() -> None:
+    log, _ = synthetic_log(3)
+    bad = record(0x1A, START_S + 9, bytes(6 * RATE), good=False)
+    damaged = log + bad + b"\x00\x01\x02" + record(0x1A, START_S + 10, bytes(6 * RATE))
+    _, batches = read_all(Gt3xReader(), make_gt3x(damaged))
+    assert sum(len(b) for b in batches) == 3 * RATE + RATE
+    assert sum(b.rows_skipped for b in batches) == 2
+    text = " ".join(w for b in batches for w in b.warnings)
+    assert "1 records failed their checksum" in text
+
+
+def test_truncated_log_keeps_whole_records() -> None:
+    log, _ = synthetic_log(5)
+    _, batches = read_all(Gt3xReader(), make_gt3x(log[:-50]))
+    assert sum(len(b) for b in batches) == 3 * RATE  # the last ACTIVITY2 is cut short
+    assert "incomplete" in " ".join(w for b in batches for w in b.warnings)
+
+
+def test_resume_from_every_batch_end_gives_identical_samples() -> None:
+    log, _ = synthetic_log(10)
+    assert check_resume_everywhere(Gt3xReader, make_gt3x(log), target=40) == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"not a zip at all", "ZIP"),
+        (make_gt3x(b"", member="activity.bin"), "legacy"),
+        (make_gt3x(b"", info_extra="Sample Rate: 0\r\n").replace(b"Sample Rate: 30", b"x"), "Rate"),
+    ],
+)
+def test_unreadable_files_raise_format_error_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(FormatError, match=reason):
+        read_all(Gt3xReader(), data)
+
+
+def test_sniff() -> None:
+    log, _ = synthetic_log(1)
+    assert sniff(make_gt3x(log)[:4096], "upload")
+    assert sniff(b"PK\x03\x04", "x.GT3X")
+    assert not sniff(b"PK\x03\x04", "x.zip")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_arbitrary_log_bytes_never_crash(log: bytes) -> None:
+    read_never_crashes(Gt3xReader, make_gt3x(log), target=50)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=20))
+def test_randomly_corrupted_gt3x_never_crashes(flips: list[tuple[int, int]]) -> None:
+    log, _ = synthetic_log(10)
+    data = bytearray(make_gt3x(log))
+    for at, value in flips:
+        data[at % len(data)] = value
+    read_never_crashes(Gt3xReader, bytes(data), target=50)
