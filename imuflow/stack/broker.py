@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imuflow.logs import fields
 from imuflow.stack.procs import child_preexec, free_port
 
 log = logging.getLogger("imuflow.stack.broker")
@@ -66,7 +67,7 @@ class Broker:
                 self.process.wait()
         log.info(
             "broker stopped",
-            extra={"action": "broker_stop", "port": self.port, "rc": self.process.returncode},
+            extra=fields(action="broker_stop", port=self.port, rc=self.process.returncode),
         )
 
 
@@ -136,12 +137,12 @@ async def start_broker(
             broker = Broker(host, chosen, log_path, proc, time.monotonic() - began)
             log.info(
                 "broker ready",
-                extra={
-                    "action": "broker_start",
-                    "port": chosen,
-                    "seconds": round(broker.started_in, 3),
-                    "log": str(log_path),
-                },
+                extra=fields(
+                    action="broker_start",
+                    port=chosen,
+                    seconds=round(broker.started_in, 3),
+                    log=str(log_path),
+                ),
             )
             return broker
         tail = _log_since(log_path, offset)
@@ -160,7 +161,7 @@ async def start_broker(
         # process (or its sockets) still holds it briefly.
         log.warning(
             "broker port still in use, retrying",
-            extra={"action": "broker_retry", "port": chosen, "delay": delay},
+            extra=fields(action="broker_retry", port=chosen, delay=delay),
         )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 4.0)

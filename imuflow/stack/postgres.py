@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from imuflow.logs import fields
+
 log = logging.getLogger("imuflow.stack.postgres")
 
 SUPERUSER = "postgres"
@@ -71,11 +73,11 @@ class EmbeddedPostgres:
             atexit.unregister(self._server._cleanup)
         log.info(
             "embedded postgres stopped",
-            extra={
-                "action": "postgres_stop",
-                "pgdata": str(self.pgdata),
-                "seconds": round(time.monotonic() - began, 3),
-            },
+            extra=fields(
+                action="postgres_stop",
+                pgdata=str(self.pgdata),
+                seconds=round(time.monotonic() - began, 3),
+            ),
         )
 
 
@@ -110,12 +112,12 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     )
     log.info(
         "embedded postgres ready",
-        extra={
-            "action": "postgres_start",
-            "pgdata": str(pgdata),
-            "reused_data": reused,
-            "seconds": round(elapsed, 3),
-            "url": pg.url,
-        },
+        extra=fields(
+            action="postgres_start",
+            pgdata=str(pgdata),
+            reused_data=reused,
+            seconds=round(elapsed, 3),
+            url=pg.url,
+        ),
     )
     return pg

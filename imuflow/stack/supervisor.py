@@ -25,6 +25,7 @@ from typing import IO
 
 import httpx
 
+from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.stack.procs import child_preexec
 
@@ -195,19 +196,19 @@ class Supervisor:
             try:
                 proc = await self._spawn(spec)
             except OSError as exc:
-                log.error("service spawn failed", extra={"service": spec.name, "error": str(exc)})
+                log.error("service spawn failed", extra=fields(service=spec.name, error=str(exc)))
                 rc = None
             else:
                 state.process, state.pid = proc, proc.pid
                 state.starts += 1
                 log.info(
                     "service started",
-                    extra={
-                        "service": spec.name,
-                        "pid": proc.pid,
-                        "action": "spawn",
-                        "starts": state.starts,
-                    },
+                    extra=fields(
+                        service=spec.name,
+                        pid=proc.pid,
+                        action="spawn",
+                        starts=state.starts,
+                    ),
                 )
                 began = time.monotonic()
                 rc = await self._wait_or_stop(proc)
@@ -221,7 +222,7 @@ class Supervisor:
                 _mark(out, spec.name, "exited", rc=rc, restart_in=delay)
             log.warning(
                 "service exited, restarting",
-                extra={"service": spec.name, "rc": rc, "action": "restart", "delay": delay},
+                extra=fields(service=spec.name, rc=rc, action="restart", delay=delay),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -244,7 +245,7 @@ class Supervisor:
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), self.grace)
         except TimeoutError:
-            log.warning("service ignored SIGTERM, killing", extra={"pid": proc.pid})
+            log.warning("service ignored SIGTERM, killing", extra=fields(pid=proc.pid))
             _signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
 
@@ -304,7 +305,7 @@ class Supervisor:
         for state, result in zip(self.services.values(), results, strict=False):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error(
-                    "service task failed", extra={"service": state.spec.name, "error": repr(result)}
+                    "service task failed", extra=fields(service=state.spec.name, error=repr(result))
                 )
         if self._http is not None:
             await self._http.aclose()

@@ -1,0 +1,22 @@
+"""Shared fixtures: real servers (tests/servers.py) and the service stack (tests/stack.py)."""
+
+from tests.servers import (
+    database_url,
+    kafka_bootstrap,
+    postgres_server_url,
+    settings_factory,
+    template_database,
+    test_settings,
+)
+from tests.stack import pytest_runtest_makereport, service_stack
+
+__all__ = [
+    "database_url",
+    "kafka_bootstrap",
+    "postgres_server_url",
+    "pytest_runtest_makereport",
+    "service_stack",
+    "settings_factory",
+    "template_database",
+    "test_settings",
+]
