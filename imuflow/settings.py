@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     ingest_url: str = ""
     progress_url: str = ""
     cors_origins: str = ""  # comma-separated; empty = the progress URL only
+    # What the CLI authenticates with (written to stack.env by `imuflow up`).
+    token: str = ""
+    admin_token: str = ""
 
     # Kafka tuning, kept here so Apache Kafka and the embedded broker share one code path.
     kafka_topic_partitions: int = Field(8, ge=1)
@@ -74,6 +77,16 @@ class Settings(BaseSettings):
     @property
     def stack_env_path(self) -> Path:
         return self.data_dir / "stack.env"
+
+    @property
+    def ingest_base(self) -> str:
+        """Base URL of the ingest service."""
+        return (self.ingest_url or f"http://{self.host}:{self.ingest_port}").rstrip("/")
+
+    @property
+    def progress_base(self) -> str:
+        """Base URL of the progress service (and the web page)."""
+        return (self.progress_url or f"http://{self.host}:{self.progress_port}").rstrip("/")
 
     def require_servers(self) -> None:
         """Fail fast with a clear message when a service has nothing to talk to."""

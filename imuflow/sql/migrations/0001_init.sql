@@ -38,12 +38,17 @@ CREATE TABLE imu_data_files (
     duplicate_of          uuid REFERENCES imu_data_files(id) ON DELETE SET NULL,
     -- Delivery bookkeeping (owned by the parser): every delivery increments `attempts`.
     attempts              integer NOT NULL DEFAULT 0,
+    -- A user's retry starts a fresh budget without reusing attempt numbers, which
+    -- double as fencing tokens: the budget is attempts - attempts_base.
+    attempts_base         integer NOT NULL DEFAULT 0,
     -- Resume checkpoint (owned by the parser, committed with each batch's samples).
     resume_offset         bigint NOT NULL DEFAULT 0,
     resume_samples        bigint NOT NULL DEFAULT 0,
     resume_batch_number   integer NOT NULL DEFAULT 0,
     resume_state          jsonb NOT NULL DEFAULT '{}',
     resume_checkpoint_at  timestamptz,
+    claimed_at            timestamptz,        -- when the current attempt took the job
+    last_error            text,               -- the last transient error, for operators
     run                   integer NOT NULL DEFAULT 1,  -- bumped by a re-parse from scratch
     -- Displayed progress (owned by the progress service, applied from events).
     samples_processed     bigint NOT NULL DEFAULT 0,
@@ -165,4 +170,32 @@ BEGIN
     PERFORM pg_notify('imuflow_file_events', new_id::text);
     RETURN new_id;
 END;
+$$;
+
+-- Wake the outbox relays as soon as something is written (they also poll, as a fallback).
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imuflow_outbox', '');
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- The seed's progress query, kept by name: one row with the displayed progress.
+CREATE FUNCTION get_file_processing_progress(file_uuid uuid)
+RETURNS TABLE (
+    file_id uuid, status text, samples_processed bigint, sample_count bigint,
+    sample_count_exact boolean, percent double precision, samples_per_second double precision,
+    eta_seconds double precision, eta_low_seconds double precision,
+    eta_high_seconds double precision, batch_number integer,
+    processing_started_at timestamptz, last_checkpoint_at timestamptz,
+    elapsed_seconds double precision
+)
+LANGUAGE sql STABLE AS $$
+    SELECT r.id, r.status, r.samples_processed, r.sample_count, r.sample_count_exact,
+           r.percent, r.samples_per_second, r.eta_seconds, r.eta_low_seconds,
+           r.eta_high_seconds, r.batch_number, r.processing_started_at, r.last_checkpoint_at,
+           EXTRACT(EPOCH FROM (COALESCE(r.completed_at, now()) - r.processing_started_at))::double precision
+    FROM file_records r WHERE r.id = file_uuid;
 $$;

@@ -1,0 +1,151 @@
+"""`imuflow`: run the stack or one service, and talk to a running stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from imuflow.cli.client import CliError, StackClient
+from imuflow.settings import Settings, load_settings
+
+console = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imuflow", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="the stack's data directory (IMUFLOW_DATA_DIR)")
+    parser.add_argument("--token", help="API token (default: IMUFLOW_TOKEN or the stack's)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="start the whole embedded stack and keep it running")
+    sub.add_parser("ingest", help="run the upload service")
+    sub.add_parser("parser", help="run one parser worker")
+    sub.add_parser("progress", help="run the progress service (page, API, SSE)")
+    sub.add_parser("migrate", help="apply database migrations")
+    contracts = sub.add_parser("contracts", help="event and API schemas")
+    contracts_sub = contracts.add_subparsers(dest="contracts_command", required=True)
+    export = contracts_sub.add_parser("export", help="write JSON Schema and AsyncAPI files")
+    export.add_argument("directory", type=Path)
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token (and the user if needed)")
+    create.add_argument("--user", required=True)
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--label", default="")
+    create.add_argument("--expires-days", type=float, default=None)
+    token_sub.add_parser("list", help="list tokens (never their secrets)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    upload = sub.add_parser("upload", help="upload a file and watch it being parsed")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--format")
+    upload.add_argument("--sensor")
+    upload.add_argument("--timezone")
+    upload.add_argument("--allow-duplicate", action="store_true")
+    upload.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True)
+    for name, text in (("show", "show a file"), ("cancel", "cancel a job"), ("retry", "resume a failed or cancelled job")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = _parser().parse_args(argv)
+    settings = load_settings(args.data_dir)
+    try:
+        code = _dispatch(args, settings)
+    except CliError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "up":
+        from imuflow.stack.up import run_up
+
+        return run_up(settings)
+    if command in ("ingest", "parser", "progress"):
+        _run_service(command, settings)
+        return 0
+    if command == "migrate":
+        return _migrate(settings)
+    if command == "contracts":
+        from contracts.export import export
+
+        for path in export(args.directory):
+            print(path)
+        return 0
+    if command == "token":
+        from imuflow.cli import tokens
+
+        return tokens.run(args, settings)
+    client = StackClient(settings, token=args.token)
+    if command == "upload":
+        return _upload(client, args)
+    if command == "show":
+        _print(client.progress("GET", f"/api/files/{args.id}"))
+        return 0
+    if command in ("cancel", "retry"):
+        _print(client.progress("POST", f"/api/files/{args.id}/{command}"))
+        return 0
+    raise CliError(f"unknown command {command}")
+
+
+def _run_service(name: str, settings: Settings) -> None:
+    if name == "ingest":
+        from services.ingest.main import main as service_main
+    elif name == "parser":
+        from services.parser.main import main as service_main
+    else:
+        from services.progress.main import main as service_main
+    service_main(settings)
+
+
+def _migrate(settings: Settings) -> int:
+    from imuflow import db
+
+    settings.require_servers() if not settings.database_url else None
+    applied = asyncio.run(db.migrate(settings.database_url))
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def _upload(client: StackClient, args: argparse.Namespace) -> int:
+    from imuflow.cli.watch import describe, watch
+
+    if not args.file.is_file():
+        raise CliError(f"no such file: {args.file}")
+    fields = {k: v for k, v in (("format", args.format), ("sensor", args.sensor), ("timezone", args.timezone)) if v}
+    if args.allow_duplicate:
+        fields["allow_duplicate"] = "true"
+    status, record = client.upload(args.file, fields)
+    note = " (the same bytes were uploaded before)" if status == 200 else ""
+    console.print(f"uploaded [bold]{record['filename']}[/bold] as {record['id']}{note}")
+    print(record["id"])
+    if not args.watch:
+        return 0
+    final = watch(client, record["id"], console)
+    status_text = final["status"]
+    if status_text == "completed":
+        console.print(f"[green]completed[/green]: {describe(final)}")
+        return 0
+    console.print(f"[red]{status_text}[/red]: {final.get('error_message') or ''}")
+    return 1
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The Prometheus metrics of SPEC §4, one definition for every service.
+
+Every service exports every family from process start; label values that are known
+up front are touched at import so no family is empty.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FAILURE_REASONS = ("format", "io", "database", "attempts", "internal")
+
+UPLOADS = Counter("imuflow_uploads", "Uploads accepted by ingest", ["outcome"])
+UPLOAD_BYTES = Counter("imuflow_upload_bytes", "Bytes of accepted uploads")
+SAMPLES_PARSED = Counter("imuflow_samples_parsed", "Samples parsed and stored")
+BATCH_DURATION = Histogram(
+    "imuflow_batch_duration_seconds",
+    "Time to parse and store one batch",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 5, 10),
+)
+FILES_IN_FLIGHT = Gauge("imuflow_files_in_flight", "Files a parser is working on now")
+PARSE_FAILURES = Counter("imuflow_parse_failures", "Jobs that ended failed", ["reason"])
+CHECKPOINT_WRITE = Histogram(
+    "imuflow_checkpoint_write_seconds",
+    "Time to commit one batch's checkpoint (progress service: one applied poll)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+PROGRESS_EVENTS = Counter("imuflow_progress_events", "Progress events consumed", ["outcome"])
+CONSUMER_LAG = Gauge("imuflow_consumer_lag", "Messages not yet consumed", ["group"])
+SSE_CLIENTS = Gauge("imuflow_sse_clients", "Connected SSE clients")
+EVENT_TO_SSE = Histogram(
+    "imuflow_event_to_sse_seconds",
+    "Batch completed (parser clock) to the event written to an SSE client",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STUCK_JOBS = Gauge("imuflow_stuck_jobs", "Jobs that match the stuck rule now")
+
+for _outcome in ("accepted", "duplicate", "rejected"):
+    UPLOADS.labels(_outcome)
+for _reason in FAILURE_REASONS:
+    PARSE_FAILURES.labels(_reason)
+for _outcome in ("applied", "stale", "invalid"):
+    PROGRESS_EVENTS.labels(_outcome)

@@ -1,0 +1,98 @@
+"""Process entry points: JSON logs, signals, uvicorn, and a metrics/health server."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from imuflow import logs
+from imuflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None:
+    """Run a web service with uvicorn (which handles SIGTERM/SIGINT gracefully)."""
+    logs.configure(service, settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+
+
+def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a worker coroutine until SIGTERM/SIGINT sets its stop event."""
+    logs.configure(service, settings.log_level)
+
+    async def entry() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await main(stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(entry())
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+async def start_metrics_server(
+    settings: Settings, port: int, healthy: Callable[[], bool]
+) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
+    """Serve /metrics and /healthz; a taken port falls back to a free one (logged)."""
+    if port == 0:
+        return None
+    if not _port_free(settings.host, port):
+        with socket.socket() as sock:
+            sock.bind((settings.host, 0))
+            fallback = sock.getsockname()[1]
+        log.warning("metrics port %d is taken; serving metrics on port %d instead", port, fallback)
+        port = fallback
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> JSONResponse:
+        if healthy():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    app = Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
+    config = uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(), name="metrics-server")
+    log.info("metrics on http://%s:%d/metrics", settings.host, port)
+    return server, task

@@ -1,0 +1,122 @@
+"""HTTP pieces both web services share: auth, health, metrics, error shape, CORS."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from imuflow.auth import SESSION_COOKIE, User, resolve_token
+from imuflow.settings import Settings
+
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def pool_of(request: Request) -> asyncpg.Pool:
+    """The app's asyncpg pool (created in lifespan)."""
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def settings_of(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(SESSION_COOKIE)
+
+
+async def current_user(request: Request) -> User:
+    """The caller, from `Authorization: Bearer` or the session cookie; 401 otherwise."""
+    token = _token_of(request)
+    if not token:
+        raise HTTPException(401, "missing token: send Authorization: Bearer <token>", UNAUTHORIZED)
+    user = await resolve_token(pool_of(request), token)
+    if user is None:
+        raise HTTPException(401, "invalid, revoked or expired token", UNAUTHORIZED)
+    return user
+
+
+async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
+    """The caller, who must be an admin; 403 otherwise."""
+    if not user.is_admin:
+        raise HTTPException(403, "operator routes need an admin token")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+CurrentAdmin = Annotated[User, Depends(current_admin)]
+Pool = Annotated[asyncpg.Pool, Depends(pool_of)]
+AppSettings = Annotated[Settings, Depends(settings_of)]
+
+
+def health_router(ready: Callable[[Request], Awaitable[str | None]]) -> APIRouter:
+    """`/healthz` (alive), `/readyz` (`ready` returns None, or why not) and `/metrics`."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        problem = await ready(request)
+        if problem:
+            return JSONResponse({"status": "unavailable", "detail": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def database_ready(request: Request) -> str | None:
+    """None when Postgres answers, else the reason."""
+    try:
+        await pool_of(request).fetchval("SELECT 1", timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"database: {exc}"
+    return None
+
+
+def install_error_shape(app: FastAPI) -> None:
+    """Make validation errors `{"detail": "<text>"}` like every other error."""
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
+def install_cors(app: FastAPI, settings: Settings) -> None:
+    """Let the page (served by progress) call ingest with its session cookie."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if settings.progress_url:
+        origins.append(settings.progress_url.rstrip("/"))
+    origins += [f"http://127.0.0.1:{settings.progress_port}", f"http://localhost:{settings.progress_port}"]
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=sorted(set(origins)),
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+    )

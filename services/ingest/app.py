@@ -1,0 +1,167 @@
+"""The ingest service: streams uploads to storage, records them, announces them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+import zoneinfo
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from contracts.records import ErrorBody, FileRecord
+from imuflow import db, kafka, metrics
+from imuflow.logs import fields
+from imuflow.outbox import OutboxRelay
+from imuflow.settings import Settings
+from imuflow.supervision import TaskSupervisor
+from imuflow.web import (
+    AppSettings,
+    CurrentUser,
+    Pool,
+    database_ready,
+    health_router,
+    install_cors,
+    install_error_shape,
+)
+from services.ingest import repository
+from services.ingest.multipart import UploadRejected, receive_upload
+from services.ingest.storage import UploadSink, sanitize_filename
+
+log = logging.getLogger("imuflow.ingest")
+FORMAT_ID = re.compile(r"^[a-z0-9_]{1,40}$")
+SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
+TRUE = {"1", "true", "yes", "on"}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the ingest app; resources are opened in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = await db.create_pool(settings.database_url)
+        producer = kafka.producer(settings)
+        await kafka.retry_forever("kafka", producer.start)
+        await kafka.ensure_topics(settings)
+        supervisor = TaskSupervisor("ingest")
+        supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            await producer.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
+    install_error_shape(app)
+    install_cors(app, settings)
+    app.include_router(health_router(database_ready))
+
+    @app.post(
+        "/api/files",
+        status_code=202,
+        response_model=FileRecord,
+        responses={
+            200: {"model": FileRecord, "description": "the same bytes were uploaded before"},
+            400: {"model": ErrorBody},
+            401: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "format": {"type": "string"},
+                                "sensor": {"type": "string"},
+                                "timezone": {"type": "string"},
+                                "allow_duplicate": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def upload(request: Request, user: CurrentUser, pool: Pool, cfg: AppSettings) -> JSONResponse:
+        """Stream a multipart upload (field `file`) to storage and queue it for parsing."""
+        file_id = uuid.uuid4()
+        sink = UploadSink(cfg.storage_dir, file_id, cfg.max_upload_bytes)
+        try:
+            form = await receive_upload(request, sink)
+            options = _options(form.fields)
+            if sink.size == 0:
+                raise UploadRejected(400, "the file is empty")
+            await asyncio.to_thread(sink.finish)
+        except UploadRejected as exc:
+            sink.discard()
+            metrics.UPLOADS.labels("rejected").inc()
+            log.info("upload rejected", extra=fields(reason=exc.detail, status=exc.status))
+            raise HTTPException(exc.status, exc.detail) from exc
+        except BaseException:
+            sink.discard()
+            raise
+        duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
+        if duplicate_of is not None and not options["allow_duplicate"]:
+            sink.discard()
+            existing = await repository.file_record(pool, duplicate_of, user.id)
+            metrics.UPLOADS.labels("duplicate").inc()
+            return JSONResponse(_dump(existing), status_code=200)
+        new = repository.NewFile(
+            id=file_id,
+            user_id=user.id,
+            filename=sanitize_filename(form.filename),
+            size_bytes=sink.size,
+            sha256=sink.sha256,
+            storage_uri=sink.final_path.resolve().as_uri(),
+            format=options["format"],
+            sensor=options["sensor"],
+            timezone=options["timezone"],
+            duplicate_of=duplicate_of,
+        )
+        try:
+            record = await repository.record_upload(pool, new)
+        except repository.StorageUnavailable as exc:
+            sink.discard()
+            raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        metrics.UPLOADS.labels("accepted").inc()
+        metrics.UPLOAD_BYTES.inc(sink.size)
+        log.info(
+            "upload stored",
+            extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
+        )
+        return JSONResponse(_dump(record), status_code=202)
+
+    return app
+
+
+def _options(form: dict[str, str]) -> dict[str, object]:
+    fmt = form.get("format") or None
+    if fmt is not None and not FORMAT_ID.match(fmt.lower()):
+        raise UploadRejected(400, f"unknown format {fmt!r}: use a preset id such as generic_csv")
+    sensor = form.get("sensor") or None
+    if sensor is not None and not SENSOR_NAME.match(sensor):
+        raise UploadRejected(400, "sensor must be a short name such as 'accelerometer'")
+    tz = form.get("timezone") or "UTC"
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise UploadRejected(400, f"unknown timezone {tz!r}: use an IANA name such as Europe/Berlin") from exc
+    allow = form.get("allow_duplicate", "false").lower() in TRUE
+    return {"format": fmt.lower() if fmt else None, "sensor": sensor, "timezone": tz, "allow_duplicate": allow}
+
+
+def _dump(record: dict[str, object] | None) -> dict[str, object]:
+    if record is None:
+        raise HTTPException(404, "file not found")
+    return FileRecord.model_validate(record).model_dump(mode="json")

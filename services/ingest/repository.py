@@ -1,0 +1,99 @@
+"""The ingest service's Postgres access; driver errors become IngestError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from contracts import topics
+from contracts.events import FileQueued
+from imuflow import db, outbox
+
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
+
+
+class IngestError(Exception):
+    """Root of the ingest service's errors."""
+
+
+class StorageUnavailable(IngestError):
+    """Postgres could not record the upload."""
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A stored upload, about to be recorded."""
+
+    id: UUID
+    user_id: UUID
+    filename: str
+    size_bytes: int
+    sha256: str
+    storage_uri: str
+    format: str | None
+    sensor: str | None
+    timezone: str
+    duplicate_of: UUID | None = None
+    parent_id: UUID | None = None
+
+
+async def find_duplicate(pool: asyncpg.Pool, user_id: UUID, sha256: str) -> UUID | None:
+    """The user's earlier upload of the same bytes, if any."""
+    try:
+        found: UUID | None = await pool.fetchval(QUERIES["find_duplicate"], user_id, sha256)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    return found
+
+
+async def record_upload(pool: asyncpg.Pool, new: NewFile, *, enqueue: bool = True) -> dict[str, Any]:
+    """Insert the file and (unless `enqueue` is False) its outbox event in one transaction."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                QUERIES["insert_file"],
+                new.id,
+                new.user_id,
+                new.filename,
+                new.size_bytes,
+                new.sha256,
+                new.format,
+                new.sensor,
+                new.timezone,
+                new.storage_uri,
+                new.duplicate_of,
+                new.parent_id,
+            )
+            if enqueue:
+                event = FileQueued(
+                    file_id=new.id,
+                    user_id=new.user_id,
+                    storage_uri=new.storage_uri,
+                    filename=new.filename,
+                    size_bytes=new.size_bytes,
+                    format=new.format,
+                    sensor=new.sensor,
+                    timezone=new.timezone,
+                    queued_at=datetime.now(UTC),
+                )
+                await outbox.enqueue(conn, topics.FILES, new.id, event.model_dump(mode="json"))
+            await conn.fetchval(QUERIES["record_event"], new.id)
+            row = await conn.fetchrow(QUERIES["file_record"], new.id, new.user_id)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    assert row is not None
+    return dict(row)
+
+
+async def file_record(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> dict[str, Any] | None:
+    """The caller's file record, or None."""
+    try:
+        row = await pool.fetchrow(QUERIES["file_record"], file_id, user_id)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    return db.record(row)

@@ -1,0 +1,49 @@
+"""`imuflow parser`: one parser process, a member of the parser consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imuflow import db, kafka
+from imuflow.outbox import OutboxRelay
+from imuflow.runner import run_worker, start_metrics_server
+from imuflow.settings import Settings
+from imuflow.supervision import TaskSupervisor
+from services.parser.repository import ParserRepository
+from services.parser.worker import ParserWorker
+
+log = logging.getLogger("imuflow.parser")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the parser until `stop` is set; in-flight jobs are abandoned at a batch boundary."""
+    settings.require_servers()
+    pool = await db.create_pool(settings.database_url, max_size=settings.parser_concurrency + 4)
+    producer = kafka.producer(settings)
+    await kafka.retry_forever("kafka", producer.start, stop)
+    await kafka.ensure_topics(settings)
+    worker = ParserWorker(settings, ParserRepository(pool), producer)
+    supervisor = TaskSupervisor("parser")
+    supervisor.start("consumer", worker.run)
+    supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+    supervisor.start("lag", worker.report_lag)
+    metrics = await start_metrics_server(
+        settings, settings.parser_metrics_port, lambda: not supervisor.stop_event.is_set()
+    )
+    log.info("parser started", extra={"ctx": {"group": settings.parser_group_id}})
+    try:
+        await stop.wait()
+    finally:
+        log.info("parser stopping")
+        await supervisor.stop(grace=15.0)
+        if metrics is not None:
+            metrics[0].should_exit = True
+            await metrics[1]
+        await producer.stop()
+        await pool.close()
+
+
+def main(settings: Settings) -> None:
+    """Process entry point."""
+    run_worker("parser", settings, lambda stop: serve(settings, stop))

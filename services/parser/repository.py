@@ -1,0 +1,169 @@
+"""The parser's Postgres access: claim a job, commit batches with their checkpoint, finish.
+
+Driver errors become `TransientError` (retry with backoff); a batch whose checkpoint
+update matches no row raises `Fenced` (another attempt owns the job, or the user
+cancelled or deleted it), and its transaction, samples included, rolls back.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from imuflow import db
+from services.parser import pgcopy
+from services.parser.formats.base import SampleBatch
+
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
+DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class ParserError(Exception):
+    """Root of the parser's errors."""
+
+
+class TransientError(ParserError):
+    """Postgres is unavailable or timed out; the job is retried later."""
+
+
+class Fenced(ParserError):
+    """The job is no longer this attempt's to write (cancelled, deleted, re-delivered)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job as this attempt took it."""
+
+    file_id: UUID
+    user_id: UUID
+    filename: str
+    size_bytes: int
+    format: str | None
+    sensor: str | None
+    timezone: str
+    storage_uri: str
+    run: int
+    attempt: int
+    attempts_base: int
+    resume_offset: int
+    resume_samples: int
+    resume_batch_number: int
+    resume_state: dict[str, Any]
+    rows_skipped: int
+    warnings: list[str]
+
+
+class ParserRepository:
+    """Every query the parser runs."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim(self, file_id: UUID, run: int) -> Claim | None:
+        """Take the job (counting an attempt); None when it is no longer to be parsed."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(QUERIES["claim"], file_id, run)
+                if row is not None:
+                    await conn.fetchval("SELECT record_file_event($1)", file_id)
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"claim: {exc}") from exc
+        if row is None:
+            return None
+        values = dict(row)
+        values["file_id"] = values.pop("id")
+        values["attempt"] = values.pop("attempts")
+        return Claim(**values)
+
+    async def set_format(self, claim: Claim, format_id: str, units: dict[str, str], warnings: list[str]) -> None:
+        """Record the detected format, its source units and header warnings."""
+        await self._execute(QUERIES["set_format"], claim.file_id, claim.attempt, format_id, units, warnings)
+
+    async def store_batch(
+        self,
+        claim: Claim,
+        batch: SampleBatch,
+        previous_batch: int,
+        samples_done: int,
+        rows_skipped: int,
+        warnings: list[str],
+        *,
+        checkpoint: bool = True,
+    ) -> None:
+        """Commit the batch's samples and the resume checkpoint in one transaction.
+
+        `checkpoint=False` (benchmarks only) stores the samples alone, to measure
+        what progress tracking costs.
+        """
+        payload = pgcopy.encode(claim.file_id, batch)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = "UPDATE 1"
+                if checkpoint:
+                    status = await conn.execute(
+                        QUERIES["checkpoint"],
+                        claim.file_id,
+                        claim.attempt,
+                        claim.run,
+                        previous_batch,
+                        previous_batch + 1,
+                        batch.end_offset,
+                        samples_done,
+                        batch.state,
+                        rows_skipped,
+                        warnings,
+                    )
+                if status != "UPDATE 1":
+                    raise Fenced("checkpoint matched no row")
+                if len(batch):
+                    await conn.copy_to_table(
+                        "imu_samples",
+                        source=io.BytesIO(payload),
+                        columns=list(pgcopy.COLUMNS),
+                        format="binary",
+                    )
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"store batch: {exc}") from exc
+
+    async def complete(self, claim: Claim, total_samples: int) -> bool:
+        """Mark the job completed with its exact count; False if fenced."""
+        rows = await self._fetch(QUERIES["complete"], claim.file_id, claim.attempt, claim.run, total_samples)
+        return bool(rows)
+
+    async def fail(self, file_id: UUID, attempt: int | None, run: int, message: str) -> bool:
+        """Mark the job failed with a reason the user can act on; False if fenced."""
+        rows = await self._fetch(QUERIES["fail"], file_id, attempt, run, message)
+        return bool(rows)
+
+    async def status_of(self, file_id: UUID) -> dict[str, Any] | None:
+        """The job's status, run and attempt count (None once deleted)."""
+        try:
+            return db.record(await self.pool.fetchrow(QUERIES["status_of"], file_id))
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"status: {exc}") from exc
+
+    async def note_transient_error(self, claim: Claim, message: str) -> None:
+        """Keep the last transient error on the job for operators (best effort)."""
+        try:
+            await self.pool.execute(QUERIES["note_transient_error"], claim.file_id, claim.attempt, message[:500])
+        except DRIVER_ERRORS:
+            pass
+
+    async def _execute(self, query: str, *args: Any) -> str:
+        try:
+            result: str = await self.pool.execute(query, *args)
+        except DRIVER_ERRORS as exc:
+            raise TransientError(str(exc)) from exc
+        return result
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
+        except DRIVER_ERRORS as exc:
+            raise TransientError(str(exc)) from exc
+        return rows

@@ -1,0 +1,172 @@
+"""The parser's consumer loop: a Kafka group member that works on files in the background.
+
+Parsing a file can take minutes, far longer than a consumer may go without polling.
+So a partition with a job in progress is paused, the loop keeps polling (heartbeats and
+group membership stay healthy), and the job's offset is committed only once the job is
+done (at-least-once delivery). A crashed worker's uncommitted message is delivered to
+another member, which resumes from the Postgres checkpoint; a fencing token (the
+attempt number) keeps a slow former owner from writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+
+from contracts import events, topics
+from imuflow import kafka, metrics
+from imuflow.aio import wait_any
+from imuflow.logs import fields
+from imuflow.settings import Settings
+from services.parser.job import FileJob, Outcome
+from services.parser.repository import ParserRepository
+
+log = logging.getLogger("imuflow.parser")
+ABANDON_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class _Slot:
+    """The messages of one partition being worked on, in order."""
+
+    records: list[ConsumerRecord]
+    abandon: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class ParserWorker:
+    """Consumes file events and runs up to `parser_concurrency` jobs at once."""
+
+    def __init__(self, settings: Settings, repo: ParserRepository, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.producer = producer
+        self.consumer: AIOKafkaConsumer | None = None
+        self._slots: dict[TopicPartition, _Slot] = {}
+        self._freed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then abandon in-flight jobs within a grace period."""
+        consumer = kafka.consumer(self.settings, self.settings.parser_group_id)
+        self.consumer = consumer
+        consumer.subscribe([kafka.topic(self.settings, topics.FILES)], listener=_Listener(self))
+        await kafka.retry_forever("kafka", consumer.start, stop)
+        try:
+            while not stop.is_set():
+                self._pause_busy(consumer)
+                free = self.settings.parser_concurrency - len(self._slots)
+                if free <= 0:
+                    await wait_any(stop, self._freed, timeout=0.5)
+                    self._freed.clear()
+                    # Polling with everything paused keeps the member alive in the group.
+                    await consumer.getmany(timeout_ms=0)
+                    continue
+                batch = await consumer.getmany(timeout_ms=500, max_records=free)
+                for tp, records in batch.items():
+                    self._start(tp, records)
+        finally:
+            await self._abandon_all(ABANDON_GRACE_SECONDS)
+            await consumer.stop()
+
+    def _pause_busy(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        busy = [tp for tp in self._slots if tp in assigned]
+        if len(self._slots) >= self.settings.parser_concurrency:
+            consumer.pause(*assigned)
+        else:
+            consumer.pause(*busy)
+            consumer.resume(*[tp for tp in assigned if tp not in self._slots])
+
+    def _start(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        slot = _Slot(records)
+        self._slots[tp] = slot
+        assert self.consumer is not None
+        self.consumer.pause(tp)
+        slot.task = asyncio.create_task(self._work(tp, slot), name=f"parser:{tp.topic}:{tp.partition}")
+
+    async def _work(self, tp: TopicPartition, slot: _Slot) -> None:
+        try:
+            for record in slot.records:
+                outcome = await self._handle(record, slot.abandon)
+                if outcome is Outcome.ABANDONED:
+                    return
+                await self._commit(tp, record.offset + 1)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition worker failed", extra=fields(partition=tp.partition))
+        finally:
+            self._slots.pop(tp, None)
+            self._freed.set()
+
+    async def _handle(self, record: ConsumerRecord, abandon: asyncio.Event) -> Outcome:
+        try:
+            event = events.FILE_EVENT.validate_json(record.value)
+        except ValidationError as exc:
+            log.warning("skipping malformed file event: %s", exc.errors()[:1], extra=fields(offset=record.offset))
+            return Outcome.DONE
+        delay = 1.0
+        while True:
+            outcome = await FileJob(self.settings, self.repo, self.producer, event, abandon).run()
+            if outcome is not Outcome.RETRY:
+                return outcome
+            # Backoff with jitter; each new claim counts an attempt, so this is bounded.
+            sleep = min(delay, 30.0) * random.uniform(0.5, 1.5)
+            delay *= 2
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(abandon.wait(), sleep)
+            if abandon.is_set():
+                return Outcome.ABANDONED
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit({tp: offset})
+        except (CommitFailedError, KafkaError) as exc:
+            # The partition moved on; its new owner re-delivers and the job's state decides.
+            log.warning("offset commit failed: %s", exc, extra=fields(partition=tp.partition))
+
+    async def abandon(self, partitions: set[TopicPartition], grace: float) -> None:
+        """Stop the jobs of `partitions` at their next batch boundary (bounded wait)."""
+        tasks = []
+        for tp in partitions:
+            slot = self._slots.get(tp)
+            if slot is not None and slot.task is not None:
+                slot.abandon.set()
+                tasks.append(slot.task)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _abandon_all(self, grace: float) -> None:
+        await self.abandon(set(self._slots), grace)
+
+    async def report_lag(self, stop: asyncio.Event) -> None:
+        """Keep `imuflow_consumer_lag{group=parser}` current."""
+        gauge = metrics.CONSUMER_LAG.labels(self.settings.parser_group_id)
+        while not stop.is_set():
+            if self.consumer is not None:
+                with contextlib.suppress(KafkaError, AssertionError, OSError):
+                    gauge.set(await kafka.consumer_lag(self.consumer))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ParserWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.abandon(set(revoked), ABANDON_GRACE_SECONDS)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))

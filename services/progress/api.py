@@ -1,0 +1,118 @@
+"""The files API of the progress service: list, read, progress, batch log, commands."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from sse_starlette import EventSourceResponse
+
+from contracts.records import BatchLog, ErrorBody, FileList, FileProgress, FileRecord
+from imuflow.web import AppSettings, CurrentUser
+from services.progress.multiplexer import Multiplexer
+from services.progress.repository import ProgressRepository, Unavailable
+from services.progress.sse import stream_response
+
+
+def repo_of(request: Request) -> ProgressRepository:
+    """The app's repository (created in lifespan)."""
+    repo: ProgressRepository = request.app.state.repo
+    return repo
+
+
+def mux_of(request: Request) -> Multiplexer:
+    """The app's event multiplexer (created in lifespan)."""
+    mux: Multiplexer = request.app.state.mux
+    return mux
+
+
+Repo = Annotated[ProgressRepository, Depends(repo_of)]
+Mux = Annotated[Multiplexer, Depends(mux_of)]
+NOT_FOUND = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+
+router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
+
+
+async def owned_file(file_id: UUID, user: CurrentUser, repo: Repo) -> FileRecord:
+    """The caller's file; another user's file is 404, never 403 (no existence leak)."""
+    try:
+        row = await repo.get_file(file_id, user.id)
+    except Unavailable as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    if row is None:
+        raise HTTPException(404, "file not found")
+    return FileRecord.model_validate(row)
+
+
+OwnedFile = Annotated[FileRecord, Depends(owned_file)]
+
+
+@router.get("/files", response_model=FileList, responses=NOT_FOUND)
+async def list_files(
+    user: CurrentUser,
+    repo: Repo,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: datetime | None = None,
+) -> FileList:
+    """The caller's files, newest first; page with `before` = the last `created_at`."""
+    rows = await repo.list_files(user.id, limit, before)
+    return FileList(items=[FileRecord.model_validate(r) for r in rows])
+
+
+@router.get("/files/{file_id}", response_model=FileRecord, responses=NOT_FOUND)
+async def get_file(record: OwnedFile) -> FileRecord:
+    """One file record."""
+    return record
+
+
+@router.get("/files/{file_id}/progress", response_model=FileProgress, responses=NOT_FOUND)
+async def get_progress(record: OwnedFile, repo: Repo) -> FileProgress:
+    """The row of `get_file_processing_progress(file_uuid)`."""
+    row = await repo.progress_row(record.id)
+    if row is None:
+        raise HTTPException(404, "file not found")
+    return FileProgress.model_validate(row)
+
+
+@router.get("/files/{file_id}/batches", response_model=BatchLog, responses=NOT_FOUND)
+async def get_batches(record: OwnedFile, repo: Repo) -> BatchLog:
+    """The file's batch log (`streaming_processing_logs`), oldest first."""
+    return BatchLog.model_validate({"items": await repo.batch_log(record.id)})
+
+
+@router.post("/files/{file_id}/cancel", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+async def cancel(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
+    """Cancel a job; the parser stops at its next batch boundary."""
+    if not await repo.cancel(record.id, user.id):
+        raise HTTPException(409, f"the job is {record.status}; only unfinished jobs can be cancelled")
+    return await owned_file(record.id, user, repo)
+
+
+@router.post("/files/{file_id}/retry", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
+    """Resume a failed or cancelled job from its last checkpoint."""
+    if not await repo.retry(record.id, user.id):
+        raise HTTPException(409, f"the job is {record.status}; only failed or cancelled jobs can be retried")
+    return await owned_file(record.id, user, repo)
+
+
+@router.get(
+    "/files/{file_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND},
+)
+async def file_events(request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings) -> EventSourceResponse:
+    """Live events of one file (current state first; Last-Event-ID replays)."""
+    return stream_response(request, mux, repo, user_id=user.id, file_id=record.id, ping_seconds=cfg.sse_ping_seconds)
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}},
+)
+async def all_events(request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings) -> EventSourceResponse:
+    """Live events of all the caller's files."""
+    return stream_response(request, mux, repo, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds)

@@ -1,0 +1,71 @@
+"""The progress service: applies progress events, streams them, serves the page and API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from imuflow import db, kafka
+from imuflow.outbox import OutboxRelay
+from imuflow.settings import Settings
+from imuflow.supervision import TaskSupervisor
+from imuflow.web import database_ready, health_router, install_error_shape
+from services.progress import api, session
+from services.progress.applier import ProgressApplier
+from services.progress.multiplexer import Multiplexer
+from services.progress.repository import ProgressRepository
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the progress app; resources are opened in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        pool = await db.create_pool(settings.database_url, max_size=20)
+        app.state.pool = pool
+        app.state.repo = ProgressRepository(pool)
+        app.state.mux = Multiplexer(settings.database_url, pool)
+        producer = kafka.producer(settings)
+        await kafka.retry_forever("kafka", producer.start)
+        await kafka.ensure_topics(settings)
+        applier = ProgressApplier(settings, pool)
+        supervisor = TaskSupervisor("progress")
+        supervisor.start("event-fanout", app.state.mux.run)
+        supervisor.start("progress-consumer", applier.run)
+        supervisor.start("consumer-lag", applier.report_lag)
+        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        app.state.supervisor = supervisor
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            await producer.stop()
+            await pool.close()
+
+    async def ready(request: Request) -> str | None:
+        problem = await database_ready(request)
+        if problem is None and not request.app.state.mux.started.is_set():
+            problem = "event fan-out not started"
+        return problem
+
+    app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
+    install_error_shape(app)
+    app.include_router(health_router(ready))
+    app.include_router(api.router)
+    app.include_router(session.router)
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> Response:
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app

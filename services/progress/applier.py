@@ -1,0 +1,195 @@
+"""Applies progress events to Postgres: idempotent, monotonic, one transaction per poll.
+
+Events arrive at least once and, across attempts, possibly late. An event moves the
+displayed progress only forward (more samples, same run, job still parsing), so a
+duplicate or a straggler is a no-op. The batch log is keyed by (file, run, batch), so a
+repeated batch inserts nothing. Malformed or forged events (unknown file, wrong user)
+are logged, counted and skipped; they never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from contracts import events, topics
+from imuflow import db, kafka, metrics
+from imuflow.aio import wait_any
+from imuflow.logs import fields
+from imuflow.settings import Settings
+from services.progress import eta
+
+log = logging.getLogger("imuflow.progress")
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
+DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def decode(records: list[ConsumerRecord]) -> list[events.ProgressEvent]:
+    """Validate every record against the contract; skip (and count) the bad ones."""
+    decoded: list[events.ProgressEvent] = []
+    for record in records:
+        try:
+            decoded.append(events.PROGRESS_EVENT.validate_json(record.value or b""))
+        except ValidationError as exc:
+            metrics.PROGRESS_EVENTS.labels("invalid").inc()
+            log.warning(
+                "skipping malformed progress event",
+                extra=fields(action="invalid_event", offset=record.offset, error=str(exc.errors()[:1])),
+            )
+    return decoded
+
+
+async def apply(conn: asyncpg.Connection, batch: list[events.ProgressEvent]) -> set[UUID]:
+    """Apply events inside the caller's transaction; return the files whose display changed."""
+    ids = sorted({e.file_id for e in batch})
+    rows = {r["id"]: dict(r) for r in await conn.fetch(QUERIES["lock_files"], ids)}
+    changed: set[UUID] = set()
+    logs: list[tuple[Any, ...]] = []
+    for event in batch:
+        row = rows.get(event.file_id)
+        if row is None or row["user_id"] != event.user_id or event.run != row["run"]:
+            outcome = "invalid" if row is None or row["user_id"] != event.user_id else "stale"
+            metrics.PROGRESS_EVENTS.labels(outcome).inc()
+            if outcome == "invalid":
+                log.warning("skipping event for an unknown file or another user's file",
+                            extra=fields(action="forged_event", file_id=str(event.file_id)))
+            continue
+        metrics.PROGRESS_EVENTS.labels("applied").inc()
+        if isinstance(event, events.ParseStarted):
+            row["eta_state"] = {}
+            row["eta_dirty"] = True
+        elif isinstance(event, events.BatchProgress):
+            logs.append(_log_row(event))
+            if _advance(row, event):
+                changed.add(event.file_id)
+    if logs:
+        await conn.executemany(QUERIES["insert_batch_log"], logs)
+    for file_id, row in rows.items():
+        if file_id in changed:
+            await conn.execute(
+                QUERIES["apply_progress"],
+                file_id,
+                row["samples_processed"],
+                row["sample_count"],
+                row["bytes_processed"],
+                row["percent"],
+                row["batch_number"],
+                row["samples_per_second"],
+                row["eta_seconds"],
+                row["eta_low_seconds"],
+                row["eta_high_seconds"],
+                row["eta_state"],
+                row["last_checkpoint_at"],
+            )
+        elif row.get("eta_dirty"):
+            await conn.execute(QUERIES["reset_eta"], file_id, row["eta_state"])
+    for file_id in sorted(changed):
+        await conn.fetchval(QUERIES["record_event"], file_id)
+    return changed
+
+
+def _advance(row: dict[str, Any], event: events.BatchProgress) -> bool:
+    """Move the in-memory row forward by `event`; False if it is a duplicate or late."""
+    if row["status"] != "parsing" or event.total_samples_processed <= row["samples_processed"]:
+        return False
+    estimate = eta.update(
+        dict(row.get("eta_state") or {}),
+        completed_at=event.completed_at.timestamp(),
+        batch_seconds=event.batch_processing_time_ms / 1000,
+        samples_in_batch=event.samples_in_batch,
+        total_samples=event.total_samples_processed,
+        bytes_processed=event.bytes_processed,
+        bytes_total=event.bytes_total,
+    )
+    percent = 100.0 * event.bytes_processed / event.bytes_total if event.bytes_total else 0.0
+    row.update(
+        samples_processed=event.total_samples_processed,
+        sample_count=event.estimated_total_samples,
+        bytes_processed=event.bytes_processed,
+        # Never backwards, and 100 only once the parser says completed.
+        percent=min(max(row["percent"], percent), 99.99),
+        batch_number=max(row["batch_number"], event.batch_number),
+        samples_per_second=estimate.samples_per_second,
+        eta_seconds=estimate.eta_seconds,
+        eta_low_seconds=estimate.eta_low_seconds,
+        eta_high_seconds=estimate.eta_high_seconds,
+        eta_state=estimate.state,
+        last_checkpoint_at=event.completed_at,
+    )
+    return True
+
+
+def _log_row(event: events.BatchProgress) -> tuple[Any, ...]:
+    return (
+        event.file_id,
+        event.user_id,
+        event.run,
+        event.batch_number,
+        event.samples_in_batch,
+        event.total_samples_processed,
+        event.batch_processing_time_ms,
+        event.started_at,
+        event.completed_at,
+        event.attempt,
+    )
+
+
+class ProgressApplier:
+    """The progress service's consumer of `progress.v1`."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.consumer = kafka.consumer(settings, settings.progress_group_id, topics.PROGRESS, max_poll_records=1000)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, apply and commit until `stop` is set."""
+        await kafka.retry_forever("kafka", self.consumer.start, stop)
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=500)
+                records = [r for rs in batch.values() for r in rs]
+                if not records:
+                    continue
+                await self._apply_until_done(decode(records), stop)
+                if stop.is_set():
+                    break  # not applied for sure: leave uncommitted, redelivered later
+                try:
+                    await self.consumer.commit()
+                except KafkaError as exc:
+                    log.warning("progress offset commit failed (events will repeat): %s", exc)
+        finally:
+            await self.consumer.stop()
+
+    async def _apply_until_done(self, decoded: list[events.ProgressEvent], stop: asyncio.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await apply(conn, decoded)
+                metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - t0)
+                return
+            except DRIVER_ERRORS as exc:
+                log.warning("cannot apply progress, retrying in %.1fs: %s", delay, exc)
+                await wait_any(stop, timeout=delay)
+                delay = min(delay * 2, 5.0)
+
+    async def report_lag(self, stop: asyncio.Event) -> None:
+        """Keep `imuflow_consumer_lag{group=progress}` current."""
+        gauge = metrics.CONSUMER_LAG.labels(self.settings.progress_group_id)
+        while not stop.is_set():
+            try:
+                gauge.set(await kafka.consumer_lag(self.consumer))
+            except (KafkaError, AssertionError, OSError):
+                pass
+            await wait_any(stop, timeout=5.0)

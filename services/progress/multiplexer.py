@@ -1,0 +1,150 @@
+"""One upstream subscription per process, fanned out to every SSE client.
+
+The upstream is Postgres: every state change is a `file_events` row and a NOTIFY, so
+each progress replica hears every change whichever replica applied it. Each client has
+a bounded, coalescing queue: a newer progress event of a file replaces that file's
+pending progress event (moved to the back, so ids stay in order), state changes
+(completed, failed, cancelled) are never dropped, and a client that still falls too far
+behind is disconnected; its EventSource reconnects with Last-Event-ID and is replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+
+from contracts.records import FileRecord
+from imuflow import db
+from imuflow.aio import wait_any
+
+log = logging.getLogger("imuflow.progress")
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
+MAX_PENDING = 2_000
+FETCH_LIMIT = 1_000
+POLL_SECONDS = 2.0  # fallback when a NOTIFY is missed (listener reconnecting)
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One row of `file_events`."""
+
+    id: int
+    file_id: UUID
+    user_id: UUID
+    event_type: str
+    payload: str  # the file record as SSE `data`, serialised once for every client
+
+
+def file_event(row: asyncpg.Record) -> FileEvent:
+    """A `file_events` row as a FileEvent with its SSE payload."""
+    payload = FileRecord.model_validate(row["data"]).model_dump_json()
+    return FileEvent(row["id"], row["file_id"], row["user_id"], row["event_type"], payload)
+
+
+@dataclass
+class Subscription:
+    """One SSE client's bounded queue; `user_id` None means every user (operators)."""
+
+    user_id: UUID | None
+    file_id: UUID | None
+    _pending: dict[int, FileEvent] = field(default_factory=dict)
+    _progress_of: dict[UUID, int] = field(default_factory=dict)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    overflowed: bool = False
+
+    def wants(self, event: FileEvent) -> bool:
+        """Whether this client may and wants to see the event."""
+        if self.user_id is not None and event.user_id != self.user_id:
+            return False
+        return self.file_id is None or event.file_id == self.file_id
+
+    def put(self, event: FileEvent) -> None:
+        """Queue an event, coalescing this file's older pending progress event."""
+        if event.event_type == "progress":
+            older = self._progress_of.pop(event.file_id, None)
+            if older is not None:
+                self._pending.pop(older, None)
+            self._progress_of[event.file_id] = event.id
+        else:
+            self._progress_of.pop(event.file_id, None)
+        self._pending[event.id] = event
+        if len(self._pending) > MAX_PENDING:
+            self.overflowed = True
+        self._ready.set()
+
+    async def get(self, timeout: float) -> list[FileEvent]:
+        """Everything pending, in id order (waits up to `timeout`; [] if nothing)."""
+        if not self._pending:
+            await wait_any(self._ready, timeout=timeout)
+        self._ready.clear()
+        events = list(self._pending.values())
+        self._pending.clear()
+        self._progress_of.clear()
+        return events
+
+
+class Multiplexer:
+    """Listens for new file events and hands them to the subscriptions that want them."""
+
+    def __init__(self, database_url: str, pool: asyncpg.Pool) -> None:
+        self.database_url = database_url
+        self.pool = pool
+        self.subscriptions: set[Subscription] = set()
+        self.last_id = 0
+        self._wake = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def subscribe(self, user_id: UUID | None, file_id: UUID | None) -> Subscription:
+        """A new client queue; call `unsubscribe` in a `finally`."""
+        sub = Subscription(user_id, file_id)
+        self.subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a client queue (idempotent)."""
+        self.subscriptions.discard(sub)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow `file_events` until `stop` is set."""
+        self.last_id = int(await self.pool.fetchval(QUERIES["max_event_id"]))
+        self.started.set()
+        listener: asyncpg.Connection | None = None
+        try:
+            while not stop.is_set():
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
+                try:
+                    await self._drain()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("event fan-out: cannot read events: %s", exc)
+                self._wake.clear()
+                await wait_any(stop, self._wake, timeout=POLL_SECONDS)
+        finally:
+            if listener is not None and not listener.is_closed():
+                await listener.close()
+
+    async def _drain(self) -> None:
+        while True:
+            rows = await self.pool.fetch(QUERIES["events_after"], self.last_id, FETCH_LIMIT)
+            for row in rows:
+                event = file_event(row)
+                for sub in self.subscriptions:
+                    if sub.wants(event):
+                        sub.put(event)
+                self.last_id = event.id
+            if len(rows) < FETCH_LIMIT:
+                return
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await db.connect(self.database_url)
+            await conn.add_listener("imuflow_file_events", lambda *_: self._wake.set())
+            return conn
+        except (db.DatabaseError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("event fan-out: cannot LISTEN, polling instead: %s", exc)
+            return None

@@ -1,0 +1,109 @@
+"""The progress service's read and command queries; driver errors become ProgressError."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from contracts import topics
+from contracts.events import FileQueued
+from imuflow import db, outbox
+
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
+DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class ProgressError(Exception):
+    """Root of the progress service's errors."""
+
+
+class Unavailable(ProgressError):
+    """Postgres did not answer."""
+
+
+class ProgressRepository:
+    """Queries behind the files API, the SSE streams and the commands."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def list_files(self, user_id: UUID, limit: int, before: datetime | None) -> list[dict[str, Any]]:
+        """The user's files, newest first."""
+        return [dict(r) for r in await self._fetch(QUERIES["list_files"], user_id, limit, before)]
+
+    async def get_file(self, file_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
+        """One file record (None when absent or another user's)."""
+        rows = await self._fetch(QUERIES["get_file"], file_id, user_id)
+        return dict(rows[0]) if rows else None
+
+    async def progress_row(self, file_id: UUID) -> dict[str, Any] | None:
+        """The row of `get_file_processing_progress`."""
+        rows = await self._fetch(QUERIES["progress_row"], file_id)
+        return dict(rows[0]) if rows and rows[0]["file_id"] is not None else None
+
+    async def batch_log(self, file_id: UUID) -> list[dict[str, Any]]:
+        """The file's batch log, oldest first."""
+        return [dict(r) for r in await self._fetch(QUERIES["batch_log"], file_id)]
+
+    async def cancel(self, file_id: UUID, user_id: UUID) -> bool:
+        """Cancel a job that has not ended; False when there was nothing to cancel."""
+        return bool(await self._fetch(QUERIES["cancel"], file_id, user_id))
+
+    async def retry(self, file_id: UUID, user_id: UUID) -> bool:
+        """Requeue a failed or cancelled job to resume from its checkpoint."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(QUERIES["requeue_for_retry"], file_id, user_id)
+                if row is None:
+                    return False
+                await outbox.enqueue(conn, topics.FILES, file_id, _queued(dict(row), "retry"))
+                await conn.fetchval(QUERIES["record_event"], file_id)
+        except DRIVER_ERRORS as exc:
+            raise Unavailable(str(exc)) from exc
+        return True
+
+    async def max_event_id(self) -> int:
+        """The newest event id (0 when there is none)."""
+        rows = await self._fetch(QUERIES["max_event_id"])
+        return int(rows[0][0])
+
+    async def oldest_event_id(self) -> int:
+        """The oldest event id still kept (0 when there is none)."""
+        rows = await self._fetch(QUERIES["oldest_event_id"])
+        return int(rows[0][0])
+
+    async def replay(self, after: int, user_id: UUID | None, file_id: UUID | None, limit: int) -> list[asyncpg.Record]:
+        """Events after `after`, in order, scoped to a user and optionally one file."""
+        return await self._fetch(QUERIES["replay"], after, user_id, file_id, limit)
+
+    async def snapshot(self, user_id: UUID | None, file_id: UUID | None, limit: int) -> list[dict[str, Any]]:
+        """Current records of the files a stream covers, newest first."""
+        return [dict(r) for r in await self._fetch(QUERIES["snapshot"], user_id, file_id, limit)]
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
+        except DRIVER_ERRORS as exc:
+            raise Unavailable(str(exc)) from exc
+        return rows
+
+
+def _queued(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    event = FileQueued(
+        file_id=row["id"],
+        user_id=row["user_id"],
+        reason=reason,  # type: ignore[arg-type]
+        run=row["run"],
+        storage_uri=row["storage_uri"],
+        filename=row["filename"],
+        size_bytes=row["size_bytes"],
+        format=row["format"],
+        sensor=row["sensor"],
+        timezone=row["timezone"],
+        queued_at=datetime.now(UTC),
+    )
+    return event.model_dump(mode="json")
