@@ -136,6 +136,14 @@ def _apdm_format7_names(rows: list[list[str]], width: int) -> list[str]:
     return names
 
 
+def _starts_data(rows: list[list[str]], i: int, width: int, dec: bool) -> bool:
+    """Row i is data and so is at least one of the next few (a lone damaged row may follow)."""
+    if not _is_data(rows[i], width, dec):
+        return False
+    following = [r for r in rows[i + 1 : i + 12] if any(c.strip() for c in r)][:8]
+    return not following or any(_is_data(r, width, dec) for r in following)
+
+
 def sniff_layout(head: bytes, complete: bool) -> Layout:
     """Find delimiter, header, units row and data start in the first bytes of a file."""
     lines, offsets = split_lines(head, complete)
@@ -143,15 +151,7 @@ def sniff_layout(head: bytes, complete: bool) -> Layout:
         raise FormatError("the file is empty or has no complete line")
     delim, width, dec = _choose_delimiter(lines[:4000])
     rows = [split_fields(ln, delim) for ln in lines]
-    data_i = next(
-        (
-            i
-            for i in range(len(rows))
-            if _is_data(rows[i], width, dec)
-            and all(_is_data(r, width, dec) for r in [r for r in rows[i + 1 : i + 4] if any(r)][:3])
-        ),
-        None,
-    )
+    data_i = next((i for i in range(len(rows)) if _starts_data(rows, i, width, dec)), None)
     if data_i is None:
         raise FormatError("no run of numeric data rows found below a header row")
     above = [i for i in range(data_i) if lines[i].strip()]

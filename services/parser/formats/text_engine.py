@@ -33,8 +33,8 @@ from services.parser.formats.localtime import load_zone, local_to_utc_ns
 from services.parser.formats.presets import Preset
 from services.parser.formats.timebase import (
     TimePlan,
-    all_numeric,
     chunk_times,
+    mostly_numeric,
     plan_numeric_time,
     plan_text_time,
     rate_from_preamble,
@@ -131,14 +131,14 @@ class TextReader:
         self, layout: Layout, cmap: ColumnMap, options: ReadOptions
     ) -> tuple[TimePlan, int | None, list[str]]:
         rows, pre = layout.sample_rows, layout.preamble
-        values = time_values(rows, cmap.time_field)
-        if values and all_numeric(values):
-            plan, warnings = plan_numeric_time(values, cmap.time_unit, self._preset.time_unit)
+        values = time_values(rows, cmap.time_field, layout.decimal_comma)
+        if numeric := mostly_numeric(values):
+            plan, warnings = plan_numeric_time(numeric, cmap.time_unit, self._preset.time_unit)
             return plan, cmap.time_field, warnings
         _, order = start_from_preamble(pre)
         if values and (text_plan := plan_text_time(values, order, options.timezone)):
             return text_plan, cmap.time_field, []
-        if all_numeric(time_values(rows, cmap.fine_field)):
+        if mostly_numeric(time_values(rows, cmap.fine_field)):
             return TimePlan("fine"), cmap.fine_field, []
         rate = rate_from_preamble(pre)
         if cmap.counter_field is not None and rate:

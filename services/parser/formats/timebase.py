@@ -131,20 +131,19 @@ def plan_text_time(values: list[str], order: str, timezone: str) -> TimePlan | N
     return None
 
 
-def time_values(rows: list[list[str]], field: int | None) -> list[str]:
-    """Non-empty values of one field in the head's sample rows."""
+def time_values(rows: list[list[str]], field: int | None, decimal_comma: bool = False) -> list[str]:
+    """Non-empty values of one field in the head's sample rows (decimal commas made points)."""
     if field is None:
         return []
-    return [
-        r[field]
-        for r in rows
-        if field < len(r) and r[field].strip() and r[field].strip().lower() != "nan"
-    ]
+    out = [r[field].strip() for r in rows if field < len(r)]
+    out = [v for v in out if v and v.lower() != "nan"]
+    return [v.replace(",", ".") for v in out] if decimal_comma else out
 
 
-def all_numeric(values: list[str]) -> bool:
-    """True if every value is a number."""
-    return bool(values) and all(is_number(v) for v in values)
+def mostly_numeric(values: list[str]) -> list[str]:
+    """The numeric values if at least 80 % are numbers (a junk row may sit in the head)."""
+    numeric = [v for v in values if is_number(v)]
+    return numeric if numeric and len(numeric) * 5 >= len(values) * 4 else []
 
 
 def _null_mask(col: pa.Array) -> npt.NDArray[np.bool_]:
@@ -173,7 +172,7 @@ def _text_to_ns(col: pa.Array, plan: TimePlan) -> tuple[I64, npt.NDArray[np.bool
         s = pc.replace_substring_regex(s, y_last, repl)
     s = pc.replace_substring_regex(s, r"^(\d{4})-(\d)-", r"\1-0\2-")
     s = pc.replace_substring_regex(s, r"^(\d{4}-\d{2})-(\d)([ T])", r"\1-0\2\3")
-    s = pc.replace_substring_regex(s, r"([ T])(\d):", r"\g<1>0\2:")
+    s = pc.replace_substring_regex(s, r"([ T])(\d):", r"\10\2:")  # RE2: \1, then "0"
     zoned = bool(pc.any(pc.match_substring_regex(s, r"(Z|[+-]\d{2}:?\d{2})$")).as_py())
     target = pa.timestamp("ns", tz="UTC") if zoned else pa.timestamp("ns")
     try:
