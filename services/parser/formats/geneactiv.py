@@ -234,13 +234,15 @@ class GeneactivReader:
         if m is None:
             return None
         y, mo, d, h, mi, s, ms = (int(v) for v in m.groups())
+        if not 1970 <= y <= 2200:  # outside int64 ns (or before the epoch): a damaged page
+            return None
         try:
             wall = dt.datetime(y, mo, d, h, mi, s, int(ms) * 1000)
         except ValueError:
             return None
         freq = re.match(r"\d+(?:\.\d+)?", meta.get("Measurement Frequency", ""))
         fs = float(freq.group()) if freq else self._freq
-        if not fs > 0:
+        if not 0.01 <= fs <= 100_000:
             return None
         local_ns = (wall - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) * 1000
         return local_ns, hexes, fs
