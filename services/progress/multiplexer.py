@@ -46,7 +46,7 @@ def file_event(row: asyncpg.Record) -> FileEvent:
     return FileEvent(row["id"], row["file_id"], row["user_id"], row["event_type"], payload)
 
 
-@dataclass
+@dataclass(eq=False)  # identity hashing: each client is its own subscription
 class Subscription:
     """One SSE client's bounded queue; `user_id` None means every user (operators)."""
 
