@@ -34,7 +34,14 @@ FORMAT_IDS: dict[str, str] = {
 # Binary readers ------------------------------------------------------------------------
 # Binary formats register here: id -> BinaryFormat(factory, sniff). They are tried before
 # the text presets, in this order, on the first 64 KiB of the file.
-BINARY_READERS: dict[str, BinaryFormat] = {}
+# Imported here, not at the top, so that this section stays the binary readers' own.
+from services.parser.formats import cwa, geneactiv, gt3x  # noqa: E402
+
+BINARY_READERS: dict[str, BinaryFormat] = {
+    cwa.FORMAT_ID: BinaryFormat(cwa.CwaReader, cwa.sniff),
+    gt3x.FORMAT_ID: BinaryFormat(gt3x.Gt3xReader, gt3x.sniff),
+    geneactiv.FORMAT_ID: BinaryFormat(geneactiv.GeneactivReader, geneactiv.sniff),
+}
 # ----------------------------------------------------------------------------------------
 
 _MAGIC = (
