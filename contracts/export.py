@@ -40,9 +40,7 @@ def _asyncapi() -> dict[str, Any]:
             },
         },
         "components": {
-            "messages": {
-                name: {"payload": {"$ref": f"#/components/schemas/{name}"}} for name in schemas
-            },
+            "messages": {name: {"payload": {"$ref": f"#/components/schemas/{name}"}} for name in schemas},
             "schemas": schemas,
         },
     }

@@ -66,8 +66,7 @@ async def create_token(
     user_id = await ensure_user(conn, user, admin)
     token = new_token()
     await conn.execute(
-        "INSERT INTO api_tokens (user_id, token_hash, kind, label, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO api_tokens (user_id, token_hash, kind, label, expires_at) VALUES ($1, $2, $3, $4, $5)",
         user_id,
         hash_token(token),
         kind,

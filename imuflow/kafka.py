@@ -8,6 +8,7 @@ neither): delivery is at-least-once and every consumer is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,10 +44,8 @@ async def ensure_topics(settings: Settings) -> None:
             if topic(settings, base) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

@@ -107,5 +107,3 @@ class OutboxRelay:
         except (db.DatabaseError, OSError, asyncpg.PostgresError) as exc:
             log.warning("outbox relay: cannot LISTEN, polling instead: %s", exc)
             return None
-
-

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imuflow import logs
 from imuflow.settings import Settings
@@ -92,7 +92,6 @@ async def start_metrics_server(
     app = Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
     config = uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(), name="metrics-server")
     log.info("metrics on http://%s:%d/metrics", settings.host, port)
     return server, task

@@ -121,7 +121,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from the environment, then the stack's `stack.env`, then defaults."""
-    base = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    base = Settings(data_dir=data_dir) if data_dir else Settings()
     stack = read_env_file(base.stack_env_path)
     from_file: dict[str, Any] = {}
     for key, value in stack.items():

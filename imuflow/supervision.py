@@ -11,12 +11,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from imuflow.logs import fields
 
 log = logging.getLogger(__name__)
-TaskFn = Callable[[asyncio.Event], Awaitable[None]]
+TaskFn = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class TaskSupervisor:

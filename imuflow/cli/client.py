@@ -30,7 +30,7 @@ class StackClient:
             )
         self.headers = {"Authorization": f"Bearer {chosen}"}
 
-    def _client(self, timeout: float | None = 30.0) -> httpx.Client:
+    def _client(self, timeout: float | httpx.Timeout | None = 30.0) -> httpx.Client:
         return httpx.Client(headers=self.headers, timeout=timeout)
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
@@ -62,13 +62,16 @@ class StackClient:
             raise CliError(f"upload refused ({response.status_code}): {_detail(response)}")
         return response.status_code, response.json()
 
-    def events(self, file_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    def events(
+        self, file_id: str, last_event_id: str | None = None
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(event type, id, record) of a file's SSE stream, from its current state on."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         url = f"{self.settings.progress_base}/api/files/{file_id}/events"
-        with self._client(timeout=httpx.Timeout(30.0, read=60.0)) as client, connect_sse(
-            client, "GET", url, headers=headers
-        ) as source:
+        with (
+            self._client(timeout=httpx.Timeout(30.0, read=60.0)) as client,
+            connect_sse(client, "GET", url, headers=headers) as source,
+        ):
             if source.response.status_code >= 400:
                 source.response.read()
                 raise CliError(f"{source.response.status_code}: {_detail(source.response)}")

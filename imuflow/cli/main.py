@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--timezone")
     upload.add_argument("--allow-duplicate", action="store_true")
     upload.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True)
-    for name, text in (("show", "show a file"), ("cancel", "cancel a job"), ("retry", "resume a failed or cancelled job")):
+    for name, text in (
+        ("show", "show a file"),
+        ("cancel", "cancel a job"),
+        ("retry", "resume a failed or cancelled job"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("id")
     return parser
@@ -125,7 +129,9 @@ def _upload(client: StackClient, args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise CliError(f"no such file: {args.file}")
-    fields = {k: v for k, v in (("format", args.format), ("sensor", args.sensor), ("timezone", args.timezone)) if v}
+    fields = {
+        k: v for k, v in (("format", args.format), ("sensor", args.sensor), ("timezone", args.timezone)) if v
+    }
     if args.allow_duplicate:
         fields["allow_duplicate"] = "true"
     status, record = client.upload(args.file, fields)

@@ -36,14 +36,24 @@ def watch(client: StackClient, file_id: str, console: Console) -> dict[str, Any]
     """Follow the file until it ends (reconnecting with Last-Event-ID); return its record."""
     last_id: str | None = None
     record: dict[str, Any] = {}
-    columns = (TextColumn("{task.fields[status]:>9}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("{task.fields[status]:>9}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("waiting", total=100, status="queued")
         while True:
             try:
                 for _event, event_id, record in client.events(file_id, last_id):
                     last_id = event_id or last_id
-                    bar.update(task, completed=record.get("percent", 0), description=describe(record), status=record["status"])
+                    bar.update(
+                        task,
+                        completed=record.get("percent", 0),
+                        description=describe(record),
+                        status=record["status"],
+                    )
                     if record["status"] in TERMINAL:
                         return record
             except httpx.HTTPError:

@@ -9,6 +9,7 @@ import uuid
 import zoneinfo
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -112,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
             sink.discard()
             raise
         duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
-        if duplicate_of is not None and not options["allow_duplicate"]:
+        if duplicate_of is not None and not options.allow_duplicate:
             sink.discard()
             existing = await repository.file_record(pool, duplicate_of, user.id)
             metrics.UPLOADS.labels("duplicate").inc()
@@ -124,9 +125,9 @@ def create_app(settings: Settings) -> FastAPI:
             size_bytes=sink.size,
             sha256=sink.sha256,
             storage_uri=sink.final_path.resolve().as_uri(),
-            format=options["format"],
-            sensor=options["sensor"],
-            timezone=options["timezone"],
+            format=options.format,
+            sensor=options.sensor,
+            timezone=options.timezone,
             duplicate_of=duplicate_of,
         )
         try:
@@ -145,7 +146,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _options(form: dict[str, str]) -> dict[str, object]:
+@dataclass(frozen=True)
+class _Options:
+    format: str | None
+    sensor: str | None
+    timezone: str
+    allow_duplicate: bool
+
+
+def _options(form: dict[str, str]) -> _Options:
     fmt = form.get("format") or None
     if fmt is not None and not FORMAT_ID.match(fmt.lower()):
         raise UploadRejected(400, f"unknown format {fmt!r}: use a preset id such as generic_csv")
@@ -158,7 +167,7 @@ def _options(form: dict[str, str]) -> dict[str, object]:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise UploadRejected(400, f"unknown timezone {tz!r}: use an IANA name such as Europe/Berlin") from exc
     allow = form.get("allow_duplicate", "false").lower() in TRUE
-    return {"format": fmt.lower() if fmt else None, "sensor": sensor, "timezone": tz, "allow_duplicate": allow}
+    return _Options(fmt.lower() if fmt else None, sensor, tz, allow)
 
 
 def _dump(record: dict[str, object] | None) -> dict[str, object]:

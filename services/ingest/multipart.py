@@ -28,7 +28,7 @@ class UploadRejected(Exception):
         self.detail = detail
 
 
-class _SinkTarget(BaseTarget):
+class _SinkTarget(BaseTarget):  # type: ignore[misc]
     def __init__(self, sink: UploadSink) -> None:
         super().__init__()
         self.sink = sink

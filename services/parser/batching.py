@@ -34,8 +34,8 @@ class BatchSizer:
         if not self.adaptive or samples <= 0 or seconds <= 0:
             return
         rate = samples / seconds
-        self._rate = rate if self._rate is None else (
-            self.smoothing * rate + (1 - self.smoothing) * self._rate
+        self._rate = (
+            rate if self._rate is None else (self.smoothing * rate + (1 - self.smoothing) * self._rate)
         )
         ideal = self._rate * self.target_seconds
         bounded = min(max(ideal, self.size * 0.5), self.size * 2.0)

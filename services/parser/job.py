@@ -21,7 +21,7 @@ from imuflow.logs import context, fields
 from imuflow.settings import Settings
 from services.parser.batching import BatchSizer
 from services.parser.formats import registry
-from services.parser.formats.base import FileInfo, FormatError, ReadOptions, Reader, ResumePoint, SampleBatch
+from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 
 log = logging.getLogger("imuflow.parser")
@@ -183,7 +183,9 @@ class FileJob:
             raise FormatError("the file holds no readable IMU samples")
         if not await self.repo.complete(claim, samples_done):
             raise Fenced("complete matched no row")
-        log.info("parse completed", extra=fields(action="completed", samples=samples_done, batches=batch_number))
+        log.info(
+            "parse completed", extra=fields(action="completed", samples=samples_done, batches=batch_number)
+        )
         await self._publish(
             events.ParseCompleted(
                 file_id=claim.file_id,
@@ -282,7 +284,7 @@ class FileJob:
         """Send without waiting for the broker; the Postgres state is already committed."""
         if not self.settings.progress_tracking and base == topics.PROGRESS:
             return
-        file_id = getattr(event, "file_id")
+        file_id = event.file_id  # type: ignore[attr-defined]
         try:
             future = await self.producer.send(
                 kafka.topic(self.settings, base), events.encode(event), key=topics.message_key(file_id)

@@ -79,7 +79,7 @@ def encode(file_id: uuid.UUID, batch: SampleBatch, *, with_header: bool = True) 
         body = rows[keep].tobytes()
     else:
         body = rows.tobytes()
-    return (HEADER if with_header else b"") + body + TRAILER
+    return (HEADER if with_header else b"") + bytes(body) + TRAILER
 
 
 def _big_endian(column: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:

@@ -7,6 +7,7 @@ cancelled or deleted it), and its transaction, samples included, rolls back.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,9 @@ class ParserRepository:
         values["attempt"] = values.pop("attempts")
         return Claim(**values)
 
-    async def set_format(self, claim: Claim, format_id: str, units: dict[str, str], warnings: list[str]) -> None:
+    async def set_format(
+        self, claim: Claim, format_id: str, units: dict[str, str], warnings: list[str]
+    ) -> None:
         """Record the detected format, its source units and header warnings."""
         await self._execute(QUERIES["set_format"], claim.file_id, claim.attempt, format_id, units, warnings)
 
@@ -149,10 +152,10 @@ class ParserRepository:
 
     async def note_transient_error(self, claim: Claim, message: str) -> None:
         """Keep the last transient error on the job for operators (best effort)."""
-        try:
-            await self.pool.execute(QUERIES["note_transient_error"], claim.file_id, claim.attempt, message[:500])
-        except DRIVER_ERRORS:
-            pass
+        with contextlib.suppress(*DRIVER_ERRORS):
+            await self.pool.execute(
+                QUERIES["note_transient_error"], claim.file_id, claim.attempt, message[:500]
+            )
 
     async def _execute(self, query: str, *args: Any) -> str:
         try:

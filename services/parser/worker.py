@@ -16,7 +16,13 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
@@ -110,7 +116,9 @@ class ParserWorker:
         try:
             event = events.FILE_EVENT.validate_json(record.value)
         except ValidationError as exc:
-            log.warning("skipping malformed file event: %s", exc.errors()[:1], extra=fields(offset=record.offset))
+            log.warning(
+                "skipping malformed file event: %s", exc.errors()[:1], extra=fields(offset=record.offset)
+            )
             return Outcome.DONE
         delay = 1.0
         while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -30,7 +30,7 @@ def mux_of(request: Request) -> Multiplexer:
 
 Repo = Annotated[ProgressRepository, Depends(repo_of)]
 Mux = Annotated[Multiplexer, Depends(mux_of)]
-NOT_FOUND = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
 
 router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
 
@@ -82,7 +82,9 @@ async def get_batches(record: OwnedFile, repo: Repo) -> BatchLog:
     return BatchLog.model_validate({"items": await repo.batch_log(record.id)})
 
 
-@router.post("/files/{file_id}/cancel", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+@router.post(
+    "/files/{file_id}/cancel", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}}
+)
 async def cancel(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
     """Cancel a job; the parser stops at its next batch boundary."""
     if not await repo.cancel(record.id, user.id):
@@ -90,7 +92,9 @@ async def cancel(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord
     return await owned_file(record.id, user, repo)
 
 
-@router.post("/files/{file_id}/retry", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+@router.post(
+    "/files/{file_id}/retry", response_model=FileRecord, responses={**NOT_FOUND, 409: {"model": ErrorBody}}
+)
 async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
     """Resume a failed or cancelled job from its last checkpoint."""
     if not await repo.retry(record.id, user.id):
@@ -103,9 +107,13 @@ async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND},
 )
-async def file_events(request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings) -> EventSourceResponse:
+async def file_events(
+    request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
+) -> EventSourceResponse:
     """Live events of one file (current state first; Last-Event-ID replays)."""
-    return stream_response(request, mux, repo, user_id=user.id, file_id=record.id, ping_seconds=cfg.sse_ping_seconds)
+    return stream_response(
+        request, mux, repo, user_id=user.id, file_id=record.id, ping_seconds=cfg.sse_ping_seconds
+    )
 
 
 @router.get(
@@ -113,6 +121,10 @@ async def file_events(request: Request, record: OwnedFile, user: CurrentUser, re
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}},
 )
-async def all_events(request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings) -> EventSourceResponse:
+async def all_events(
+    request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
+) -> EventSourceResponse:
     """Live events of all the caller's files."""
-    return stream_response(request, mux, repo, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds)
+    return stream_response(
+        request, mux, repo, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds
+    )

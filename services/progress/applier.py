@@ -10,6 +10,7 @@ are logged, counted and skipped; they never stop the consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -60,8 +61,10 @@ async def apply(conn: asyncpg.Connection, batch: list[events.ProgressEvent]) -> 
             outcome = "invalid" if row is None or row["user_id"] != event.user_id else "stale"
             metrics.PROGRESS_EVENTS.labels(outcome).inc()
             if outcome == "invalid":
-                log.warning("skipping event for an unknown file or another user's file",
-                            extra=fields(action="forged_event", file_id=str(event.file_id)))
+                log.warning(
+                    "skipping event for an unknown file or another user's file",
+                    extra=fields(action="forged_event", file_id=str(event.file_id)),
+                )
             continue
         metrics.PROGRESS_EVENTS.labels("applied").inc()
         if isinstance(event, events.ParseStarted):
@@ -149,7 +152,9 @@ class ProgressApplier:
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.pool = pool
-        self.consumer = kafka.consumer(settings, settings.progress_group_id, topics.PROGRESS, max_poll_records=1000)
+        self.consumer = kafka.consumer(
+            settings, settings.progress_group_id, topics.PROGRESS, max_poll_records=1000
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, apply and commit until `stop` is set."""
@@ -188,8 +193,6 @@ class ProgressApplier:
         """Keep `imuflow_consumer_lag{group=progress}` current."""
         gauge = metrics.CONSUMER_LAG.labels(self.settings.progress_group_id)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(KafkaError, AssertionError, OSError):
                 gauge.set(await kafka.consumer_lag(self.consumer))
-            except (KafkaError, AssertionError, OSError):
-                pass
             await wait_any(stop, timeout=5.0)

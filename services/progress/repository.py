@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -76,7 +76,9 @@ class ProgressRepository:
         rows = await self._fetch(QUERIES["oldest_event_id"])
         return int(rows[0][0])
 
-    async def replay(self, after: int, user_id: UUID | None, file_id: UUID | None, limit: int) -> list[asyncpg.Record]:
+    async def replay(
+        self, after: int, user_id: UUID | None, file_id: UUID | None, limit: int
+    ) -> list[asyncpg.Record]:
         """Events after `after`, in order, scoped to a user and optionally one file."""
         return await self._fetch(QUERIES["replay"], after, user_id, file_id, limit)
 
@@ -92,11 +94,11 @@ class ProgressRepository:
         return rows
 
 
-def _queued(row: dict[str, Any], reason: str) -> dict[str, Any]:
+def _queued(row: dict[str, Any], reason: Literal["upload", "retry", "requeue", "reparse"]) -> dict[str, Any]:
     event = FileQueued(
         file_id=row["id"],
         user_id=row["user_id"],
-        reason=reason,  # type: ignore[arg-type]
+        reason=reason,
         run=row["run"],
         storage_uri=row["storage_uri"],
         filename=row["filename"],

@@ -73,7 +73,9 @@ async def _events(
             for row in await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT):
                 record = FileRecord.model_validate(row)
                 yield ServerSentEvent(
-                    data=record.model_dump_json(), event=EVENT_TYPES.get(record.status, "progress"), id=str(sent)
+                    data=record.model_dump_json(),
+                    event=EVENT_TYPES.get(record.status, "progress"),
+                    id=str(sent),
                 )
         while not sub.overflowed:
             for event in await sub.get(timeout=5.0):

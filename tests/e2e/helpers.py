@@ -56,11 +56,13 @@ async def events(
     headers = bearer(token)
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=timeout)) as client:
-        async with aconnect_sse(client, "GET", url, headers=headers) as source:
-            source.response.raise_for_status()
-            async for sse in source.aiter_sse():
-                yield Event(sse.event, sse.id, json.loads(sse.data))
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=timeout)) as client,
+        aconnect_sse(client, "GET", url, headers=headers) as source,
+    ):
+        source.response.raise_for_status()
+        async for sse in source.aiter_sse():
+            yield Event(sse.event, sse.id, json.loads(sse.data))
 
 
 async def follow_until_done(url: str, token: str, **kwargs: Any) -> list[Event]:

@@ -46,14 +46,18 @@ async def test_upload_is_parsed_with_live_progress(
     assert percents == sorted(percents), "percent went backwards"
     ids = [int(e.id) for e in seen]
     assert ids == sorted(ids)
-    batches = [e.record["batch_number"] for e in seen if e.record["status"] == "parsing" and e.record["batch_number"]]
+    batches = [
+        e.record["batch_number"] for e in seen if e.record["status"] == "parsing" and e.record["batch_number"]
+    ]
     expected_batches = -(-XIO_SAMPLES // 2000)  # 7
     assert set(batches) <= set(range(1, expected_batches + 1))
     assert len(batches) == len(set(batches)), "a batch was announced twice"
 
     conn = await asyncpg.connect(database_url)
     try:
-        stored = await conn.fetchval("SELECT count(*) FROM imu_samples WHERE file_id = $1", record["id"] and file_id)
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM imu_samples WHERE file_id = $1", record["id"] and file_id
+        )
         distinct = await conn.fetchval(
             "SELECT count(DISTINCT sample_index) FROM imu_samples WHERE file_id = $1::uuid", file_id
         )
@@ -72,15 +76,25 @@ async def test_upload_is_parsed_with_live_progress(
     async with httpx.AsyncClient(timeout=10) as client:
         listed = (await client.get(f"{stack.progress_url}/api/files", headers=bearer(token))).json()
         assert [f["id"] for f in listed["items"]] == [file_id]
-        batches_api = (await client.get(f"{stack.progress_url}/api/files/{file_id}/batches", headers=bearer(token))).json()
+        batches_api = (
+            await client.get(f"{stack.progress_url}/api/files/{file_id}/batches", headers=bearer(token))
+        ).json()
         assert len(batches_api["items"]) == expected_batches
-        progress = (await client.get(f"{stack.progress_url}/api/files/{file_id}/progress", headers=bearer(token))).json()
+        progress = (
+            await client.get(f"{stack.progress_url}/api/files/{file_id}/progress", headers=bearer(token))
+        ).json()
         assert progress["samples_processed"] == XIO_SAMPLES
         # Isolation: another user sees nothing, not even that the file exists.
-        for path in (f"/api/files/{file_id}", f"/api/files/{file_id}/progress", f"/api/files/{file_id}/events"):
+        for path in (
+            f"/api/files/{file_id}",
+            f"/api/files/{file_id}/progress",
+            f"/api/files/{file_id}/events",
+        ):
             denied = await client.get(f"{stack.progress_url}{path}", headers=bearer(other))
             assert denied.status_code == 404, path
-        assert (await client.get(f"{stack.progress_url}/api/files", headers=bearer(other))).json() == {"items": []}
+        assert (await client.get(f"{stack.progress_url}/api/files", headers=bearer(other))).json() == {
+            "items": []
+        }
         assert (await client.get(f"{stack.progress_url}/api/files/{file_id}")).status_code == 401
 
     # A client that subscribes after the job finished still gets `completed` first.
