@@ -1,9 +1,10 @@
 """Run the real services (ingest, parser, progress) as processes for end-to-end tests.
 
-`service_stack` is a fixture returning an async starter: `await service_stack(settings,
-env={"IMUFLOW_BATCH_SIZE": "2000"})` starts the services under the supervisor, waits
-until all are healthy and returns their URLs; everything started is stopped after the
-test. When a test fails, the tail of each service log is attached to its report.
+`service_stack` is a fixture returning an async starter:
+`await service_stack(settings, env={"IMUFLOW_BATCH_SIZE": "2000"})` (settings default to
+the `test_settings` fixture) starts the services under the supervisor, waits until all
+are healthy and returns their URLs; everything started is stopped after the test. When
+a test fails, the tail of each service log is attached to its report.
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ async def start_service_stack(
 
 
 @pytest.fixture
-async def service_stack(request: pytest.FixtureRequest) -> AsyncIterator[StartStack]:
-    """An async starter `(settings, env=None, *, services=..., healthy_within=60)`."""
+async def service_stack(request: pytest.FixtureRequest, test_settings: Settings) -> AsyncIterator[StartStack]:
+    """An async starter `(settings=test_settings, env=None, *, services=..., healthy_within=60)`.
+
+    It depends on `test_settings` so the services stop before the test's database is dropped.
+    """
     started: list[ServiceStack] = []
     request.node.stash[_STACKS] = started
 
     async def start(
-        settings: Settings,
+        settings: Settings | None = None,
         env: Mapping[str, str] | None = None,
         *,
         services: Sequence[str] = SERVICES,
@@ -89,7 +93,7 @@ async def service_stack(request: pytest.FixtureRequest) -> AsyncIterator[StartSt
     ) -> ServiceStack:
         try:
             stack = await start_service_stack(
-                settings, env, services=services, healthy_within=healthy_within
+                settings or test_settings, env, services=services, healthy_within=healthy_within
             )
         except SupervisorError as exc:
             pytest.fail(f"service stack did not start:\n{exc}", pytrace=False)

@@ -75,9 +75,7 @@ async def kafka_ready(bootstrap_servers: str, within: float = 2.0) -> bool:
     """True when a Kafka client can fetch cluster metadata from `bootstrap_servers`."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(within * 1000)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(within * 1000))
     try:
         await asyncio.wait_for(admin.start(), within)
         await asyncio.wait_for(admin.list_topics(), within)

@@ -96,9 +96,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     except Exception as exc:  # the library raises bare RuntimeError/CalledProcessError
         log_file = pgdata / "log"
         tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-        raise EmbeddedPostgresError(
-            f"embedded Postgres failed to start in {pgdata}: {exc}\n{tail}"
-        ) from exc
+        raise EmbeddedPostgresError(f"embedded Postgres failed to start in {pgdata}: {exc}\n{tail}") from exc
     info = server.get_postmaster_info()
     socket_dir = Path(info.socket_dir) if info.socket_dir else pgdata
     elapsed = time.monotonic() - began

@@ -280,8 +280,7 @@ class Supervisor:
             if time.monotonic() >= deadline:
                 sick = [n for n, ok in status.items() if not ok]
                 raise SupervisorError(
-                    f"services not healthy within {within:.0f}s: {', '.join(sick)}\n"
-                    + self.describe(sick)
+                    f"services not healthy within {within:.0f}s: {', '.join(sick)}\n" + self.describe(sick)
                 )
             await asyncio.sleep(interval)
 
@@ -292,8 +291,7 @@ class Supervisor:
             st = self.services[name]
             parts.append(
                 f"--- {name}: pid={st.pid} starts={st.starts} last_exit={st.last_exit} "
-                f"health={st.spec.health_url} log={st.spec.log_path}\n"
-                + log_tail(st.spec.log_path, lines)
+                f"health={st.spec.health_url} log={st.spec.log_path}\n" + log_tail(st.spec.log_path, lines)
             )
         return "\n".join(parts)
 
@@ -304,9 +302,7 @@ class Supervisor:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for state, result in zip(self.services.values(), results, strict=False):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                log.error(
-                    "service task failed", extra=fields(service=state.spec.name, error=repr(result))
-                )
+                log.error("service task failed", extra=fields(service=state.spec.name, error=repr(result)))
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -96,9 +96,7 @@ def _single_up(data_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PortTaken(
-                f"another `imuflow up` is already running with data dir {data_dir}"
-            ) from None
+            raise PortTaken(f"another `imuflow up` is already running with data dir {data_dir}") from None
         yield
 
 
@@ -160,9 +158,7 @@ async def _main(settings: Settings, console: Console) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def _start_and_serve(
-    settings: Settings, console: Console, stack: contextlib.AsyncExitStack
-) -> int:
+async def _start_and_serve(settings: Settings, console: Console, stack: contextlib.AsyncExitStack) -> int:
     data_dir = settings.data_dir
     database_url = settings.database_url
     if not database_url:
@@ -241,9 +237,7 @@ async def upload_sample(
     async with httpx.AsyncClient(headers=headers, timeout=30.0, trust_env=False) as client:
         try:
             with resources.as_file(sample) as path, path.open("rb") as f:
-                response = await client.post(
-                    f"{ingest}/api/files", files={"file": (SAMPLE, f, "text/csv")}
-                )
+                response = await client.post(f"{ingest}/api/files", files={"file": (SAMPLE, f, "text/csv")})
             response.raise_for_status()
             record: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -254,9 +248,7 @@ async def upload_sample(
     return record
 
 
-async def _watch(
-    console: Console, client: httpx.AsyncClient, url: str, deadline_s: float
-) -> dict[str, Any]:
+async def _watch(console: Console, client: httpx.AsyncClient, url: str, deadline_s: float) -> dict[str, Any]:
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
     record: dict[str, Any] = {"status": "uploaded"}
     end = time.monotonic() + deadline_s

@@ -47,9 +47,7 @@ async def test_restarts_a_dying_process_with_growing_backoff(tmp_path: Path) -> 
         await _eventually(lambda: state.starts >= 4)
     assert state.starts >= 4
     assert state.last_exit == 3
-    lines = [
-        json.loads(line) for line in spec.log_path.read_text().splitlines() if line.startswith("{")
-    ]
+    lines = [json.loads(line) for line in spec.log_path.read_text().splitlines() if line.startswith("{")]
     delays = [line["restart_in"] for line in lines if line["action"] == "exited"]
     assert delays[:3] == [0.1, 0.2, 0.4]  # doubled, then capped
     assert "up" in spec.log_path.read_text()
@@ -111,9 +109,7 @@ async def test_wait_healthy_reports_log_tail(tmp_path: Path) -> None:
             await sup.wait_healthy(within=1.0)
 
 
-def test_service_specs_carry_settings_and_overrides(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_service_specs_carry_settings_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("imuflow.stack.supervisor.imuflow_command", lambda: ["/venv/bin/imuflow"])
     settings = Settings(
         data_dir=tmp_path,

@@ -1,0 +1,41 @@
+# imuflow: `make up` runs the whole stack locally, `make test` runs the test suite.
+# Needs Python 3.11+ (python3) and make; everything else goes into ./.venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstall only when pyproject.toml changed since the last install.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv up test lint bench
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "imuflow needs Python 3.11+ (found $$($(PYTHON) --version))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+up: venv
+	$(BIN)/imuflow up
+
+# pytest exits 5 when it collected nothing: a broken suite, never a pass.
+test: venv
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: venv
+	@for f in benchmarks/*.py; do \
+		name=$$(basename $$f .py); [ "$$name" = __init__ ] && continue; \
+		echo "== benchmarks.$$name"; $(BIN)/python -m benchmarks.$$name || exit 1; \
+	done
