@@ -35,12 +35,15 @@ FORMAT_IDS: dict[str, str] = {
 # Binary formats register here: id -> BinaryFormat(factory, sniff). They are tried before
 # the text presets, in this order, on the first 64 KiB of the file.
 # Imported here, not at the top, so that this section stays the binary readers' own.
-from services.parser.formats import cwa, geneactiv, gt3x  # noqa: E402
+from services.parser.formats import axivity_wav, cwa, geneactiv, gt3x  # noqa: E402
+
+FORMAT_IDS[axivity_wav.FORMAT_ID] = "Axivity OMGUI WAV export (int16 frames, INFO metadata)"
 
 BINARY_READERS: dict[str, BinaryFormat] = {
     cwa.FORMAT_ID: BinaryFormat(cwa.CwaReader, cwa.sniff),
     gt3x.FORMAT_ID: BinaryFormat(gt3x.Gt3xReader, gt3x.sniff),
     geneactiv.FORMAT_ID: BinaryFormat(geneactiv.GeneactivReader, geneactiv.sniff),
+    axivity_wav.FORMAT_ID: BinaryFormat(axivity_wav.AxivityWavReader, axivity_wav.sniff),
 }
 # ----------------------------------------------------------------------------------------
 
@@ -99,8 +102,7 @@ def detect_format(head: bytes, filename: str) -> str:
         raise FormatError("the file is empty")
     if _looks_binary(head):
         raise FormatError(
-            "the file is binary data of a kind we do not read; supported: "
-            + ", ".join(sorted(FORMAT_IDS))
+            "the file is binary data of a kind we do not read; supported: " + ", ".join(sorted(FORMAT_IDS))
         )
     if _is_orientation_sto(head, filename):
         raise FormatError("the file carries no raw IMU samples (orientations only)")
@@ -118,6 +120,4 @@ def make_reader(format_id: str) -> Reader:
         return BINARY_READERS[format_id].factory()
     if format_id in FORMAT_IDS:
         raise FormatError(f"the {format_id!r} reader is not available in this installation")
-    raise FormatError(
-        f"unknown format {format_id!r}; valid formats: " + ", ".join(sorted(FORMAT_IDS))
-    )
+    raise FormatError(f"unknown format {format_id!r}; valid formats: " + ", ".join(sorted(FORMAT_IDS)))
