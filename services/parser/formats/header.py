@@ -68,7 +68,10 @@ def split_lines(head: bytes, complete: bool) -> tuple[list[str], list[int]]:
 def split_fields(line: str, delimiter: str) -> list[str]:
     """Split one line, honouring double quotes only where the line has them."""
     if '"' in line:
-        return next(csv.reader([line], delimiter=delimiter))
+        try:
+            return next(csv.reader([line.replace("\r", "")], delimiter=delimiter))
+        except csv.Error:
+            return line.replace('"', "").split(delimiter)  # unbalanced quotes: take them literally
     return line.split(delimiter)
 
 

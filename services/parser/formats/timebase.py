@@ -73,9 +73,7 @@ def start_from_preamble(lines: list[str]) -> tuple[dt.datetime | None, str]:
     if date is None:
         return None, order
     parts = dict(zip(order, (int(g) for g in date.groups()), strict=True))
-    hh, mm, ss = (
-        (int(time.group(1)), int(time.group(2)), int(time.group(3) or 0)) if time else (0, 0, 0)
-    )
+    hh, mm, ss = (int(time.group(1)), int(time.group(2)), int(time.group(3) or 0)) if time else (0, 0, 0)
     try:
         return dt.datetime(parts["y"], parts["m"], parts["d"], hh, mm, ss), order
     except (KeyError, ValueError):
@@ -125,9 +123,7 @@ def plan_text_time(values: list[str], order: str, timezone: str) -> TimePlan | N
     if re.match(r"\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{2}", v):
         return TimePlan("text", epoch=True, timezone=timezone, text_order="ymd")
     if re.match(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{4}[ T]\d{1,2}:\d{2}", v):
-        return TimePlan(
-            "text", epoch=True, timezone=timezone, text_order=order if order != "ymd" else "mdy"
-        )
+        return TimePlan("text", epoch=True, timezone=timezone, text_order=order if order != "ymd" else "mdy")
     return None
 
 
@@ -197,7 +193,7 @@ def _unwrap(
     raw: npt.NDArray[np.float64], period: int, state: dict[str, Any]
 ) -> tuple[I64, npt.NDArray[np.bool_]]:
     """Unwrap a wrapping counter, continuing from `state` (keys last, base, first)."""
-    ok = np.isfinite(raw)
+    ok = np.isfinite(raw) & (raw >= 0) & (raw < period)  # outside the counter's range: bad
     vals = np.where(ok, raw, 0).astype(np.int64)
     good = vals[ok]
     out = np.zeros(vals.shape, dtype=np.int64)
@@ -221,9 +217,9 @@ def chunk_times(
         return np.full(n, NULL_TIME, dtype=np.int64), np.zeros(n, dtype=bool)
     if plan.kind == "synth":
         rows = np.arange(first_row, first_row + n, dtype=np.float64)
-        return plan.start_ns + np.rint(rows * (1e9 / float(plan.rate_hz or 1))).astype(
-            np.int64
-        ), np.ones(n, dtype=bool)
+        return plan.start_ns + np.rint(rows * (1e9 / float(plan.rate_hz or 1))).astype(np.int64), np.ones(
+            n, dtype=bool
+        )
     assert col is not None
     if plan.kind == "int":
         ok = ~_null_mask(col)
@@ -232,9 +228,7 @@ def chunk_times(
             ns = v * np.int64(plan.scale)
         ok &= np.abs(v) < int(_MAX_NS) // plan.scale
     elif plan.kind == "float":
-        ns, ok = _from_float(
-            col.to_numpy(zero_copy_only=False).astype(np.float64), float(plan.scale)
-        )
+        ns, ok = _from_float(col.to_numpy(zero_copy_only=False).astype(np.float64), float(plan.scale))
     elif plan.kind == "decimal":
         vals = [_decimal_ns(x, plan.scale) for x in col.cast(pa.string()).to_pylist()]
         ok = np.array([x is not None for x in vals], dtype=bool)

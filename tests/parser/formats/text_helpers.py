@@ -68,20 +68,21 @@ def read_bytes(
     target: int | Callable[[], int] = 1000,
     format_id: str | None = None,
     resume: ResumePoint | None = None,
-    **options: str,
+    sensor: str | None = None,
+    timezone: str = "UTC",
 ) -> Result:
     """Detect (unless given) and read `data` to the end."""
     fid = format_id or detect_format(data[:65536], filename)
     reader = make_reader(fid)
-    opts = ReadOptions(filename=filename, **options)  # type: ignore[arg-type]
+    opts = ReadOptions(filename=filename, sensor=sensor, timezone=timezone)
     info = reader.open(io.BytesIO(data), opts, resume)
     size = target if callable(target) else (lambda: target)
     return Result(info, list(reader.batches(size)), fid)
 
 
-def read_path(path: Path, target: int = 1000, **options: str) -> Result:
+def read_path(path: Path, target: int = 1000) -> Result:
     """Read a file from disk under its own name."""
-    return read_bytes(path.read_bytes(), path.name, target, **options)
+    return read_bytes(path.read_bytes(), path.name, target=target)
 
 
 def euroc(rows: int = 50, damaged: bool = False) -> bytes:

@@ -1,0 +1,30 @@
+"""Blocks of whole lines with exact resume offsets."""
+
+from __future__ import annotations
+
+import io
+
+from services.parser.formats.chunker import LineChunker
+
+
+def test_blocks_end_on_newlines_and_cover_the_file() -> None:
+    data = b"".join(b"%d,%s\n" % (i, b"x" * (i % 13)) for i in range(5000)) + b"tail"
+    chunker = LineChunker(io.BytesIO(data), 0, 3.0)
+    pieces, offsets = [], []
+    while True:
+        block, end, eof = chunker.next_block(37)
+        if not block:
+            break
+        pieces.append(block)
+        offsets.append(end)
+        assert block.endswith(b"\n") or eof
+        assert block.count(b"\n") == 37 or eof
+    assert b"".join(pieces) == data and offsets[-1] == len(data)
+
+
+def test_large_surplus_uses_vectorised_cut() -> None:
+    data = b"1\n" * 100_000
+    chunker = LineChunker(io.BytesIO(data), 0, 1000.0)  # a bad estimate reads far too much
+    block, end, _ = chunker.next_block(10)
+    assert block == b"1\n" * 10 and end == 20
+    assert chunker.next_block(5)[1] == 30
