@@ -126,9 +126,7 @@ class CwaReader:
         if len(head) < 4 or head[:2] != b"MD":
             raise FormatError("not an Axivity .cwa file: it does not start with an 'MD' header")
         if len(head) < HEADER_BYTES:
-            raise FormatError(
-                f"the .cwa file is only {len(head)} bytes, shorter than its 1024-byte header"
-            )
+            raise FormatError(f"the .cwa file is only {len(head)} bytes, shorter than its 1024-byte header")
         units = {c: "1/256 g" for c in ("ax", "ay", "az")}
         if len(head) == HEADER_BYTES + BLOCK_BYTES and head[HEADER_BYTES:][25] in _LAYOUTS:
             self._spb = _LAYOUTS[head[HEADER_BYTES:][25]]

@@ -139,8 +139,7 @@ class GeneactivReader:
             except ValueError:  # a damaged Start Time: compare at a summer date instead
                 at_start = dt.datetime(2000, 7, 1)
             if options.timezone not in ("UTC", "") and (
-                at_start.replace(tzinfo=user_tz).utcoffset()
-                != at_start.replace(tzinfo=file_tz).utcoffset()
+                at_start.replace(tzinfo=user_tz).utcoffset() != at_start.replace(tzinfo=file_tz).utcoffset()
             ):
                 warnings.append(
                     f"the file's own time zone ({fields['Time Zone']}) was used instead of "
@@ -201,9 +200,7 @@ class GeneactivReader:
                 )
             yield self._make_batch(pages, skipped, warnings)
 
-    def _next_page(
-        self, buf: bytes, pos: int, eof: bool
-    ) -> tuple[tuple[int, bytes, float] | None, str, int]:
+    def _next_page(self, buf: bytes, pos: int, eof: bool) -> tuple[tuple[int, bytes, float] | None, str, int]:
         """Cut one page from `buf` at `pos`: (page or None if damaged, status, next pos)."""
         at = buf.find(_MARKER, pos)
         if at < 0:

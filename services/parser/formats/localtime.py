@@ -35,9 +35,7 @@ def load_zone(name: str) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise FormatError(
-            f"unknown timezone {name!r}: use an IANA name such as Europe/London"
-        ) from exc
+        raise FormatError(f"unknown timezone {name!r}: use an IANA name such as Europe/London") from exc
 
 
 def parse_gmt_offset(text: str) -> dt.tzinfo | None:

@@ -27,19 +27,10 @@ AX3_CORRUPT = DATA / "ggirread_ax3_testfile_corrupt_blocks_0_13_14_142_143_144.c
 
 def pack_stamp(t: dt.datetime) -> int:
     """The .cwa packed date: YYYYYY MMMM DDDDD hhhhh mmmmmm ssssss, year - 2000."""
-    return (
-        (t.year - 2000) << 26
-        | t.month << 22
-        | t.day << 17
-        | t.hour << 12
-        | t.minute << 6
-        | t.second
-    )
+    return (t.year - 2000) << 26 | t.month << 22 | t.day << 17 | t.hour << 12 | t.minute << 6 | t.second
 
 
-def make_block(
-    seq: int, stamp: dt.datetime, data: bytes, count: int, layout: int, light: int = 0
-) -> bytes:
+def make_block(seq: int, stamp: dt.datetime, data: bytes, count: int, layout: int, light: int = 0) -> bytes:
     """One 512-byte AX block (100 Hz, timestamp for sample 0) with a valid checksum."""
     head = struct.pack(
         "<2sHHIIIHHBBBBhH", b"AX", 508, 0, 7, seq, pack_stamp(stamp), light, 300, 0, 200,

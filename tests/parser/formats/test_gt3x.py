@@ -35,9 +35,7 @@ def record(rtype: int, ts: int, payload: bytes, good: bool = True) -> bytes:
     return body + bytes([(~x & 0xFF) ^ (0 if good else 0x5A)])
 
 
-def make_gt3x(
-    log: bytes, info_extra: str = "TimeZone: -05:00:00\r\n", member: str = "log.bin"
-) -> bytes:
+def make_gt3x(log: bytes, info_extra: str = "TimeZone: -05:00:00\r\n", member: str = "log.bin") -> bytes:
     """A .gt3x ZIP with info.txt (30 Hz, scale 256) and the given log.bin."""
 
     def ticks(t: dt.datetime) -> int:
