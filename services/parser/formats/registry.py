@@ -66,10 +66,17 @@ def _looks_binary(head: bytes) -> bool:
     return controls > len(sample) // 20
 
 
-def _is_orientation_sto(head: bytes, filename: str) -> bool:
+def _sto_reason(head: bytes, filename: str) -> str | None:
+    """Why an OpenSim .sto table cannot be read, or None if this is not one."""
     text = head[:4096].decode("latin-1")
     has_endheader = re.search(r"^endheader\s*$", text, re.MULTILINE) is not None
-    return PurePath(filename).suffix.lower() == ".sto" or (has_endheader and "Quaternion" in text)
+    if not has_endheader and PurePath(filename).suffix.lower() != ".sto":
+        return None
+    if "Quaternion" in text or "orientation" in filename.lower():
+        return "the file carries no raw IMU samples (orientations only)"
+    return (
+        "OpenSim .sto tables (vectors packed inside cells) are not supported; export the raw IMU data as CSV"
+    )
 
 
 def _text_preset(layout: Layout) -> str:
@@ -104,8 +111,8 @@ def detect_format(head: bytes, filename: str) -> str:
         raise FormatError(
             "the file is binary data of a kind we do not read; supported: " + ", ".join(sorted(FORMAT_IDS))
         )
-    if _is_orientation_sto(head, filename):
-        raise FormatError("the file carries no raw IMU samples (orientations only)")
+    if reason := _sto_reason(head, filename):
+        raise FormatError(reason)
     if head.lstrip(b"\xef\xbb\xbf").startswith(b"Device Identity"):
         raise FormatError("GENEActiv .bin files need the geneactiv reader, which is not installed")
     layout = sniff_layout(head, complete=len(head) < HEAD_BYTES)
