@@ -44,9 +44,7 @@ class LineChunker:
         else:
             block, self._buf, self._newlines = self._buf, b"", 0
         if n_lines and block:
-            self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(
-                1, block.count(b"\n")
-            )
+            self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, block.count(b"\n"))
         self._offset += len(block)
         return block, self._offset, self._eof and not self._buf
 

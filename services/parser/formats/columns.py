@@ -168,9 +168,7 @@ def map_columns(
     return cmap
 
 
-def _factor(
-    cmap: ColumnMap, quantity: str, unit: str | None, defaults: dict[str, str]
-) -> tuple[float, str]:
+def _factor(cmap: ColumnMap, quantity: str, unit: str | None, defaults: dict[str, str]) -> tuple[float, str]:
     source = unit or defaults.get(quantity)
     label = {ACC: "accelerometer", GYR: "gyroscope", MAG: "magnetometer"}[quantity]
     if source is None:

@@ -90,9 +90,7 @@ class TextReader:
         head = f.read(HEAD_BYTES)
         layout = sniff_layout(head, complete=len(head) >= total)
         try:
-            cmap = map_columns(
-                layout.names, layout.units, self._preset.default_units, axis_sensor(options)
-            )
+            cmap = map_columns(layout.names, layout.units, self._preset.default_units, axis_sensor(options))
         except FormatError as exc:
             reason = None if options.sensor else _not_imu_file(options.filename)
             raise FormatError(reason or str(exc)) from exc
@@ -182,9 +180,7 @@ class TextReader:
             data = data.replace(b"\x00", b"")
         if layout.decimal_comma:
             data = data.replace(b",", b".")
-        blk = parse_block(
-            data, len(layout.names), layout.delimiter, layout.quoted_data, self._types
-        )
+        blk = parse_block(data, len(layout.names), layout.delimiter, layout.quoted_data, self._types)
         n, n_groups = blk.n_rows, len(cmap.groups)
         col = blk.columns.get(self._time_field) if self._time_field is not None else None
         t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
@@ -209,9 +205,7 @@ class TextReader:
             values=np.ascontiguousarray(vals[rows, groups]),
             end_offset=end,
             sensor=sensor,
-            sensors=tuple(g or f"sensor{i}" for i, g in enumerate(cmap.groups))
-            if n_groups > 1
-            else (),
+            sensors=tuple(g or f"sensor{i}" for i, g in enumerate(cmap.groups)) if n_groups > 1 else (),
             rows_skipped=skipped,
             warnings=warnings,
             state=copy.deepcopy(state),

@@ -51,9 +51,7 @@ def normalise(unit: str) -> str:
     u = u.replace("s^-2", "/s^2").replace("s^-1", "/s").replace("//", "/")
     u = re.sub(r"/s/s$|/s2$|/sec\^?2$", "/s^2", u)
     u = re.sub(r"/sec$", "/s", u)
-    u = {"sec": "s", "secs": "s", "seconds": "s", "usec": "us", "msec": "ms", "nsec": "ns"}.get(
-        u, u
-    )
+    u = {"sec": "s", "secs": "s", "seconds": "s", "usec": "us", "msec": "ms", "nsec": "ns"}.get(u, u)
     return u.replace("degrees/s", "deg/s").replace("degree/s", "deg/s")
 
 
