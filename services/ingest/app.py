@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord
 from imuflow import db, kafka, metrics
 from imuflow.logs import fields
@@ -34,7 +35,6 @@ from services.ingest.multipart import UploadRejected, receive_upload
 from services.ingest.storage import UploadSink, sanitize_filename
 
 log = logging.getLogger("imuflow.ingest")
-FORMAT_ID = re.compile(r"^[a-z0-9_]{1,40}$")
 SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
 TRUE = {"1", "true", "yes", "on"}
 
@@ -155,9 +155,9 @@ class _Options:
 
 
 def _options(form: dict[str, str]) -> _Options:
-    fmt = form.get("format") or None
-    if fmt is not None and not FORMAT_ID.match(fmt.lower()):
-        raise UploadRejected(400, f"unknown format {fmt!r}: use a preset id such as generic_csv")
+    fmt = (form.get("format") or "").strip().lower() or None
+    if fmt is not None and fmt not in FORMATS:
+        raise UploadRejected(400, f"unknown format {fmt!r}: use one of {', '.join(sorted(FORMATS))}")
     sensor = form.get("sensor") or None
     if sensor is not None and not SENSOR_NAME.match(sensor):
         raise UploadRejected(400, "sensor must be a short name such as 'accelerometer'")
@@ -167,7 +167,7 @@ def _options(form: dict[str, str]) -> _Options:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise UploadRejected(400, f"unknown timezone {tz!r}: use an IANA name such as Europe/Berlin") from exc
     allow = form.get("allow_duplicate", "false").lower() in TRUE
-    return _Options(fmt.lower() if fmt else None, sensor, tz, allow)
+    return _Options(fmt, sensor, tz, allow)
 
 
 def _dump(record: dict[str, object] | None) -> dict[str, object]:
