@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,8 +33,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(50_000, ge=1, le=5_000_000)
     adaptive_batching: bool = True
     max_upload_bytes: int = Field(4 * GIB, ge=1)
+    # Per-user upload limits (429 with Retry-After beyond them); generous by default.
+    upload_rate_per_minute: float = Field(600.0, gt=0)
+    upload_burst: int = Field(200, ge=1)
+    max_concurrent_uploads: int = Field(8, ge=1)
     stuck_after: float = Field(300.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    # Alerts from the app (stuck-job actions, failed jobs): a webhook, off when empty.
+    alert_webhook_url: str = ""
+    alert_webhook_format: Literal["json", "slack"] = "json"
 
     # Where the page (progress service) and the CLI reach ingest; also the CORS origin list.
     ingest_url: str = ""

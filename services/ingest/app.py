@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord
 from imuflow import db, kafka, metrics
+from imuflow.auth import User
 from imuflow.logs import fields
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
@@ -31,6 +33,7 @@ from imuflow.web import (
     install_error_shape,
 )
 from services.ingest import repository
+from services.ingest.limits import LimitExceeded, UploadLimiter
 from services.ingest.multipart import UploadRejected, receive_upload
 from services.ingest.storage import UploadSink, sanitize_filename
 
@@ -46,6 +49,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await db.create_pool(settings.database_url)
+        app.state.limiter = UploadLimiter(
+            settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
+        )
         producer = kafka.producer(settings)
         await kafka.retry_forever("kafka", producer.start)
         await kafka.ensure_topics(settings)
@@ -72,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             400: {"model": ErrorBody},
             401: {"model": ErrorBody},
             413: {"model": ErrorBody},
+            429: {"model": ErrorBody},
         },
         openapi_extra={
             "requestBody": {
@@ -96,54 +103,68 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def upload(request: Request, user: CurrentUser, pool: Pool, cfg: AppSettings) -> JSONResponse:
         """Stream a multipart upload (field `file`) to storage and queue it for parsing."""
-        file_id = uuid.uuid4()
-        sink = UploadSink(cfg.storage_dir, file_id, cfg.max_upload_bytes)
+        limiter: UploadLimiter = request.app.state.limiter
         try:
-            form = await receive_upload(request, sink)
-            options = _options(form.fields)
-            if sink.size == 0:
-                raise UploadRejected(400, "the file is empty")
-            await asyncio.to_thread(sink.finish)
-        except UploadRejected as exc:
-            sink.discard()
+            limiter.acquire(user.id)
+        except LimitExceeded as exc:
             metrics.UPLOADS.labels("rejected").inc()
-            log.info("upload rejected", extra=fields(reason=exc.detail, status=exc.status))
-            raise HTTPException(exc.status, exc.detail) from exc
-        except BaseException:
-            sink.discard()
-            raise
-        duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
-        if duplicate_of is not None and not options.allow_duplicate:
-            sink.discard()
-            existing = await repository.file_record(pool, duplicate_of, user.id)
-            metrics.UPLOADS.labels("duplicate").inc()
-            return JSONResponse(_dump(existing), status_code=200)
-        new = repository.NewFile(
-            id=file_id,
-            user_id=user.id,
-            filename=sanitize_filename(form.filename),
-            size_bytes=sink.size,
-            sha256=sink.sha256,
-            storage_uri=sink.final_path.resolve().as_uri(),
-            format=options.format,
-            sensor=options.sensor,
-            timezone=options.timezone,
-            duplicate_of=duplicate_of,
-        )
+            raise HTTPException(429, exc.detail, {"Retry-After": str(exc.retry_after)}) from exc
         try:
-            record = await repository.record_upload(pool, new)
-        except repository.StorageUnavailable as exc:
-            sink.discard()
-            raise HTTPException(503, "the database is unavailable; try again shortly") from exc
-        metrics.UPLOADS.labels("accepted").inc()
-        metrics.UPLOAD_BYTES.inc(sink.size)
-        log.info(
-            "upload stored",
-            extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
-        )
-        return JSONResponse(_dump(record), status_code=202)
+            return await _store_upload(request, user, pool, cfg)
+        finally:
+            limiter.release(user.id)
 
     return app
+
+
+async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: Settings) -> JSONResponse:
+    """Receive, store, deduplicate and record one upload."""
+    file_id = uuid.uuid4()
+    sink = UploadSink(cfg.storage_dir, file_id, cfg.max_upload_bytes)
+    try:
+        form = await receive_upload(request, sink)
+        options = _options(form.fields)
+        if sink.size == 0:
+            raise UploadRejected(400, "the file is empty")
+        await asyncio.to_thread(sink.finish)
+    except UploadRejected as exc:
+        sink.discard()
+        metrics.UPLOADS.labels("rejected").inc()
+        log.info("upload rejected", extra=fields(reason=exc.detail, status=exc.status))
+        raise HTTPException(exc.status, exc.detail) from exc
+    except BaseException:
+        sink.discard()
+        raise
+    duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
+    if duplicate_of is not None and not options.allow_duplicate:
+        sink.discard()
+        existing = await repository.file_record(pool, duplicate_of, user.id)
+        metrics.UPLOADS.labels("duplicate").inc()
+        return JSONResponse(_dump(existing), status_code=200)
+    new = repository.NewFile(
+        id=file_id,
+        user_id=user.id,
+        filename=sanitize_filename(form.filename),
+        size_bytes=sink.size,
+        sha256=sink.sha256,
+        storage_uri=sink.final_path.resolve().as_uri(),
+        format=options.format,
+        sensor=options.sensor,
+        timezone=options.timezone,
+        duplicate_of=duplicate_of,
+    )
+    try:
+        record = await repository.record_upload(pool, new)
+    except repository.StorageUnavailable as exc:
+        sink.discard()
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    metrics.UPLOADS.labels("accepted").inc()
+    metrics.UPLOAD_BYTES.inc(sink.size)
+    log.info(
+        "upload stored",
+        extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
+    )
+    return JSONResponse(_dump(record), status_code=202)
 
 
 @dataclass(frozen=True)
