@@ -107,3 +107,39 @@ class ReparseRequest(BaseModel):
     format: str | None = None
     sensor: str | None = None
     timezone: str | None = None
+
+
+class PageConfig(BaseModel):
+    """`GET /api/config`: what the web page needs before sign-in."""
+
+    ingest_url: str
+
+
+class AxisRange(BaseModel):
+    """Smallest and largest stored value of one axis (m/s², rad/s or µT)."""
+
+    min: float
+    max: float
+
+
+class SensorSummary(BaseModel):
+    """What one sensor of a file recorded (sensor None: the file names no sensor)."""
+
+    sensor: str | None
+    samples: int
+    start_ns: int | None
+    end_ns: int | None
+    duration_seconds: float | None
+    sample_rate_hz: float | None
+    ranges: dict[str, AxisRange]
+
+
+class FileSummary(BaseModel):
+    """`GET /api/files/{id}/summary`: the stored samples of a file, per sensor."""
+
+    file_id: UUID
+    status: FileStatus
+    samples: int
+    duration_seconds: float | None
+    sample_rate_hz: float | None
+    sensors: list[SensorSummary]

@@ -15,7 +15,7 @@ from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import database_ready, health_router, install_error_shape
-from services.progress import api, session
+from services.progress import api, pageconfig, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.multiplexer import Multiplexer
 from services.progress.repository import ProgressRepository
@@ -61,6 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router(ready))
     app.include_router(api.router)
     app.include_router(session.router)
+    app.include_router(pageconfig.router)
+    app.include_router(summary.router)
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
