@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -56,7 +57,7 @@ async def test_every_real_file_ends_right(
         assert response.status_code == 202, (name, response.text)
         ids[name] = response.json()["id"]
 
-    async def final(file_id: str) -> dict[str, object]:
+    async def final(file_id: str) -> dict[str, Any]:
         events = await follow_until_done(f"{stack.progress_url}/api/files/{file_id}/events", token)
         return events[-1].record
 
@@ -83,7 +84,7 @@ async def test_every_real_file_ends_right(
     finally:
         await conn.close()
     corrupt = records["ggirread_ax3_testfile_corrupt_blocks_0_13_14_142_143_144.cwa"]
-    assert any("checksum" in w for w in corrupt["warnings"])  # type: ignore[union-attr]
+    assert any("checksum" in w for w in corrupt["warnings"])
 
 
 async def test_a_png_named_csv_fails_with_a_reason(
