@@ -145,11 +145,19 @@ def big_csv(path: Path, rows: int) -> Path:
     return path
 
 
-async def test_reload_mid_way_resumes_live_progress(
+WATCH_BAR = """el => {
+    window.seen = [Number(el.getAttribute('aria-valuenow'))];
+    new MutationObserver(() => window.seen.push(Number(el.getAttribute('aria-valuenow'))))
+        .observe(el, {attributes: true, attributeFilter: ['aria-valuenow']});
+}"""
+
+
+async def test_reload_and_a_dropped_stream_resume_live_progress(
     test_settings: Settings, service_stack: StartStack, database_url: str, page: Page, tmp_path: Path
 ) -> None:
     big = await asyncio.to_thread(big_csv, tmp_path / "long-walk.csv", 300_000)
-    stack = await service_stack(test_settings, env=SMALL_BATCHES)
+    # Batches of 1,000 make 300 batches: time to reload and to restart a service mid-way.
+    stack = await service_stack(test_settings, env={**SMALL_BATCHES, "IMUFLOW_BATCH_SIZE": "1000"})
     token = await make_token(database_url, "alice")
     await sign_in(page, stack.progress_url, token)
 
@@ -167,12 +175,41 @@ async def test_reload_mid_way_resumes_live_progress(
     await expect(bar).to_be_visible(timeout=5_000)
     after_reload = await value_now(bar)
     assert after_reload >= before
+    await page.evaluate(WATCH_BAR, await bar.element_handle())
     await screenshot(page, "parsing-after-reload")
     await page.wait_for_function(
         f"el => Number(el.getAttribute('aria-valuenow')) > {after_reload}",
         arg=await bar.element_handle(),
         timeout=120_000,
     )
+
+    # The detail chart grows while the file parses.
+    await row(page, big.name).locator(".file-name").click()
+    rects = page.locator("#detail svg.chart rect.bar-rect")
+    await expect(rects.first).to_be_visible()
+    drawn = await rects.count()
+    await page.wait_for_function(
+        f"() => document.querySelectorAll('#detail svg.chart rect.bar-rect').length > {drawn}", timeout=60_000
+    )
+    await screenshot(page, "detail-parsing")
+    await page.keyboard.press("Escape")
+
+    # The progress service dies and comes back: EventSource reconnects with Last-Event-ID,
+    # the missed events are replayed, and the row carries on without going backwards.
+    progress = stack.supervisor.services["progress"].process
+    assert progress is not None
+    progress.kill()
+    await expect(page.locator("#live-state")).not_to_have_text("Live", timeout=10_000)
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=90_000)
+
+    await page.set_viewport_size({"width": 360, "height": 740})
+    assert await no_horizontal_scroll(page)
+    await screenshot(page, "parsing-360px")
+
     await expect(bar).to_have_attribute("aria-valuenow", "100", timeout=180_000)
-    await expect(row(page, big.name).locator(".badge")).to_have_text("Completed")
-    await expect(row(page, big.name).locator(".samples")).to_have_text("300,000 / 300,000 samples")
+    done = row(page, big.name)
+    await expect(done.locator(".badge")).to_have_text("Completed")
+    await expect(done.locator(".samples")).to_have_text("300,000 / 300,000 samples")
+    await expect(page.locator("li.file")).to_have_count(1)
+    seen = await page.evaluate("window.seen")
+    assert seen == sorted(seen), f"the bar went backwards: {seen}"

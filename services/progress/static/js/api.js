@@ -81,7 +81,10 @@ export function upload(ingestUrl, file, onProgress) {
         resolve({ status: xhr.status, record: body });
       } else {
         const detail = body && typeof body.detail === "string" ? body.detail : `upload failed (${xhr.status})`;
-        reject(new ApiError(xhr.status, detail));
+        const error = new ApiError(xhr.status, detail);
+        // Readable only if ingest exposes the header to this origin; else the caller backs off.
+        error.retryAfter = Number(xhr.getResponseHeader("Retry-After")) || null;
+        reject(error);
       }
     };
     xhr.onerror = () => reject(new ApiError(0, "the upload service could not be reached"));

@@ -75,7 +75,7 @@ export function chart(points) {
   const xLabel = svg("text", { x: pad.left + plotW / 2, y: height - 8, "text-anchor": "middle", class: "axis" });
   xLabel.textContent = points.length ? `batches 1–${points.length}` : "waiting for the first batch";
   root.append(xLabel);
-  const yLabel = svg("text", { x: pad.left - 6, y: height - 8, "text-anchor": "end", class: "axis" });
+  const yLabel = svg("text", { x: 2, y: height - 8, "text-anchor": "start", class: "axis" });
   yLabel.textContent = "samples/s";
   root.append(yLabel);
   return root;

@@ -199,15 +199,32 @@ function pump() {
   }
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Ingest answers 429 when a user sends very many files at once: wait and send again.
+async function uploadWithRetry(file, bar, info) {
+  for (let attempt = 1; ; attempt += 1) {
+    info.textContent = `${fmt.bytes(file.size)} · uploading`;
+    const job = api.upload(state.config.ingest_url, file, (loaded, total) => {
+      const pct = (loaded / total) * 100;
+      setBar(bar, pct, false);
+      info.textContent = `${fmt.bytes(loaded)} of ${fmt.bytes(total)} · ${fmt.percent(pct)}`;
+    });
+    try {
+      return await job.done;
+    } catch (err) {
+      if (err.status !== 429 || attempt >= 6) throw err;
+      const wait = (err.retryAfter || 2 ** attempt) * 1000;
+      info.textContent = `${fmt.bytes(file.size)} · busy, trying again in ${Math.round(wait / 1000)} s`;
+      setBar(bar, 0, false);
+      await sleep(wait);
+    }
+  }
+}
+
 async function send({ file, item, info, bar }) {
-  info.textContent = `${fmt.bytes(file.size)} · uploading`;
-  const job = api.upload(state.config.ingest_url, file, (loaded, total) => {
-    const pct = (loaded / total) * 100;
-    setBar(bar, pct, false);
-    info.textContent = `${fmt.bytes(loaded)} of ${fmt.bytes(total)} · ${fmt.percent(pct)}`;
-  });
   try {
-    const { status, record } = await job.done;
+    const { status, record } = await uploadWithRetry(file, bar, info);
     setBar(bar, 100, false);
     files.apply(record);
     refreshCount();
