@@ -32,7 +32,7 @@ from imuflow.web import (
     install_cors,
     install_error_shape,
 )
-from services.ingest import repository
+from services.ingest import archive, repository
 from services.ingest.limits import LimitExceeded, UploadLimiter
 from services.ingest.multipart import UploadRejected, receive_upload
 from services.ingest.storage import UploadSink, sanitize_filename
@@ -154,7 +154,13 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
         duplicate_of=duplicate_of,
     )
     try:
-        record = await repository.record_upload(pool, new)
+        # A phone app's ZIP export becomes one record per sensor stream (services/ingest/archive.py).
+        record = await archive.accept(pool, new, sink.final_path, cfg)
+        if record is None:
+            record = await repository.record_upload(pool, new)
+    except UploadRejected as exc:
+        sink.discard()
+        raise HTTPException(exc.status, exc.detail) from exc
     except repository.StorageUnavailable as exc:
         sink.discard()
         raise HTTPException(503, "the database is unavailable; try again shortly") from exc

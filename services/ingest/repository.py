@@ -55,39 +55,61 @@ async def record_upload(pool: asyncpg.Pool, new: NewFile, *, enqueue: bool = Tru
     """Insert the file and (unless `enqueue` is False) its outbox event in one transaction."""
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                QUERIES["insert_file"],
-                new.id,
-                new.user_id,
-                new.filename,
-                new.size_bytes,
-                new.sha256,
-                new.format,
-                new.sensor,
-                new.timezone,
-                new.storage_uri,
-                new.duplicate_of,
-                new.parent_id,
-            )
-            if enqueue:
-                event = FileQueued(
-                    file_id=new.id,
-                    user_id=new.user_id,
-                    storage_uri=new.storage_uri,
-                    filename=new.filename,
-                    size_bytes=new.size_bytes,
-                    format=new.format,
-                    sensor=new.sensor,
-                    timezone=new.timezone,
-                    queued_at=datetime.now(UTC),
-                )
-                await outbox.enqueue(conn, topics.FILES, new.id, event.model_dump(mode="json"))
+            await _insert(conn, new, enqueue=enqueue)
             await conn.fetchval(QUERIES["record_event"], new.id)
             row = await conn.fetchrow(QUERIES["file_record"], new.id, new.user_id)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StorageUnavailable(str(exc)) from exc
     assert row is not None
     return dict(row)
+
+
+async def record_archive(
+    pool: asyncpg.Pool, parent: NewFile, children: list[NewFile], notes: list[str]
+) -> dict[str, Any]:
+    """Insert a ZIP upload (never parsed itself) and its queued streams in one transaction."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await _insert(conn, parent, enqueue=False)
+            await conn.execute(QUERIES["mark_archive"], parent.id, notes)
+            for child in children:
+                await _insert(conn, child, enqueue=True)
+                await conn.fetchval(QUERIES["record_event"], child.id)
+            row = await conn.fetchrow(QUERIES["file_record"], parent.id, parent.user_id)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    assert row is not None
+    return dict(row)
+
+
+async def _insert(conn: asyncpg.Connection, new: NewFile, *, enqueue: bool) -> None:
+    await conn.execute(
+        QUERIES["insert_file"],
+        new.id,
+        new.user_id,
+        new.filename,
+        new.size_bytes,
+        new.sha256,
+        new.format,
+        new.sensor,
+        new.timezone,
+        new.storage_uri,
+        new.duplicate_of,
+        new.parent_id,
+    )
+    if enqueue:
+        event = FileQueued(
+            file_id=new.id,
+            user_id=new.user_id,
+            storage_uri=new.storage_uri,
+            filename=new.filename,
+            size_bytes=new.size_bytes,
+            format=new.format,
+            sensor=new.sensor,
+            timezone=new.timezone,
+            queued_at=datetime.now(UTC),
+        )
+        await outbox.enqueue(conn, topics.FILES, new.id, event.model_dump(mode="json"))
 
 
 async def file_record(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> dict[str, Any] | None:

@@ -22,3 +22,7 @@ SELECT record_file_event($1);
 -- name: file_record
 -- $1 file id, $2 user id
 SELECT * FROM file_records WHERE id = $1 AND user_id = $2;
+
+-- name: mark_archive
+-- $1 file id, $2 warnings (jsonb list). A ZIP upload: its children are parsed, not it.
+UPDATE imu_data_files SET format = 'zip', warnings = $2 WHERE id = $1;

@@ -1,0 +1,221 @@
+"""Phone-app ZIP exports (Sensor Logger, phyphox): one upload, one file record per sensor stream.
+
+The upload is already spooled to storage, so the ZIP's central directory (at its end) can
+be read. Each sensor stream is extracted to storage as its own file, named by a new id
+like any upload, with its own size and sha256; its display name is the member's base
+name, which the parser's text engine reads the sensor from (`Gyroscope.csv`). Member
+names are never used as paths. Device containers that are ZIPs themselves (ActiGraph
+`.gt3x`/`.agdc`) are left whole for their reader.
+
+Which members are streams: text files (.csv, .txt, .tsv) outside `meta/` whose name
+names an IMU sensor (accelerometer, gyroscope, magnetometer, phyphox `Raw Data`, ...).
+Skipped and named in the record's warnings: sidecars (`Metadata.csv`, `meta/*`), derived
+or non-IMU streams (`Gravity.csv`, `Orientation.csv`, `Location.csv`, `Barometer.csv`,
+...), empty members. A ZIP with no text member naming a sensor but some other text
+members hands those to the parser (which reads the sensor from their columns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zipfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import asyncpg
+
+from imuflow.settings import Settings
+from services.ingest import repository
+from services.ingest.multipart import UploadRejected
+from services.ingest.storage import UploadSink, sanitize_filename
+
+MAX_MEMBERS = 2000  # central-directory entries we are willing to look at
+MAX_STREAMS = 64  # sensor streams one upload may become
+CHUNK = 1 << 20
+TEXT_SUFFIXES = {".csv", ".txt", ".tsv"}
+DEVICE_MEMBERS = {"log.bin", "activity.bin", "info.txt"}
+DEVICE_SUFFIXES = (".gt3x", ".agdc")
+IMU_WORDS = ("accel", "gyro", "magnet", "rawdata", "imu", "acceleration", "rotationrate")
+NOT_IMU_WORDS = (
+    "gravity",
+    "orientation",
+    "quaternion",
+    "metadata",
+    "location",
+    "annotation",
+    "barometer",
+    "pressure",
+    "battery",
+    "brightness",
+    "light",
+    "microphone",
+    "pedometer",
+    "heading",
+    "compass",
+    "proximity",
+    "wrist",
+)
+
+
+@dataclass
+class Plan:
+    """What to do with a ZIP's members."""
+
+    streams: list[zipfile.ZipInfo] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def is_device_container(names: list[str], filename: str) -> bool:
+    """A ZIP that is one recording of a device format (read whole by its parser)."""
+    if filename.lower().endswith(DEVICE_SUFFIXES):
+        return True
+    return any(PurePosixPath(n).name.lower() in DEVICE_MEMBERS for n in names)
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _hidden(part: str) -> bool:
+    return part.startswith(".") and part not in (".", "..")  # '..' is only a name here
+
+
+def classify(info: zipfile.ZipInfo) -> str:
+    """'stream', 'text' (a text member naming no sensor) or 'skip' for one member."""
+    path = PurePosixPath(info.filename.replace("\\", "/"))
+    parts = [p.lower() for p in path.parts]
+    if info.is_dir() or any(p in ("meta", "__macosx") or _hidden(p) for p in parts):
+        return "skip"
+    if path.suffix.lower() not in TEXT_SUFFIXES or info.file_size == 0:
+        return "skip"
+    stem = _squash(path.stem)
+    if any(w in stem for w in NOT_IMU_WORDS):
+        return "skip"
+    return "stream" if any(w in stem for w in IMU_WORDS) else "text"
+
+
+def plan_archive(path: Path, filename: str, max_bytes: int) -> Plan | None:
+    """The streams of a phone-app ZIP, None when the upload is not such a ZIP."""
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # not readable as a ZIP: the parser gives the reason
+    if len(infos) > MAX_MEMBERS:
+        raise UploadRejected(400, f"the ZIP has {len(infos)} members; at most {MAX_MEMBERS} are accepted")
+    if is_device_container([i.filename for i in infos], filename):
+        return None
+    kinds = [(info, classify(info)) for info in infos]
+    plan = Plan(streams=[i for i, k in kinds if k == "stream"])
+    if not plan.streams:
+        plan.streams = [i for i, k in kinds if k == "text"]
+    chosen = {id(i) for i in plan.streams}
+    plan.skipped = [_display(i.filename) for i, _ in kinds if id(i) not in chosen and not i.is_dir()]
+    if not plan.streams:
+        raise UploadRejected(
+            400,
+            "the ZIP holds no sensor files (expected e.g. Accelerometer.csv); upload the CSV files inside it",
+        )
+    if len(plan.streams) > MAX_STREAMS:
+        raise UploadRejected(400, f"the ZIP holds {len(plan.streams)} sensor files; at most {MAX_STREAMS}")
+    if any(i.flag_bits & 0x1 for i in plan.streams):
+        raise UploadRejected(400, "the ZIP is encrypted; export it again without a password")
+    declared = sum(i.file_size for i in plan.streams)
+    if declared > max_bytes:
+        raise UploadRejected(413, f"the ZIP's sensor files unpack to more than {max_bytes} bytes")
+    return plan
+
+
+def _display(member: str) -> str:
+    return sanitize_filename(member)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One member written to storage as its own upload."""
+
+    id: uuid.UUID
+    filename: str
+    size: int
+    sha256: str
+    path: Path
+
+
+def extract(path: Path, plan: Plan, directory: Path, max_bytes: int) -> list[Extracted]:
+    """Write each stream to storage, counting real (not declared) sizes against `max_bytes`."""
+    done: list[Extracted] = []
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in plan.streams:
+                file_id = uuid.uuid4()
+                sink = UploadSink(directory, file_id, max_bytes)
+                try:
+                    with zf.open(info) as member:
+                        while chunk := member.read(CHUNK):
+                            total += len(chunk)
+                            if total > max_bytes:
+                                raise UploadRejected(
+                                    413, f"the ZIP's sensor files unpack to more than {max_bytes} bytes"
+                                )
+                            sink.write(chunk)
+                    sink.finish()
+                except BaseException:
+                    sink.discard()
+                    raise
+                done.append(
+                    Extracted(file_id, _display(info.filename), sink.size, sink.sha256, sink.final_path)
+                )
+    except BaseException as exc:
+        discard(done)
+        if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
+            raise UploadRejected(
+                400, f"the ZIP is damaged or uses an unsupported compression: {exc}"
+            ) from exc
+        raise
+    return done
+
+
+def discard(extracted: list[Extracted]) -> None:
+    """Remove extracted members (the upload was refused or not recorded)."""
+    for item in extracted:
+        item.path.unlink(missing_ok=True)
+
+
+async def accept(
+    pool: asyncpg.Pool, upload: repository.NewFile, path: Path, settings: Settings
+) -> dict[str, Any] | None:
+    """Record a phone-app ZIP as a parent with one child per stream; None if not such a ZIP."""
+    plan = await asyncio.to_thread(plan_archive, path, upload.filename, settings.max_upload_bytes)
+    if plan is None:
+        return None
+    if upload.sensor is not None and len(plan.streams) > 1:
+        raise UploadRejected(
+            400, "a ZIP of several sensor files cannot take one `sensor`; each file's name says its sensor"
+        )
+    parts = await asyncio.to_thread(extract, path, plan, settings.storage_dir, settings.max_upload_bytes)
+    children = [
+        replace(
+            upload,
+            id=part.id,
+            filename=part.filename,
+            size_bytes=part.size,
+            sha256=part.sha256,
+            storage_uri=part.path.resolve().as_uri(),
+            duplicate_of=None,
+            parent_id=upload.id,
+        )
+        for part in parts
+    ]
+    notes = [f"skipped {', '.join(plan.skipped)} (not raw IMU streams)"] if plan.skipped else []
+    try:
+        return await repository.record_archive(pool, upload, children, notes)
+    except BaseException:
+        await asyncio.to_thread(discard, parts)
+        raise
