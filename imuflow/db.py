@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-MIGRATIONS_PACKAGE = "imuflow.sql.migrations"
+MIGRATIONS_DIR = Path(__file__).parent / "sql" / "migrations"
 # One arbitrary constant: migrations of concurrent starters are serialised on it.
 MIGRATION_LOCK = 7_202_611
 
@@ -49,9 +48,7 @@ async def connect(url: str) -> asyncpg.Connection:
 
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every migration, in order."""
-    folder = resources.files(MIGRATIONS_PACKAGE)
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(name, folder.joinpath(name).read_text()) for name in names]
+    return [(path.name, path.read_text()) for path in sorted(MIGRATIONS_DIR.glob("*.sql"))]
 
 
 async def migrate(url: str) -> list[str]:
