@@ -143,3 +143,102 @@ class FileSummary(BaseModel):
     duration_seconds: float | None
     sample_rate_hz: float | None
     sensors: list[SensorSummary]
+
+
+class AdminJob(FileRecord):
+    """`GET /api/admin/jobs` item: a file record with its owner and stuck-rule state."""
+
+    owner: str
+    owner_id: UUID
+    attempts_used: int
+    is_stuck: bool
+    seconds_since_checkpoint: float | None  # queued or parsing only
+    stuck_limit_seconds: float | None
+    last_error: str | None
+
+
+class AdminJobList(BaseModel):
+    """Every user's files, newest first, and how many files are in each status."""
+
+    items: list[AdminJob]
+    counts: dict[str, int]
+
+
+class StuckJob(BaseModel):
+    """A row of `get_stuck_streaming_processes`."""
+
+    file_id: UUID
+    user_id: UUID
+    owner: str
+    filename: str
+    status: FileStatus
+    attempts: int
+    attempts_used: int
+    max_attempts: int
+    run: int
+    samples_processed: int
+    resume_samples: int
+    resume_batch_number: int
+    stuck_since: datetime
+    stuck_for_seconds: float
+    limit_seconds: float
+    median_batch_seconds: float | None
+    last_error: str | None
+
+
+class StuckJobList(BaseModel):
+    """`GET /api/admin/stuck`: the jobs the stuck rule matches now, longest stuck first."""
+
+    items: list[StuckJob]
+
+
+class StuckResetRequest(BaseModel):
+    """`POST /api/admin/stuck/reset`; None applies the configured rule (STUCK_AFTER)."""
+
+    older_than_seconds: float | None = Field(None, gt=0, le=30 * 86_400)
+
+
+class StuckAction(BaseModel):
+    """A row of `reset_stuck_streaming_processes`: what was done to one stuck job."""
+
+    file_id: UUID
+    action: Literal["requeued", "failed"]
+    attempts: int
+    reason: str
+
+
+class StuckResetResult(BaseModel):
+    """What a reset requeued or failed."""
+
+    items: list[StuckAction]
+
+
+class PerformanceRow(BaseModel):
+    """A row of `streaming_performance_metrics` (scope `overall`, or one `file`)."""
+
+    scope: Literal["overall", "file"]
+    file_id: UUID | None
+    filename: str | None
+    status: FileStatus | None
+    batches: int
+    samples: int
+    batch_seconds: float
+    samples_per_batch_second: float | None
+    samples_per_wall_second: float | None
+    batch_ms_p50: float | None
+    batch_ms_p95: float | None
+    batch_ms_p99: float | None
+    batch_ms_max: float | None
+    files: int
+    files_completed: int
+    files_failed: int
+    files_retried: int
+    failure_rate: float | None
+    last_batch_at: datetime | None
+
+
+class PerformanceReport(BaseModel):
+    """`GET /api/admin/performance`: overall throughput and the most recent files."""
+
+    overall: PerformanceRow
+    files: list[PerformanceRow]

@@ -6,9 +6,15 @@ up front are touched at import so no family is empty.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
 
-FAILURE_REASONS = ("format", "io", "database", "attempts", "internal")
+if TYPE_CHECKING:
+    from imuflow.settings import Settings
+
+# "stuck": failed by the stuck-job watchdog once its attempts were spent.
+FAILURE_REASONS = ("format", "io", "database", "attempts", "internal", "stuck")
 
 UPLOADS = Counter("imuflow_uploads", "Uploads accepted by ingest", ["outcome"])
 UPLOAD_BYTES = Counter("imuflow_upload_bytes", "Bytes of accepted uploads")
@@ -34,6 +40,9 @@ EVENT_TO_SSE = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 STUCK_JOBS = Gauge("imuflow_stuck_jobs", "Jobs that match the stuck rule now")
+# Beyond SPEC §4: what the stuck-job watchdog did, and what the alert webhook delivered.
+WATCHDOG_ACTIONS = Counter("imuflow_watchdog_actions", "Stuck jobs the watchdog acted on", ["action"])
+ALERT_NOTIFICATIONS = Counter("imuflow_alert_notifications", "Alert webhook deliveries", ["outcome"])
 
 for _outcome in ("accepted", "duplicate", "rejected"):
     UPLOADS.labels(_outcome)
@@ -41,3 +50,17 @@ for _reason in FAILURE_REASONS:
     PARSE_FAILURES.labels(_reason)
 for _outcome in ("applied", "stale", "invalid"):
     PROGRESS_EVENTS.labels(_outcome)
+for _action in ("requeued", "failed"):
+    WATCHDOG_ACTIONS.labels(_action)
+for _outcome in ("sent", "failed", "dropped"):
+    ALERT_NOTIFICATIONS.labels(_outcome)
+
+
+def touch_consumer_groups(settings: Settings) -> None:
+    """Export `imuflow_consumer_lag` for both consumer groups from process start.
+
+    Every process exports every family (SPEC §4), so one that does not consume a group
+    reports 0 for it: aggregate this gauge with `max by (group)`, never `sum`.
+    """
+    for group in (settings.parser_group_id, settings.progress_group_id):
+        CONSUMER_LAG.labels(group)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imuflow import logs
+from imuflow import logs, metrics
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None:
     """Run a web service with uvicorn (which handles SIGTERM/SIGINT gracefully)."""
     logs.configure(service, settings.log_level)
+    metrics.touch_consumer_groups(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -41,6 +42,7 @@ def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None
 def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a worker coroutine until SIGTERM/SIGINT sets its stop event."""
     logs.configure(service, settings.log_level)
+    metrics.touch_consumer_groups(settings)
 
     async def entry() -> None:
         stop = asyncio.Event()

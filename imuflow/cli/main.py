@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from imuflow.cli import data, ops
 from imuflow.cli.client import CliError, StackClient
 from imuflow.settings import Settings, load_settings
 
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--timezone")
     upload.add_argument("--allow-duplicate", action="store_true")
     upload.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True)
+    ops.add_parsers(sub)
+    data.add_parsers(sub)
     for name, text in (
         ("show", "show a file"),
         ("cancel", "cancel a job"),
@@ -93,6 +96,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from imuflow.cli import tokens
 
         return tokens.run(args, settings)
+    if command in ops.COMMANDS:
+        return ops.run(args, settings)
+    if command in data.COMMANDS:
+        return data.run(args, settings)
     client = StackClient(settings, token=args.token)
     if command == "upload":
         return _upload(client, args)

@@ -15,10 +15,11 @@ from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import database_ready, health_router, install_error_shape
-from services.progress import api, pageconfig, session, summary
+from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.multiplexer import Multiplexer
 from services.progress.repository import ProgressRepository
+from services.progress.watchdog import start_watchdog
 
 STATIC = Path(__file__).parent / "static"
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        start_watchdog(app.state, settings, pool, supervisor)
         app.state.supervisor = supervisor
         try:
             yield
@@ -60,9 +62,13 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_shape(app)
     app.include_router(health_router(ready))
     app.include_router(api.router)
+    app.include_router(lifecycle.router)
+    app.include_router(export.router)
     app.include_router(session.router)
     app.include_router(pageconfig.router)
     app.include_router(summary.router)
+    app.include_router(admin.router)
+    app.include_router(admin.page_router)
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -1,0 +1,105 @@
+"""Operator commands: `imuflow status`, `imuflow stuck`, `imuflow reset-stuck`.
+
+They call the operator API as the stack's admin (IMUFLOW_ADMIN_TOKEN from stack.env)
+unless `--token` names another admin token.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from imuflow.cli.client import StackClient
+from imuflow.settings import Settings
+
+COMMANDS = ("status", "stuck", "reset-stuck")
+STATUSES = ("uploaded", "queued", "parsing", "completed", "failed", "cancelled")
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the operator commands on the CLI's subparsers."""
+    status = sub.add_parser("status", help="files by status and the jobs in flight (admin)")
+    status.add_argument("--limit", type=int, default=50, help="in-flight jobs to list")
+    stuck = sub.add_parser("stuck", help="jobs the stuck rule matches now (admin)")
+    stuck.add_argument("--older-than", type=float, metavar="SECONDS", help="instead of IMUFLOW_STUCK_AFTER")
+    reset = sub.add_parser("reset-stuck", help="requeue stuck jobs, or fail those out of attempts (admin)")
+    reset.add_argument("--older-than", type=float, metavar="SECONDS", help="instead of IMUFLOW_STUCK_AFTER")
+
+
+def run(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
+    """Run one operator command; tables go to stdout."""
+    out = console or Console()
+    client = StackClient(settings, admin=True, token=args.token)
+    if args.command == "status":
+        return _status(client, out, args.limit)
+    params = {"older_than_seconds": args.older_than} if args.older_than else {}
+    if args.command == "stuck":
+        rows = client.progress("GET", "/api/admin/stuck", params=params)["items"]
+        if not rows:
+            out.print("no stuck jobs")
+            return 0
+        out.print(_stuck_table(rows))
+        return 0
+    result = client.progress("POST", "/api/admin/stuck/reset", json=params)["items"]
+    if not result:
+        out.print("nothing was stuck")
+        return 0
+    table = Table("file", "action", "attempts", "reason", title="reset stuck jobs")
+    for row in result:
+        style = "red" if row["action"] == "failed" else "yellow"
+        table.add_row(
+            row["file_id"], f"[{style}]{row['action']}[/{style}]", str(row["attempts"]), row["reason"]
+        )
+    out.print(table)
+    return 0
+
+
+def _status(client: StackClient, out: Console, limit: int) -> int:
+    listing = client.progress("GET", "/api/admin/jobs", params={"limit": 2000})
+    counts = listing["counts"]
+    summary = Table(*STATUSES, title="files by status")
+    summary.add_row(*(str(counts.get(s, 0)) for s in STATUSES))
+    out.print(summary)
+    flying = [j for j in listing["items"] if j["status"] in ("uploaded", "queued", "parsing")][:limit]
+    if not flying:
+        out.print("no jobs in flight")
+        return 0
+    table = Table("file", "owner", "name", "status", "progress", "samples", "rate", "eta", "stuck")
+    for job in flying:
+        total = f" / {job['sample_count']:,}" if job["sample_count"] else ""
+        rate = f"{job['samples_per_second']:,.0f}/s" if job["samples_per_second"] else "-"
+        eta = f"{job['eta_seconds']:.0f} s" if job["eta_seconds"] is not None else "-"
+        table.add_row(
+            job["id"],
+            job["owner"],
+            job["filename"],
+            job["status"],
+            f"{job['percent']:5.1f} %",
+            f"{job['samples_processed']:,}{total}",
+            rate,
+            eta,
+            "[red]stuck[/red]" if job["is_stuck"] else "",
+        )
+    out.print(table)
+    return 0
+
+
+def _stuck_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "file", "owner", "name", "status", "stuck for", "limit", "attempts", "resume at", title="stuck"
+    )
+    for row in rows:
+        table.add_row(
+            row["file_id"],
+            row["owner"],
+            row["filename"],
+            row["status"],
+            f"{row['stuck_for_seconds']:.0f} s",
+            f"{row['limit_seconds']:.0f} s",
+            f"{row['attempts_used']} of {row['max_attempts']}",
+            f"{row['resume_samples']:,} samples",
+        )
+    return table

@@ -1,0 +1,135 @@
+"""The operator API (admin only) and the operator page at `/admin`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from sse_starlette import EventSourceResponse
+
+from contracts.records import (
+    AdminJob,
+    AdminJobList,
+    ErrorBody,
+    FileStatus,
+    PerformanceReport,
+    PerformanceRow,
+    StuckAction,
+    StuckJob,
+    StuckJobList,
+    StuckResetRequest,
+    StuckResetResult,
+)
+from imuflow.web import AppSettings, CurrentAdmin
+from services.progress.api import Mux, Repo
+from services.progress.operations import OperationsRepository
+from services.progress.repository import Unavailable
+from services.progress.sse import stream_response
+from services.progress.watchdog import report_actions
+
+STATIC = Path(__file__).parent / "static"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+
+
+def ops_of(request: Request) -> OperationsRepository:
+    """The app's operations repository (created in lifespan)."""
+    ops: OperationsRepository = request.app.state.ops
+    return ops
+
+
+Ops = Annotated[OperationsRepository, Depends(ops_of)]
+
+router = APIRouter(prefix="/api/admin", tags=["operator"], responses=ERRORS)
+page_router = APIRouter(include_in_schema=False)
+
+
+def _unavailable(exc: Unavailable) -> HTTPException:
+    return HTTPException(503, "the database is unavailable; try again shortly")
+
+
+@router.get("/jobs", response_model=AdminJobList)
+async def list_jobs(
+    _: CurrentAdmin,
+    ops: Ops,
+    status: FileStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 200,
+) -> AdminJobList:
+    """Every user's files (newest first, optionally one status) and counts by status."""
+    try:
+        rows = await ops.list_jobs(status, limit)
+        counts = await ops.counts()
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return AdminJobList(items=[AdminJob.model_validate(r) for r in rows], counts=counts)
+
+
+@router.get(
+    "/events", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}}}
+)
+async def admin_events(
+    request: Request, _: CurrentAdmin, repo: Repo, mux: Mux, cfg: AppSettings
+) -> EventSourceResponse:
+    """Live events of every user's files (current state first; Last-Event-ID replays)."""
+    return stream_response(request, mux, repo, user_id=None, file_id=None, ping_seconds=cfg.sse_ping_seconds)
+
+
+@router.get("/stuck", response_model=StuckJobList)
+async def stuck(
+    _: CurrentAdmin,
+    ops: Ops,
+    older_than_seconds: Annotated[float | None, Query(gt=0, le=30 * 86_400)] = None,
+) -> StuckJobList:
+    """Jobs the stuck rule matches now (the threshold replaces STUCK_AFTER in the rule)."""
+    try:
+        rows = await ops.stuck(older_than_seconds)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return StuckJobList(items=[StuckJob.model_validate(r) for r in rows])
+
+
+@router.post("/stuck/reset", response_model=StuckResetResult)
+async def reset_stuck(
+    request: Request, admin: CurrentAdmin, ops: Ops, body: StuckResetRequest | None = None
+) -> StuckResetResult:
+    """Requeue every stuck job, or fail it once its attempts are spent."""
+    threshold = body.older_than_seconds if body else None
+    try:
+        rows = await ops.reset_stuck(threshold)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    report_actions(rows, getattr(request.app.state, "notifier", None), source=f"admin:{admin.name}")
+    return StuckResetResult(items=[StuckAction.model_validate(r) for r in rows])
+
+
+@router.get("/performance", response_model=PerformanceReport)
+async def performance(
+    _: CurrentAdmin, ops: Ops, limit: Annotated[int, Query(ge=0, le=1000)] = 50
+) -> PerformanceReport:
+    """Overall throughput, batch-time percentiles and failure rates, then the recent files."""
+    try:
+        rows = await ops.performance(limit)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    parsed = [PerformanceRow.model_validate(r) for r in rows]
+    overall = next(r for r in parsed if r.scope == "overall")
+    return PerformanceReport(overall=overall, files=[r for r in parsed if r.scope == "file"])
+
+
+@page_router.get("/admin")
+async def admin_page() -> Response:
+    """The operator page (it signs in with an admin token, then follows /api/admin/events)."""
+    return FileResponse(STATIC / "admin.html", headers={"Cache-Control": "no-cache"})
+
+
+@page_router.get("/admin.js")
+async def admin_script() -> Response:
+    """The operator page's script."""
+    return FileResponse(
+        STATIC / "admin.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
