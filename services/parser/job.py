@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from aiokafka import AIOKafkaProducer
@@ -160,6 +161,12 @@ class FileJob:
             rows_skipped += batch.rows_skipped
             warnings = _merge(warnings, batch.warnings)
             with context(batch_number=batch_number + 1):
+                # The batch's progress event is built inside its transaction (so its time
+                # includes the COPY) and committed with it through the outbox.
+                progress = functools.partial(
+                    self._progress_payload,
+                    claim, info, batch, batch_number + 1, samples_done, rows_skipped, warnings, started, t0,
+                )  # fmt: skip
                 c0 = time.perf_counter()
                 await self.repo.store_batch(
                     claim,
@@ -169,6 +176,7 @@ class FileJob:
                     rows_skipped,
                     warnings,
                     checkpoint=self.settings.progress_tracking,
+                    progress=progress if self.settings.progress_tracking else None,
                 )
                 metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - c0)
                 batch_number += 1
@@ -176,9 +184,6 @@ class FileJob:
                 sizer.observe(len(batch), seconds)
                 metrics.BATCH_DURATION.observe(seconds)
                 metrics.SAMPLES_PARSED.inc(len(batch))
-                await self._publish_progress(
-                    claim, info, batch, batch_number, samples_done, rows_skipped, warnings, started, seconds
-                )
         if samples_done == 0:
             raise FormatError("the file holds no readable IMU samples")
         if not await self.repo.complete(claim, samples_done):
@@ -200,7 +205,7 @@ class FileJob:
             )
         )
 
-    async def _publish_progress(
+    def _progress_payload(
         self,
         claim: Claim,
         info: FileInfo,
@@ -210,33 +215,32 @@ class FileJob:
         rows_skipped: int,
         warnings: list[str],
         started: datetime,
-        seconds: float,
-    ) -> None:
+        t0: float,
+    ) -> dict[str, Any]:
         bytes_total = max(info.bytes_total, 1)
         bytes_done = min(batch.end_offset, bytes_total)
         if info.sample_count is not None:
             estimate = info.sample_count
         else:
             estimate = round(samples_done * bytes_total / max(bytes_done, 1))
-        await self._publish(
-            events.BatchProgress(
-                file_id=claim.file_id,
-                user_id=claim.user_id,
-                attempt=claim.attempt,
-                run=claim.run,
-                batch_number=batch_number,
-                samples_in_batch=len(batch),
-                total_samples_processed=samples_done,
-                estimated_total_samples=max(estimate, samples_done),
-                bytes_processed=bytes_done,
-                bytes_total=bytes_total,
-                rows_skipped=rows_skipped,
-                warnings=warnings,
-                batch_processing_time_ms=seconds * 1000,
-                started_at=started,
-                completed_at=datetime.now(UTC),
-            )
+        event = events.BatchProgress(
+            file_id=claim.file_id,
+            user_id=claim.user_id,
+            attempt=claim.attempt,
+            run=claim.run,
+            batch_number=batch_number,
+            samples_in_batch=len(batch),
+            total_samples_processed=samples_done,
+            estimated_total_samples=max(estimate, samples_done),
+            bytes_processed=bytes_done,
+            bytes_total=bytes_total,
+            rows_skipped=rows_skipped,
+            warnings=warnings,
+            batch_processing_time_ms=(time.perf_counter() - t0) * 1000,
+            started_at=started,
+            completed_at=datetime.now(UTC),
         )
+        return event.model_dump(mode="json")
 
     async def _on_fenced(self, claim: Claim) -> Outcome:
         state = await self.repo.status_of(claim.file_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from uuid import UUID
 
 import asyncpg
 
-from imuflow import db
+from contracts import topics
+from imuflow import db, outbox
 from services.parser import pgcopy
 from services.parser.formats.base import SampleBatch
 
@@ -97,11 +99,14 @@ class ParserRepository:
         warnings: list[str],
         *,
         checkpoint: bool = True,
+        progress: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        """Commit the batch's samples and the resume checkpoint in one transaction.
+        """Commit the batch's samples, the resume checkpoint and its progress event in one transaction.
 
-        `checkpoint=False` (benchmarks only) stores the samples alone, to measure
-        what progress tracking costs.
+        `progress` builds the batch's progress event once the samples are written; it goes
+        to the outbox in the same transaction (fault tests found fire-and-forget sends lost
+        to a crash right after the commit: holes in the batch log). `checkpoint=False`
+        (benchmarks only) stores the samples alone, to measure what progress tracking costs.
         """
         payload = pgcopy.encode(claim.file_id, batch)
         try:
@@ -130,6 +135,8 @@ class ParserRepository:
                         columns=list(pgcopy.COLUMNS),
                         format="binary",
                     )
+                if progress is not None:
+                    await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, progress())
         except DRIVER_ERRORS as exc:
             raise TransientError(f"store batch: {exc}") from exc
 

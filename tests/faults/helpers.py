@@ -1,0 +1,149 @@
+"""Helpers for fault-injection tests: a big synthesised file, database probes, process signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from imuflow.stack.supervisor import Supervisor
+
+TERMINAL = ("completed", "failed", "cancelled")
+# Small batches, no adaptation: many batch boundaries to crash between, in a few seconds.
+FAST_JOB_ENV = {"IMUFLOW_BATCH_SIZE": "20000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
+
+
+def synth_csv(path: Path, samples: int) -> Path:
+    """A generic CSV (time in s, accelerometer in g, gyroscope in deg/s) with `samples` rows."""
+    rng = np.random.default_rng(samples)
+    t = np.arange(samples) / 100.0
+    values = rng.normal(0.0, 1.0, size=(samples, 6))
+    with path.open("w") as f:
+        f.write("time,ax (g),ay (g),az (g),gx (deg/s),gy (deg/s),gz (deg/s)\n")
+        np.savetxt(f, np.column_stack([t, values]), fmt="%.5f", delimiter=",")
+    return path
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What Postgres holds for one file."""
+
+    status: str
+    error_message: str | None
+    samples: int
+    distinct: int
+    attempts: int
+    resume_samples: int
+    resume_batch_number: int
+
+
+async def stored(database_url: str, file_id: str) -> Stored:
+    """The file's status, checkpoint and sample counts (total and distinct sample_index)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT status, error_message, attempts, resume_samples, resume_batch_number "
+            "FROM imu_data_files WHERE id = $1::uuid",
+            file_id,
+        )
+        counts = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT sample_index) AS d FROM imu_samples WHERE file_id = $1::uuid",
+            file_id,
+        )
+    finally:
+        await conn.close()
+    assert row is not None, f"file {file_id} not in the database"
+    return Stored(
+        row["status"],
+        row["error_message"],
+        counts["n"],
+        counts["d"],
+        row["attempts"],
+        row["resume_samples"],
+        row["resume_batch_number"],
+    )
+
+
+async def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    """One value from a one-shot connection (tests poll with it)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def wait_for(
+    database_url: str, query: str, *args: Any, timeout: float, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Poll `query` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await fetchval(database_url, query, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            last = exc  # the server may be restarting in the test
+        else:
+            if last:
+                return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or query} (last: {last!r})")
+
+
+async def wait_terminal(database_url: str, file_id: str, timeout: float) -> Stored:
+    """Wait until the job ends (completed, failed or cancelled) and return what is stored."""
+    await wait_for(
+        database_url,
+        "SELECT status = ANY($2::text[]) FROM imu_data_files WHERE id = $1::uuid",
+        file_id,
+        list(TERMINAL),
+        timeout=timeout,
+        what=f"file {file_id} to end",
+    )
+    return await stored(database_url, file_id)
+
+
+async def wait_checkpoint(database_url: str, file_id: str, batches: int, timeout: float) -> int:
+    """Wait until at least `batches` batches are committed; return the resume batch number."""
+    value: int = await wait_for(
+        database_url,
+        "SELECT resume_batch_number FROM imu_data_files WHERE id = $1::uuid AND resume_batch_number >= $2",
+        file_id,
+        batches,
+        timeout=timeout,
+        what=f"{batches} committed batches",
+    )
+    return value
+
+
+def service_pid(supervisor: Supervisor, name: str) -> int:
+    """The pid of a supervised service's current process."""
+    state = supervisor.services[name]
+    assert state.pid is not None and state.process is not None and state.process.returncode is None, (
+        f"{name} is not running"
+    )
+    return state.pid
+
+
+def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal one process by pid (only processes this test started)."""
+    os.kill(pid, sig)
+
+
+async def wait_restarted(supervisor: Supervisor, name: str, old_pid: int, timeout: float = 30.0) -> int:
+    """Wait until the supervisor runs a new process for `name`; return its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = supervisor.services[name]
+        if state.pid not in (None, old_pid) and state.process is not None and state.process.returncode is None:
+            return state.pid
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} was not restarted within {timeout:.0f}s")
