@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import events, topics
-from imuflow import db, kafka, metrics
+from imuflow import db, dberrors, kafka, metrics
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
@@ -185,9 +185,36 @@ class ProgressApplier:
                 metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - t0)
                 return
             except DRIVER_ERRORS as exc:
+                if not dberrors.is_transient(exc):
+                    # A poison event in the poll (found by fault tests: a batch number
+                    # beyond int4 retried forever and wedged the consumer). Find it.
+                    await self._apply_one_by_one(decoded, stop)
+                    return
                 log.warning("cannot apply progress, retrying in %.1fs: %s", delay, exc)
                 await wait_any(stop, timeout=delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _apply_one_by_one(self, decoded: list[events.ProgressEvent], stop: asyncio.Event) -> None:
+        """Apply each event in its own transaction; skip (log, count) those the database rejects."""
+        for event in decoded:
+            delay = 0.2
+            while not stop.is_set():
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await apply(conn, [event])
+                    break
+                except DRIVER_ERRORS as exc:
+                    if not dberrors.is_transient(exc):
+                        metrics.PROGRESS_EVENTS.labels("invalid").inc()
+                        log.warning(
+                            "skipping progress event the database rejects: %s",
+                            exc,
+                            extra=fields(action="invalid_event", file_id=str(event.file_id)),
+                        )
+                        break
+                    log.warning("cannot apply progress, retrying in %.1fs: %s", delay, exc)
+                    await wait_any(stop, timeout=delay)
+                    delay = min(delay * 2, 5.0)
 
     async def report_lag(self, stop: asyncio.Event) -> None:
         """Keep `imuflow_consumer_lag{group=progress}` current."""

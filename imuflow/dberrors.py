@@ -1,0 +1,26 @@
+"""Which database errors are worth retrying: the server was away, not the data wrong.
+
+A retry loop that retries everything wedges on a poison message (an event whose values do
+not fit a column fails the same way forever); one that retries nothing loses work when
+Postgres restarts. So: connection loss, shutdown, overload and serialisation conflicts
+are transient; any other server or driver error is the data's fault and is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.PostgresConnectionError,  # SQLSTATE 08: connection exceptions
+    asyncpg.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory
+    asyncpg.TransactionRollbackError,  # 40: serialisation failure, deadlock
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same statement later can succeed."""
+    return isinstance(exc, TRANSIENT)
