@@ -1,0 +1,182 @@
+"""Delete a file (and everything derived from it) or re-parse it from scratch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Body, HTTPException, Response
+
+from contracts import topics
+from contracts.events import FileQueued
+from contracts.records import ErrorBody, FileRecord, ReparseRequest
+from imuflow import db, outbox
+from imuflow.logs import fields
+from imuflow.web import CurrentUser
+from services.progress.api import NOT_FOUND, OwnedFile, Repo, owned_file
+from services.progress.repository import DRIVER_ERRORS
+
+log = logging.getLogger("imuflow.progress")
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "data.sql")
+FORMAT_ID = re.compile(r"^[a-z0-9_]{1,40}$")
+SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
+T = TypeVar("T")
+UNAVAILABLE = "the database is unavailable; try again shortly"
+
+router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
+
+
+@router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=NOT_FOUND)
+async def delete_file(record: OwnedFile, user: CurrentUser, repo: Repo) -> Response:
+    """Delete the file: cancel its job, then its samples, batch log, events and stored upload."""
+    uris = await _retrying(lambda: delete_family(repo.pool, record.id, user.id))
+    if uris is None:
+        raise HTTPException(404, "file not found")
+    await asyncio.to_thread(remove_stored, uris)
+    log.info("file deleted", extra=fields(file_id=str(record.id), files=len(uris), action="delete"))
+    return Response(status_code=204)
+
+
+@router.post(
+    "/files/{file_id}/reparse",
+    response_model=FileRecord,
+    responses={**NOT_FOUND, 400: {"model": ErrorBody}},
+)
+async def reparse(
+    record: OwnedFile,
+    user: CurrentUser,
+    repo: Repo,
+    options: Annotated[ReparseRequest | None, Body()] = None,
+) -> FileRecord:
+    """Parse the file again from scratch as a new run, optionally with another format, sensor or zone."""
+    checked = _checked(options or ReparseRequest())
+    if not await _retrying(lambda: reparse_family(repo.pool, record.id, user.id, checked)):
+        raise HTTPException(404, "file not found")
+    log.info("re-parse queued", extra=fields(file_id=str(record.id), action="reparse"))
+    return await owned_file(record.id, user, repo)
+
+
+async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction, again after a deadlock (another writer locked in another order)."""
+    for attempt in range(3):
+        try:
+            return await work()
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 2:
+                raise HTTPException(503, "the file is busy; try again shortly") from None
+        except DRIVER_ERRORS as exc:
+            raise HTTPException(503, UNAVAILABLE) from exc
+    raise AssertionError("unreachable")
+
+
+def _checked(options: ReparseRequest) -> ReparseRequest:
+    fmt = options.format.lower() if options.format else options.format
+    if fmt and fmt != "auto" and not FORMAT_ID.match(fmt):
+        raise HTTPException(400, f"unknown format {options.format!r}: use a preset id such as generic_csv")
+    if options.sensor and not SENSOR_NAME.match(options.sensor):
+        raise HTTPException(400, "sensor must be a short name such as 'accelerometer'")
+    if options.timezone:
+        try:
+            zoneinfo.ZoneInfo(options.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise HTTPException(
+                400, f"unknown timezone {options.timezone!r}: use an IANA name such as Europe/Berlin"
+            ) from exc
+    # 'auto' asks for detection again (stored as NULL: the parser detects).
+    return ReparseRequest(
+        format="" if fmt == "auto" else fmt, sensor=options.sensor, timezone=options.timezone
+    )
+
+
+async def reparse_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID, options: ReparseRequest) -> bool:
+    """Start the file (a ZIP: each of its streams) over as a new run, in one transaction.
+
+    The run bump fences a parser still on the old run; samples of a batch it is committing
+    become visible once its row lock is released, before the samples are deleted here.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        family = await conn.fetch(QUERIES["family"], file_id, user_id)
+        if not family:
+            return False
+        children = [r["id"] for r in family if r["id"] != file_id]
+        if children and options.sensor:
+            raise HTTPException(400, "a ZIP's streams cannot share one sensor; re-parse the one file instead")
+        targets = children or [file_id]
+        rows = await conn.fetch(
+            QUERIES["reparse_file"], targets, options.format, options.sensor, options.timezone
+        )
+        await conn.execute(QUERIES["delete_samples"], targets)
+        for row in rows:
+            event = FileQueued(
+                file_id=row["id"],
+                user_id=row["user_id"],
+                reason="reparse",
+                run=row["run"],
+                storage_uri=row["storage_uri"],
+                filename=row["filename"],
+                size_bytes=row["size_bytes"],
+                format=row["format"],
+                sensor=row["sensor"],
+                timezone=row["timezone"],
+                queued_at=datetime.now(UTC),
+            )
+            await outbox.enqueue(conn, topics.FILES, row["id"], event.model_dump(mode="json"))
+            await conn.fetchval(QUERIES["record_event"], row["id"])
+    return True
+
+
+async def delete_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> list[str] | None:
+    """Cancel, then delete the file and its children; their storage URIs (None if absent).
+
+    The cancel commits first so a parser mid-batch stops at its fenced checkpoint. The
+    delete locks the rows before deleting samples: a parser batch still in flight holds
+    its row lock until it commits, so its samples are visible (and deleted) by then, and
+    any later checkpoint finds no row and rolls its batch back.
+    """
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            family = await conn.fetch(QUERIES["family"], file_id, user_id)
+            children = [r["id"] for r in family if r["id"] != file_id]
+            if children:
+                await conn.fetch(QUERIES["cancel_unfinished"], children)
+            await conn.fetch(QUERIES["cancel_unfinished"], [file_id])
+        async with conn.transaction():
+            family = await conn.fetch(QUERIES["lock_family"], file_id, user_id)
+            if not family:
+                return None
+            ids = [r["id"] for r in family]
+            await conn.execute(QUERIES["delete_samples"], ids)
+            await conn.execute(QUERIES["delete_batch_log"], ids)
+            await conn.execute(QUERIES["delete_pending_outbox"], [str(i) for i in ids])
+            await conn.execute(QUERIES["delete_files"], ids)
+            await conn.execute(QUERIES["delete_events"], ids)
+    return [r["storage_uri"] for r in family]
+
+
+def remove_stored(uris: list[str]) -> None:
+    """Remove stored uploads; only `file://` paths named by a file id (never a user's name)."""
+    for uri in uris:
+        parsed = urlparse(uri)
+        path = Path(unquote(parsed.path))
+        if parsed.scheme != "file" or not _is_uuid(path.name):
+            log.warning("not removing unexpected storage location", extra=fields(uri=uri, action="delete"))
+            continue
+        path.unlink(missing_ok=True)
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True
