@@ -80,7 +80,10 @@ class FileJob:
     async def _run_claimed(self, claim: Claim) -> Outcome:
         if claim.attempt - claim.attempts_base > self.settings.max_attempts:
             tried = claim.attempt - claim.attempts_base - 1
-            await self._fail(claim, "attempts", f"gave up after {tried} attempts", final=True)
+            message = f"gave up after {tried} attempts"
+            if claim.last_error:
+                message += f"; last error: {claim.last_error}"
+            await self._fail(claim, "attempts", message, final=True)
             return Outcome.DONE
         metrics.FILES_IN_FLIGHT.inc()
         try:
@@ -262,8 +265,9 @@ class FileJob:
 
     async def _fail(self, claim: Claim, reason: str, message: str, *, final: bool = False) -> None:
         log.warning("parse failed: %s", message, extra=fields(action="failed", reason=reason))
+        dead_letter = self.event.model_dump(mode="json") if final else None
         try:
-            changed = await self.repo.fail(claim.file_id, claim.attempt, claim.run, message)
+            changed = await self.repo.fail(claim.file_id, claim.attempt, claim.run, message, dead_letter)
         except TransientError as exc:
             log.warning("could not record the failure: %s", exc)
             return
@@ -281,8 +285,6 @@ class FileJob:
             failed_at=datetime.now(UTC),
         )
         await self._publish(failed)
-        if final:
-            await self._publish(self.event, base=topics.FILES_DEAD_LETTER)
 
     async def _publish(self, event: BaseModel, base: str = topics.PROGRESS) -> None:
         """Send without waiting for the broker; the Postgres state is already committed."""

@@ -59,6 +59,7 @@ class Claim:
     resume_state: dict[str, Any]
     rows_skipped: int
     warnings: list[str]
+    last_error: str | None  # the previous attempt's transient error, if it had one
 
 
 class ParserRepository:
@@ -145,9 +146,26 @@ class ParserRepository:
         rows = await self._fetch(QUERIES["complete"], claim.file_id, claim.attempt, claim.run, total_samples)
         return bool(rows)
 
-    async def fail(self, file_id: UUID, attempt: int | None, run: int, message: str) -> bool:
-        """Mark the job failed with a reason the user can act on; False if fenced."""
-        rows = await self._fetch(QUERIES["fail"], file_id, attempt, run, message)
+    async def fail(
+        self,
+        file_id: UUID,
+        attempt: int | None,
+        run: int,
+        message: str,
+        dead_letter: dict[str, Any] | None = None,
+    ) -> bool:
+        """Mark the job failed with a reason the user can act on; False if fenced.
+
+        `dead_letter` (the job's file event) goes to the dead-letter topic through the
+        outbox, committed with the failure, so a broker outage cannot lose it.
+        """
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(QUERIES["fail"], file_id, attempt, run, message)
+                if rows and dead_letter is not None:
+                    await outbox.enqueue(conn, topics.FILES_DEAD_LETTER, file_id, dead_letter)
+        except DRIVER_ERRORS as exc:
+            raise TransientError(str(exc)) from exc
         return bool(rows)
 
     async def status_of(self, file_id: UUID) -> dict[str, Any] | None:

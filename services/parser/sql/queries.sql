@@ -13,7 +13,7 @@ SET attempts = attempts + 1,
 WHERE id = $1 AND run = $2 AND status IN ('uploaded', 'queued', 'parsing')
 RETURNING id, user_id, filename, size_bytes, format, sensor, timezone, storage_uri, run,
           attempts, attempts_base, resume_offset, resume_samples, resume_batch_number, resume_state,
-          rows_skipped, warnings;
+          rows_skipped, warnings, last_error;
 
 -- name: status_of
 -- $1 file id
