@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv up test lint bench
+.PHONY: venv up test lint bench eta-eval
 
 venv: $(STAMP)
 
@@ -39,3 +39,7 @@ bench: venv
 		name=$$(basename $$f .py); [ "$$name" = __init__ ] && continue; \
 		echo "== benchmarks.$$name"; $(BIN)/python -m benchmarks.$$name || exit 1; \
 	done
+
+# ETA accuracy on the recorded traces (benchmarks/eta/traces); rewrites the table in docs/eta.md.
+eta-eval: venv
+	$(BIN)/python -m benchmarks.eta_harness
