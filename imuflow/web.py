@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -70,7 +70,7 @@ def health_router(ready: Callable[[Request], Awaitable[str | None]]) -> APIRoute
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses={503: {"description": "not ready, with the reason"}})
     async def readyz(request: Request) -> JSONResponse:
         problem = await ready(request)
         if problem:
@@ -105,6 +105,42 @@ def install_error_shape(app: FastAPI) -> None:
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     app.add_exception_handler(RequestValidationError, on_validation)
+    _declare_error_shape(app)
+
+
+def _declare_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the app really sends on bad input.
+
+    Validation errors are `{"detail": "<text>"}` (not FastAPI's list), and a body that is not
+    valid JSON at all is answered 400 by FastAPI before any handler runs.
+    """
+    build = app.openapi
+    error = {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "string", "title": "Detail"}},
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemas = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {"title": "HTTPValidationError", **error}
+                schemas.pop("ValidationError", None)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if "requestBody" in operation:
+                        operation["responses"].setdefault(
+                            "400",
+                            {
+                                "description": "the body could not be parsed",
+                                "content": {"application/json": {"schema": error}},
+                            },
+                        )
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_cors(app: FastAPI, settings: Settings) -> None:

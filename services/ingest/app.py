@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
             401: {"model": ErrorBody},
             413: {"model": ErrorBody},
             429: {"model": ErrorBody},
+            503: {"model": ErrorBody},
         },
         openapi_extra={
             "requestBody": {
