@@ -6,7 +6,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from services.parser.formats.base import FormatError
+
 _MIN_READ = 64 * 1024
+# No real IMU text row comes near this; a longer "line" (a binary file, a file with no
+# newlines at all) would otherwise be buffered whole, however large the upload.
+MAX_LINE_BYTES = 1 << 20
 # Past this many surplus lines, one numpy pass beats walking back with rfind.
 _RFIND_LIMIT = 2048
 
@@ -20,6 +25,7 @@ class LineChunker:
         self._newlines = 0  # newlines in _buf
         self._offset = offset  # file offset of _buf[0]
         self._eof = False
+        self._tail = 0  # bytes in _buf after its last newline (the unfinished line)
         self.bytes_per_line = max(bytes_per_line, 8.0)
 
     @property
@@ -36,13 +42,21 @@ class LineChunker:
                 self._eof = True
                 break
             self._newlines += piece.count(b"\n")
+            last = piece.rfind(b"\n")
+            self._tail = self._tail + len(piece) if last < 0 else len(piece) - last - 1
+            if self._tail > MAX_LINE_BYTES:
+                raise FormatError(
+                    f"a line near byte {self._offset + len(self._buf) + len(piece) - self._tail} is longer "
+                    f"than {MAX_LINE_BYTES >> 20} MiB: this is not a line-by-line text recording"
+                )
             self._buf = self._buf + piece if self._buf else piece
-        if self._newlines > n_lines:
+        # Exactly n newlines may still leave a partial line after the last one: cut there too.
+        if self._newlines >= n_lines and self._newlines:
             cut = self._nth_newline(n_lines) + 1
             block, self._buf = self._buf[:cut], self._buf[cut:]
             self._newlines -= n_lines
         else:
-            block, self._buf, self._newlines = self._buf, b"", 0
+            block, self._buf, self._newlines, self._tail = self._buf, b"", 0, 0
         if n_lines and block:
             self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, block.count(b"\n"))
         self._offset += len(block)

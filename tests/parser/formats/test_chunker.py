@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
+from services.parser.formats import chunker as chunker_module
 from services.parser.formats.chunker import LineChunker
 
 
@@ -28,3 +31,15 @@ def test_large_surplus_uses_vectorised_cut() -> None:
     block, end, _ = chunker.next_block(10)
     assert block == b"1\n" * 10 and end == 20
     assert chunker.next_block(5)[1] == 30
+
+
+def test_exactly_n_newlines_never_hand_out_a_partial_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read that ends inside a line after exactly n newlines used to return that partial line.
+    monkeypatch.setattr(chunker_module, "_MIN_READ", 25)
+    data = b"".join(b"%05d,1,2\n" % i for i in range(100))
+    chunker = LineChunker(io.BytesIO(data), 0, 10.0)
+    blocks = []
+    while block := chunker.next_block(2)[0]:
+        assert block.endswith(b"\n")
+        blocks.append(block)
+    assert b"".join(blocks) == data
