@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, HTTPException, Response
 
 from contracts import topics
 from contracts.events import FileQueued
+from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord, ReparseRequest
 from imuflow import db, outbox
 from imuflow.logs import fields
@@ -28,7 +29,6 @@ from services.progress.repository import DRIVER_ERRORS
 
 log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "data.sql")
-FORMAT_ID = re.compile(r"^[a-z0-9_]{1,40}$")
 SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
 T = TypeVar("T")
 UNAVAILABLE = "the database is unavailable; try again shortly"
@@ -81,8 +81,9 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
 
 def _checked(options: ReparseRequest) -> ReparseRequest:
     fmt = options.format.lower() if options.format else options.format
-    if fmt and fmt != "auto" and not FORMAT_ID.match(fmt):
-        raise HTTPException(400, f"unknown format {options.format!r}: use a preset id such as generic_csv")
+    if fmt and fmt != "auto" and fmt not in FORMATS:
+        known = ", ".join(["auto", *sorted(FORMATS)])
+        raise HTTPException(400, f"unknown format {options.format!r}: use one of {known}")
     if options.sensor and not SENSOR_NAME.match(options.sensor):
         raise HTTPException(400, "sensor must be a short name such as 'accelerometer'")
     if options.timezone:
