@@ -16,7 +16,7 @@ ALERT = Alert("job_failed", "f-1", "job f-1 failed: bad header", {"reason": "bad
 
 
 def count(outcome: str) -> float:
-    return metrics.ALERT_NOTIFICATIONS.labels(outcome)._value.get()
+    return float(metrics.ALERT_NOTIFICATIONS.labels(outcome)._value.get())
 
 
 async def deliver(notifier: Notifier, *alerts: Alert) -> None:
