@@ -13,7 +13,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from imuflow import samples
 from imuflow.stack.procs import free_port
+from tests.e2e.helpers import events, make_token, upload
 from tests.stack import StartStack
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -72,6 +74,22 @@ def test_every_alert_fires_and_resolves_in_promtool_unit_tests() -> None:
     assert tested == alerts, f"alerts without a unit test: {alerts - tested}"
 
 
+async def _parse_one_file_while_watching(ingest: str, progress: str, database_url: str) -> None:
+    """Upload the bundled sample with a browser-like SSE client following it live."""
+    token = await make_token(database_url, "watcher")
+    source = Path(samples.__file__).parent / "xio_fusion_sensor_data.csv"
+
+    async def watch() -> None:
+        async for event in events(f"{progress}/api/events", token, timeout=60):
+            if event.type == "completed":
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(1.0)  # connected before the first batch, so progress arrives live
+    assert (await upload(ingest, token, source)).status_code == 202
+    await asyncio.wait_for(watcher, 90)
+
+
 async def _scrape(url: str) -> dict[str, int]:
     async with httpx.AsyncClient(timeout=10) as client:
         text = (await client.get(url)).text
@@ -94,7 +112,8 @@ async def test_services_export_every_metric_and_prometheus_scrapes_them(
     service_stack: StartStack, tmp_path: Path
 ) -> None:
     prometheus = tool("prometheus")
-    stack = await service_stack()
+    stack = await service_stack(env={"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"})
+    await _parse_one_file_while_watching(stack.ingest_url, stack.progress_url, stack.settings.database_url)
     endpoints = {
         "ingest": f"{stack.ingest_url}/metrics",
         "progress": f"{stack.progress_url}/metrics",
@@ -106,6 +125,13 @@ async def test_services_export_every_metric_and_prometheus_scrapes_them(
             # SPEC §4: every family from process start, none empty.
             family = name.removesuffix("_total")
             assert families.get(family, 0) > 0, f"{service} does not export {name}"
+    # What the job moved: samples in the parser, event-to-browser latency in progress.
+    async with httpx.AsyncClient(timeout=10) as client:
+        parser_text = (await client.get(endpoints["parser"])).text
+        progress_text = (await client.get(endpoints["progress"])).text
+    assert "imuflow_samples_parsed_total 13514.0" in parser_text
+    counts = [x for x in progress_text.splitlines() if x.startswith("imuflow_event_to_sse_seconds_count")]
+    assert float(counts[0].split()[1]) >= 1
 
     targets = [url.split("//", 1)[1].removesuffix("/metrics") for url in endpoints.values()]
     port = free_port()
@@ -129,7 +155,7 @@ async def test_services_export_every_metric_and_prometheus_scrapes_them(
         for _ in range(60):
             try:
                 up = await _query(base, 'up{job="imuflow-test"} == 1')
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # not listening yet, or 503 while starting
                 up = []
             if len(up) == 3:
                 break
