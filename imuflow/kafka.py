@@ -21,6 +21,8 @@ from contracts import topics
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
+COMMIT_TIMEOUT_SECONDS = 10.0
+TOPIC_CHECK_SECONDS = 10.0
 
 
 def topic(settings: Settings, base: str) -> str:
@@ -48,6 +50,48 @@ async def ensure_topics(settings: Settings) -> None:
                 await admin.create_topics(wanted)
     finally:
         await admin.close()
+
+
+async def keep_topics(settings: Settings, stop: asyncio.Event) -> None:
+    """Re-create the deployment's topics whenever they disappear, until `stop` is set.
+
+    A broker that restarts empty (Tansu keeps nothing; a wiped Kafka cluster) loses the
+    topics created at startup. A broker that auto-creates topics gets them back with its
+    own partition count; one that does not would leave consumers idle and the outbox
+    relay failing forever, so every service checks every few seconds.
+    """
+    wanted = {topic(settings, base) for base in topics.ALL}
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TOPIC_CHECK_SECONDS)
+        if stop.is_set():
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        try:
+            await admin.start()
+            missing = wanted - set(await admin.list_topics())
+            if missing:
+                log.warning("topics missing (broker restarted empty?), creating: %s", sorted(missing))
+                await ensure_topics(settings)
+        except (KafkaError, OSError) as exc:
+            log.debug("topic check failed (broker down?): %s", exc)
+        finally:
+            await admin.close()
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] | None = None) -> bool:
+    """Commit offsets (default: everything consumed); False, logged, if it cannot be done.
+
+    aiokafka retries a commit for a partition the broker does not know forever; after a
+    broker restarted empty, that wedged the consumer. A bounded wait is safe: an
+    uncommitted message is delivered again and every consumer is idempotent.
+    """
+    try:
+        await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("offset commit failed (the messages will be delivered again): %r", exc)
+        return False
+    return True
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:

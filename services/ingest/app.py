@@ -10,6 +10,7 @@ import zoneinfo
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 from fastapi import FastAPI, HTTPException, Request
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         await kafka.ensure_topics(settings)
         supervisor = TaskSupervisor("ingest")
         supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
+        supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         try:
             yield
         finally:

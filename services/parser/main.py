@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
@@ -27,6 +28,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     supervisor = TaskSupervisor("parser")
     supervisor.start("consumer", worker.run)
     supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+    supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
     supervisor.start("lag", worker.report_lag)
     metrics = await start_metrics_server(
         settings, settings.parser_metrics_port, lambda: not supervisor.stop_event.is_set()

@@ -23,13 +23,13 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import events, topics
 from imuflow import kafka, metrics
 from imuflow.aio import wait_any
-from imuflow.logs import fields
+from imuflow.logs import context, fields
 from imuflow.settings import Settings
 from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
@@ -135,11 +135,10 @@ class ParserWorker:
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         assert self.consumer is not None
-        try:
-            await self.consumer.commit({tp: offset})
-        except (CommitFailedError, KafkaError) as exc:
-            # The partition moved on; its new owner re-delivers and the job's state decides.
-            log.warning("offset commit failed: %s", exc, extra=fields(partition=tp.partition))
+        # On failure the partition moved on (or the broker lost it): its next owner
+        # re-delivers and the job's state in Postgres decides. Bounded, never wedged.
+        with context(partition=tp.partition):
+            await kafka.commit(self.consumer, {tp: offset})
 
     async def abandon(self, partitions: set[TopicPartition], grace: float) -> None:
         """Stop the jobs of `partitions` at their next batch boundary (bounded wait)."""

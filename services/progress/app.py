@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         start_watchdog(app.state, settings, pool, supervisor)
         app.state.supervisor = supervisor
         try:

@@ -168,10 +168,7 @@ class ProgressApplier:
                 await self._apply_until_done(decode(records), stop)
                 if stop.is_set():
                     break  # not applied for sure: leave uncommitted, redelivered later
-                try:
-                    await self.consumer.commit()
-                except KafkaError as exc:
-                    log.warning("progress offset commit failed (events will repeat): %s", exc)
+                await kafka.commit(self.consumer)  # on failure the events repeat (idempotent)
         finally:
             await self.consumer.stop()
 

@@ -54,7 +54,8 @@ async def stored(database_url: str, file_id: str) -> Stored:
             file_id,
         )
         counts = await conn.fetchrow(
-            "SELECT count(*) AS n, count(DISTINCT sample_index) AS d FROM imu_samples WHERE file_id = $1::uuid",
+            "SELECT count(*) AS n, count(DISTINCT sample_index) AS d "
+            "FROM imu_samples WHERE file_id = $1::uuid",
             file_id,
         )
     finally:
@@ -143,7 +144,11 @@ async def wait_restarted(supervisor: Supervisor, name: str, old_pid: int, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = supervisor.services[name]
-        if state.pid not in (None, old_pid) and state.process is not None and state.process.returncode is None:
+        if (
+            state.pid not in (None, old_pid)
+            and state.process is not None
+            and state.process.returncode is None
+        ):
             return state.pid
         await asyncio.sleep(0.05)
     raise AssertionError(f"{name} was not restarted within {timeout:.0f}s")

@@ -1,0 +1,93 @@
+"""The broker restarts empty (Tansu keeps nothing) with uploads queued and a job half done:
+every job still completes, exactly. Runs on a private broker, never the session's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from imuflow.settings import Settings
+from imuflow.stack.broker import Broker, start_broker
+from tests.e2e.helpers import make_token, upload
+from tests.faults.helpers import FAST_JOB_ENV, stored, synth_csv, wait_checkpoint, wait_for, wait_terminal
+from tests.servers import SettingsFactory
+from tests.stack import StartStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(240)]
+SAMPLES = 200_000
+BATCH = 1_000  # 200 batches: the job is still running when the broker goes
+
+
+@pytest.fixture
+async def private_broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    """A Tansu broker of this test alone (restarting the shared one would hurt other tests)."""
+    broker = await start_broker(None, log_path=tmp_path / "tansu.log")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_broker_restarted_empty_loses_no_job(
+    tmp_path: Path,
+    settings_factory: SettingsFactory,
+    service_stack: StartStack,
+    database_url: str,
+    private_broker: Broker,
+) -> None:
+    settings: Settings = settings_factory(kafka_bootstrap_servers=private_broker.bootstrap_servers)
+    env = {
+        **FAST_JOB_ENV,
+        "IMUFLOW_BATCH_SIZE": str(BATCH),
+        # A queued job whose Kafka event died with the broker is requeued after this.
+        "IMUFLOW_STUCK_AFTER": "5",
+        "IMUFLOW_PARSER_CONCURRENCY": "1",
+    }
+    # The uploads first, then the parser: one job half done (one parser slot), the
+    # others queued on Kafka behind it, when the broker dies.
+    stack = await service_stack(settings, env=env, services=("ingest", "progress"))
+    token = await make_token(database_url, "alice")
+    paths = [synth_csv(tmp_path / f"f{i}.csv", SAMPLES + i) for i in range(3)]
+    ids = []
+    for path in paths:
+        response = await upload(stack.ingest_url, token, path)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    await service_stack(settings, env=env, services=("parser",))
+    await wait_checkpoint(database_url, ids[0], 20, timeout=60)
+
+    assert (await stored(database_url, ids[0])).status == "parsing"
+    port, log_path = private_broker.port, private_broker.log_path
+    private_broker.process.kill()  # a crash: topics, messages, groups and offsets all gone
+    private_broker.process.wait()
+    # Uploaded while the broker is down: committed, its event waits in the outbox.
+    late = synth_csv(tmp_path / "late.csv", SAMPLES + 10)
+    response = await upload(stack.ingest_url, token, late)
+    assert response.status_code == 202, response.text
+    ids.append(response.json()["id"])
+    await asyncio.sleep(2.0)
+    restarted = await start_broker(port, log_path=log_path)
+    try:
+        for i, file_id in enumerate(ids):
+            final = await wait_terminal(database_url, file_id, timeout=120)
+            expected = SAMPLES + (10 if i == 3 else i)
+            assert final.status == "completed", (i, final)
+            assert (final.samples, final.distinct) == (expected, expected), (i, final)
+            assert await stored(database_url, file_id) == final
+            if i > 0:
+                # Parsed after the restart: the progress consumer survived it (its commits
+                # once hung forever on partitions the new broker did not have) and got
+                # every batch's event.
+                await wait_for(
+                    database_url,
+                    "SELECT count(*) = $2 FROM streaming_processing_logs WHERE file_id = $1::uuid",
+                    file_id,
+                    final.resume_batch_number,
+                    timeout=30,
+                    what=f"the batch log of file {i}",
+                )
+    finally:
+        restarted.stop()
