@@ -52,6 +52,19 @@ async def _state(url: str) -> list[dict[str, Any]]:
     return [dict(r) for r in files] + [dict(r) for r in logs]
 
 
+async def _settled_outcomes(progress_url: str) -> dict[str, float]:
+    """The counters once the job's own events are applied (the consumer may lag the parser)."""
+    deadline = time.monotonic() + 60
+    seen, since = await _outcomes(progress_url), time.monotonic()
+    while time.monotonic() - since < 3 or not seen.get("applied"):
+        assert time.monotonic() < deadline, f"the job's own events were never applied: {seen}"
+        await asyncio.sleep(0.5)
+        now = await _outcomes(progress_url)
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
+
+
 def _forged(file_id: uuid.UUID, user_id: uuid.UUID) -> events.BatchProgress:
     now = datetime.now(UTC)
     return events.BatchProgress(
@@ -87,8 +100,8 @@ async def test_forged_progress_events_are_skipped_and_counted(
         bob_id = await conn.fetchval("SELECT id FROM users WHERE name = 'bob'")
     finally:
         await conn.close()
+    before = await _settled_outcomes(stack.progress_url)
     before_state = await _state(database_url)
-    before = await _outcomes(stack.progress_url)
 
     forged = [
         _forged(uuid.uuid4(), bob_id),  # a file that does not exist
