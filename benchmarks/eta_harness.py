@@ -126,6 +126,22 @@ def table(traces: list[Trace], result: dict[str, tuple[Score, dict[str, Score]]]
             f"| {name} | {_pct(s.at_batches, 50)} | {_pct(s.at_batches, 90)} | "
             f"{100 * s.missing / max(s.points, 1):.0f} % | {_pct(s.between, 50)} | {_pct(s.between, 90)} |"
         )
+    sets = sorted({t.name.partition("-")[2] for t in traces})
+    if len(sets) > 1:
+        # Traces recorded again (`--tag`) are a check that tuning on one set did not overfit.
+        lines += ["", "Median (p90) per recording set:", "", "| set | " + " | ".join(result) + " |"]
+        lines.append("|---|" + "---|" * len(result))
+        for tag in sets:
+            cells = []
+            for name in result:
+                errors = [
+                    e
+                    for t in traces
+                    if t.name.partition("-")[2] == tag
+                    for e in result[name][1][t.name].at_batches
+                ]
+                cells.append(f"{_pct(errors, 50)} ({_pct(errors, 90)})")
+            lines.append(f"| {tag or 'first'} | " + " | ".join(cells) + " |")
     ours = result["ours"][0]
     lines += [
         "",

@@ -1,15 +1,17 @@
 """Batch size control: checkpoints at a steady cadence whatever the file and machine.
 
 The parser asks for a target size before each batch (`sizer()`) and reports the batch's
-samples and wall time afterwards (`observe`). The size is steered toward `target_seconds`
-per batch from a smoothed rate, so a fast binary format gets big batches and a slow text
-format small ones. Batch time includes a fixed cost (commit, checkpoint) that does not
-scale with size; steering by samples/second still converges to the target, because a too
-small batch looks slow and grows. The change per step is bounded (x0.5 .. x2) so one slow
-batch (a GC pause, a busy disk) does not swing it, small corrections inside `deadband`
-are skipped so the batch size (and the cadence users see) stays still, and the result is
-kept within [min_size, max_size]. Readers cut batches at record boundaries; the sizer only
-sets the target. `adaptive=False` pins every batch to the starting size.
+samples and wall time afterwards (`observe`). A batch costs a fixed part (commit,
+checkpoint, hand-over) plus a part per sample, and the fixed part matters: on the embedded
+stack a 50 000-sample batch is slower per sample than a 180 000-sample one. So the sizer
+fits time = fixed + n x per_sample to recent batches (a least-squares fit that forgets old
+batches) and aims at `target_seconds`; while the recent sizes are too alike for a fit, it
+steers by the smoothed samples/second, which converges to the same point more slowly.
+The change per step is bounded (x0.5 .. x2) so one slow batch (a GC pause, a busy disk)
+does not swing it, corrections inside `deadband` are skipped so the size (and the cadence
+users see) stays still, and the result is kept within [min_size, max_size]. Readers cut
+batches at record boundaries; the sizer only sets the target. `adaptive=False` pins every
+batch to the starting size.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class BatchSizer:
 
     def __post_init__(self) -> None:
         self._rate: float | None = None
+        # Forgetting sums for the fit: weight, n, t, n*n, n*t.
+        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
         if self.adaptive:
             self.size = min(max(self.size, self.min_size), self.max_size)
 
@@ -39,7 +43,7 @@ class BatchSizer:
 
     @property
     def rate(self) -> float | None:
-        """The smoothed samples per second the size is steered by (None before a batch)."""
+        """The smoothed samples per second of recent batches (None before a batch)."""
         return self._rate
 
     def observe(self, samples: int, seconds: float) -> None:
@@ -47,12 +51,29 @@ class BatchSizer:
         if not self.adaptive or samples <= 0 or seconds <= 0:
             return
         rate = samples / seconds
-        if self._rate is None:
-            self._rate = rate
-        else:
-            self._rate = self.smoothing * rate + (1 - self.smoothing) * self._rate
-        ideal = self._rate * self.target_seconds
+        self._rate = rate if self._rate is None else self.smoothing * rate + (1 - self.smoothing) * self._rate
+        keep = 1 - self.smoothing
+        n, t = float(samples), seconds
+        for i, value in enumerate((1.0, n, t, n * n, n * t)):
+            self._sums[i] = keep * self._sums[i] + value
+        ideal = self._fitted() or self._rate * self.target_seconds
         if abs(ideal - self.size) <= self.deadband * self.size:
             return
         bounded = min(max(ideal, self.size * 0.5), self.size * 2.0)
         self.size = int(min(max(bounded, self.min_size), self.max_size))
+
+    def _fitted(self) -> float | None:
+        """The size the fit of time = fixed + n x per_sample says takes `target_seconds`."""
+        w, sn, st, snn, snt = self._sums
+        mean_n, mean_t = sn / w, st / w
+        var_n = snn / w - mean_n * mean_n
+        if var_n <= (0.1 * mean_n) ** 2:  # sizes too alike to tell fixed from per-sample cost
+            return None
+        per_sample = (snt / w - mean_n * mean_t) / var_n
+        fixed = mean_t - per_sample * mean_n
+        if per_sample <= 0 or fixed < 0:
+            return None  # noise, not a cost model: fall back to the rate
+        if fixed >= self.target_seconds / 2:
+            # The fixed cost alone eats the interval: make it at most half of each batch.
+            return fixed / per_sample
+        return (self.target_seconds - fixed) / per_sample

@@ -104,3 +104,23 @@ def test_small_corrections_keep_the_size_still() -> None:
 def test_starting_size_is_floored_only_when_adaptive() -> None:
     assert BatchSizer(10, adaptive=True)() == 1_000  # raised to the floor
     assert BatchSizer(10, adaptive=False)() == 10  # pinned exactly, even below the floor
+
+
+def test_a_large_fixed_cost_per_batch_is_fitted_not_crawled_towards() -> None:
+    # 0.4 s of every batch is commit and hand-over: samples/s grows with the batch size,
+    # so steering by the rate alone creeps up for many batches; the fit gets there.
+    sizer = BatchSizer(2_000, min_size=100)
+    seconds = []
+    for _ in range(12):
+        took = 0.4 + sizer() * 20e-6
+        seconds.append(took)
+        sizer.observe(sizer(), took)
+    assert all(0.5 <= s <= 1.0 for s in seconds[4:]), seconds
+    assert sizer() == pytest.approx((0.75 - 0.4) / 20e-6, rel=0.2)
+
+
+def test_a_fixed_cost_above_the_target_gets_half_of_each_batch() -> None:
+    sizer = BatchSizer(2_000, min_size=100)
+    for _ in range(20):
+        sizer.observe(sizer(), 1.0 + sizer() * 10e-6)
+    assert sizer() == pytest.approx(1.0 / 10e-6, rel=0.2)
