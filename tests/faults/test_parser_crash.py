@@ -25,7 +25,9 @@ async def _wait_claim(conn: asyncpg.Connection, file_id: str, after: int, timeou
     """Wait for a delivery newer than attempt `after` to claim the job; return its attempt."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        attempts: int = await conn.fetchval("SELECT attempts FROM imu_data_files WHERE id = $1::uuid", file_id)
+        attempts: int = await conn.fetchval(
+            "SELECT attempts FROM imu_data_files WHERE id = $1::uuid", file_id
+        )
         if attempts > after:
             return attempts
         await asyncio.sleep(0.01)
@@ -49,7 +51,14 @@ async def test_parser_killed_repeatedly_ends_exact(
 ) -> None:
     path = synth_csv(tmp_path / "big.csv", SAMPLES)
     # Every delivery counts an attempt, crashes included: allow more than we kill.
-    env = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH), "IMUFLOW_MAX_ATTEMPTS": "100", "IMUFLOW_KAFKA_SESSION_TIMEOUT_MS": "3000", "IMUFLOW_KAFKA_HEARTBEAT_INTERVAL_MS": "500", "IMUFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000"}
+    env = {
+        **FAST_JOB_ENV,
+        "IMUFLOW_BATCH_SIZE": str(BATCH),
+        "IMUFLOW_MAX_ATTEMPTS": "100",
+        "IMUFLOW_KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "IMUFLOW_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "IMUFLOW_KAFKA_REBALANCE_TIMEOUT_MS": "3000",
+    }
     stack = await service_stack(test_settings, env=env)
     token = await make_token(database_url, "alice")
     response = await upload(stack.ingest_url, token, path)

@@ -1,0 +1,93 @@
+"""Two parsers in one group; kill -9 the one working on a file: the other resumes it within
+seconds (measured: kill to the survivor's claim) and the result is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imuflow.settings import Settings
+from imuflow.stack.procs import free_port
+from tests.e2e.helpers import make_token, upload
+from tests.faults.helpers import (
+    FAST_JOB_ENV,
+    kill,
+    service_pid,
+    synth_csv,
+    wait_checkpoint,
+    wait_for,
+    wait_terminal,
+)
+from tests.stack import ServiceStack, StartStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
+SAMPLES = 500_000
+BATCH = 1_000  # 500 batches: the job outlives the failover
+
+
+async def _in_flight(stack: ServiceStack) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"{stack.parser_metrics_url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("imuflow_files_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("imuflow_files_in_flight not exported")
+
+
+def _assigned(stack: ServiceStack) -> set[int]:
+    """The partitions the parser logged as assigned last."""
+    lines = [ln for ln in stack.logs["parser"].read_text().splitlines() if "partitions assigned" in ln]
+    if not lines:
+        return set()
+    listed = lines[-1].split("partitions assigned: [", 1)[1].split("]", 1)[0]
+    return {int(p) for p in listed.split(",") if p.strip()}
+
+
+async def test_dead_parser_partitions_move_within_seconds(
+    tmp_path: Path, test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    # Default Kafka timeouts (session 6 s, heartbeat 1 s): the figure is the product's.
+    env = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH)}
+    first = await service_stack(test_settings, env=env)
+    second_settings = test_settings.model_copy(
+        update={"parser_metrics_port": free_port(), "data_dir": tmp_path / "parser2"}
+    )
+    second = await service_stack(second_settings, env=env, services=("parser",))
+    # Wait for the group to settle: the partitions split between the two members.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a, b = _assigned(first), _assigned(second)
+        if a and b and not a & b and len(a | b) == test_settings.kafka_topic_partitions:
+            break
+        await asyncio.sleep(0.2)
+    token = await make_token(database_url, "alice")
+    file_id = (await upload(first.ingest_url, token, synth_csv(tmp_path / "big.csv", SAMPLES))).json()["id"]
+    await wait_checkpoint(database_url, file_id, 20, timeout=60)
+
+    owners = [s for s in (first, second) if await _in_flight(s) == 1]
+    assert len(owners) == 1, "exactly one parser works on the file"
+    owner = owners[0]
+    attempt = await wait_for(
+        database_url, "SELECT attempts FROM imu_data_files WHERE id = $1::uuid", file_id, timeout=5
+    )
+    kill(service_pid(owner.supervisor, "parser"))
+    killed = time.monotonic()
+    await wait_for(
+        database_url,
+        "SELECT attempts > $2 FROM imu_data_files WHERE id = $1::uuid",
+        file_id,
+        attempt,
+        timeout=60,
+        interval=0.05,
+        what="the survivor's claim",
+    )
+    failover = time.monotonic() - killed
+    final = await wait_terminal(database_url, file_id, timeout=120)
+    print(f"kill -9 to the survivor's claim: {failover:.1f} s; attempts {final.attempts}")
+    assert final.status == "completed", final
+    assert (final.samples, final.distinct) == (SAMPLES, SAMPLES)
+    assert failover < 20.0, f"failover took {failover:.1f} s"
