@@ -24,7 +24,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     producer = kafka.producer(settings)
     await kafka.retry_forever("kafka", producer.start, stop)
     await kafka.ensure_topics(settings)
-    worker = ParserWorker(settings, ParserRepository(pool), producer)
+    # A batch transaction may hold the job's row lock at most this long (a hung parser's
+    # lock must go before the watchdog can requeue the job): beyond the stuck threshold.
+    repo = ParserRepository(pool, hold_timeout=max(2 * settings.stuck_after, 10.0))
+    worker = ParserWorker(settings, repo, producer)
     supervisor = TaskSupervisor("parser")
     supervisor.start("consumer", worker.run)
     supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)

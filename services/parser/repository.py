@@ -65,8 +65,13 @@ class Claim:
 class ParserRepository:
     """Every query the parser runs."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, hold_timeout: float = 600.0) -> None:
         self.pool = pool
+        # The longest a batch transaction may hold the job's row lock. A parser that hangs
+        # inside one (SIGSTOP, VM freeze, network partition mid-COPY) would otherwise keep
+        # the row locked for hours: the watchdog skips locked rows and a redelivered claim
+        # waits on the lock (found by fault tests). Postgres ends such a transaction.
+        self.hold_timeout_ms = str(max(int(hold_timeout * 1000), 1000))
 
     async def claim(self, file_id: UUID, run: int) -> Claim | None:
         """Take the job (counting an attempt); None when it is no longer to be parsed."""
@@ -112,6 +117,7 @@ class ParserRepository:
         payload = pgcopy.encode(claim.file_id, batch)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(QUERIES["hold_timeout"], self.hold_timeout_ms)
                 status = "UPDATE 1"
                 if checkpoint:
                     status = await conn.execute(

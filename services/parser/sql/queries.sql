@@ -76,3 +76,9 @@ SELECT record_file_event(id) FROM failed;
 -- name: note_transient_error
 -- $1 file id, $2 attempt, $3 message
 UPDATE imu_data_files SET last_error = $3 WHERE id = $1 AND attempts = $2;
+
+-- name: hold_timeout
+-- $1 milliseconds (text). Bounds the batch transaction: a statement running longer, or
+-- the transaction idling longer (a hung parser holding the job's row lock), is ended.
+SELECT set_config('statement_timeout', $1, true),
+       set_config('idle_in_transaction_session_timeout', $1, true);
