@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -33,7 +35,7 @@ async def test_client_reconnects_after_progress_crash_without_gap(
     url = f"{stack.progress_url}/api/files/{file_id}/events"
 
     before: list[Event] = []
-    stream = events(url, token)
+    stream = cast(AsyncGenerator[Event, None], events(url, token))
     async for event in stream:
         before.append(event)
         if event.record["batch_number"] >= 20 or event.record["status"] in TERMINAL:
