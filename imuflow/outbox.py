@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
 BATCH = 200
 POLL_SECONDS = 2.0  # fallback when a NOTIFY is missed (e.g. while the listener reconnects)
+PRUNE_EVERY_SECONDS = 600.0
+KEEP_PUBLISHED = timedelta(days=1)  # published rows are history, kept a day for debugging
 
 
 async def enqueue(conn: asyncpg.Connection, base_topic: str, key: UUID, payload: dict[str, Any]) -> None:
@@ -76,12 +79,18 @@ class OutboxRelay:
         """Relay until `stop` is set; wake on NOTIFY, poll as a fallback, back off on errors."""
         listener = await self._listen()
         delay = 0.2
+        next_prune = time.monotonic()
         try:
             while not stop.is_set():
                 try:
                     while await self.publish_pending() == BATCH:
                         pass
                     delay = 0.2
+                    if time.monotonic() >= next_prune:
+                        # Every batch of every job passes through here: without pruning
+                        # the table grows for ever.
+                        await self.prune()
+                        next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                 except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("outbox relay: publish failed, retrying in %.1fs: %s", delay, exc)
                     await wait_any(stop, timeout=delay)
@@ -95,9 +104,10 @@ class OutboxRelay:
             if listener is not None and not listener.is_closed():
                 await listener.close()
 
-    async def prune(self) -> None:
-        """Delete published rows older than a day."""
-        await self.pool.execute(QUERIES["prune_published"], timedelta(days=1))
+    async def prune(self, keep: timedelta = KEEP_PUBLISHED) -> int:
+        """Delete rows published longer than `keep` ago; return how many."""
+        result: str = await self.pool.execute(QUERIES["prune_published"], keep)
+        return int(result.split()[-1])
 
     async def _listen(self) -> asyncpg.Connection | None:
         try:
