@@ -78,15 +78,18 @@ async def _events(
                     id=str(sent),
                 )
         while not sub.overflowed:
-            for event in await sub.get(timeout=5.0):
+            events = await sub.get(timeout=5.0)
+            # sse-starlette cancels this generator when the client goes; the explicit
+            # check is a backstop for quiet streams only (it costs a cancel scope per call).
+            if not events and await request.is_disconnected():
+                break
+            for event in events:
                 if event.id <= sent:
                     continue
                 sent = event.id
                 if event.event_type == "progress":
                     _observe_latency(event)
                 yield _sse(event)
-            if await request.is_disconnected():
-                break
         # A client that fell too far behind is let go; it reconnects and is replayed.
     finally:
         mux.unsubscribe(sub)
