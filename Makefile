@@ -34,11 +34,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Speed benchmarks (~15 min; tables printed and written to docs/benchmarks.md).
 bench: venv
-	@for f in benchmarks/*.py; do \
-		name=$$(basename $$f .py); [ "$$name" = __init__ ] && continue; \
-		echo "== benchmarks.$$name"; $(BIN)/python -m benchmarks.$$name || exit 1; \
-	done
+	$(BIN)/python -m benchmarks.run_all
 
 # ETA accuracy on the recorded traces (benchmarks/eta/traces); rewrites the table in docs/eta.md.
 eta-eval: venv
