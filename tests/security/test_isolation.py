@@ -79,6 +79,15 @@ async def _file_snapshot(url: str, file_id: str) -> tuple[object, ...]:
     return tuple(row.values())
 
 
+async def _settled_snapshot(url: str, file_id: str, batches: int) -> tuple[object, ...]:
+    for _ in range(100):
+        snapshot = await _file_snapshot(url, file_id)
+        if snapshot[-1] == batches:
+            return snapshot
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the batch log never reached {batches} rows: {snapshot}")
+
+
 def _leaks(answer: Answer, secrets: tuple[str, ...]) -> bool:
     return any(s in answer.body for s in secrets)
 
@@ -106,7 +115,9 @@ async def test_every_route_isolates_users(
     events_url = f"{stack.progress_url}/api/files/{file_id}/events"
     final = (await asyncio.wait_for(follow_until_done(events_url, alice), 120))[-1]
     assert final.type == "completed", final.record
-    before = await _file_snapshot(database_url, file_id)
+    # The batch log is applied from progress events, which may trail the parser's own
+    # `completed`: wait for it to settle so only bob's calls could change the snapshot.
+    before = await _settled_snapshot(database_url, file_id, final.record["batch_number"])
     alice_data = (file_id, XIO.name)
     params = {"file_id": file_id}
 
