@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import RUNS, Table, show
 from services.parser.formats.base import STANDARD_GRAVITY, ReadOptions
 from services.parser.formats.cwa import BLOCK_BYTES, BLOCK_DTYPE, HEADER_BYTES, CwaReader
 
@@ -70,29 +71,39 @@ def run_bare(path: Path) -> int:
 
 
 def median_time(fn: Callable[[Path], int], path: Path) -> tuple[float, int]:
-    """Median wall time of 3 runs (after one warm-up), and the samples decoded."""
+    """Median wall time of the runs (after one warm-up), and the samples decoded."""
     n = fn(path)
     times = []
-    for _ in range(3):
+    for _ in range(RUNS):
         t = time.perf_counter()
         fn(path)
         times.append(time.perf_counter() - t)
     return statistics.median(times), n
 
 
-def main() -> None:
-    """Synthesise, time both decoders, print the table."""
+def run() -> list[Table]:
+    """Synthesise, time both decoders side by side, return the table."""
     n_blocks = -(-SAMPLES // PER_BLOCK)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.cwa"
         synthesise(path, n_blocks)
         mb = path.stat().st_size / 1e6
-        print(f"file: {n_blocks} blocks, {n_blocks * PER_BLOCK:,} samples, {mb:.1f} MB")
-        print(f"{'decoder':<34}{'median s':>10}{'samples/s':>14}{'MB/s':>9}")
+        table = Table(
+            f"Binary parsing: Axivity .cwa, {n_blocks:,} blocks, "
+            f"{n_blocks * PER_BLOCK:,} samples ({mb:.0f} MB)",
+            ["decoder", "median s", "samples/s", "MB/s"],
+            notes=[f"median of {RUNS} runs after one warm-up."],
+        )
         for name, fn in (("imuflow CwaReader (all checks)", run_reader),
-                         ("bare np.frombuffer decode", run_bare)):  # fmt: skip
+                         ("bare np.frombuffer decode (no checks, no times)", run_bare)):  # fmt: skip
             secs, n = median_time(fn, path)
-            print(f"{name:<34}{secs:>10.3f}{n / secs:>14,.0f}{mb / secs:>9.0f}")
+            table.rows.append([name, secs, n / secs, mb / secs])
+        return show([table])
+
+
+def main() -> None:
+    """Measure and print."""
+    run()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pacsv
 
+from benchmarks.common import RUNS, Table, show
 from services.parser.formats.base import ReadOptions
 from services.parser.formats.registry import detect_format, make_reader
 
@@ -65,23 +66,26 @@ def pandas_csv(path: Path) -> int:
 
 
 def measure(fn: Callable[[Path], int], path: Path) -> tuple[float, int]:
-    """Median wall time of 3 runs and the row count."""
+    """Median wall time of the runs and the row count."""
     times, rows = [], 0
-    for _ in range(3):
+    for _ in range(RUNS):
         t0 = time.perf_counter()
         rows = fn(path)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), rows
 
 
-def main() -> None:
-    """Synthesise the file, run each reader, print the table."""
+def run() -> list[Table]:
+    """Synthesise the file, time each reader side by side, return the table."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generic.csv"
         synthesise(path)
         mb = path.stat().st_size / 1e6
-        print(f"file: {ROWS:,} rows, {mb:.1f} MB, batches of {BATCH:,}; median of 3 runs")
-        print(f"{'reader':<34}{'seconds':>9}{'samples/s':>14}{'MB/s':>9}")
+        table = Table(
+            f"Text parsing: {ROWS:,}-row generic CSV ({mb:.0f} MB, 9 IMU columns), one thread each",
+            ["reader", "median s", "samples/s", "MB/s"],
+            notes=[f"median of {RUNS} runs; ours reads batches of {BATCH:,} with every check on."],
+        )
         runs: list[tuple[str, Callable[[Path], int]]] = [
             ("imuflow text reader (all checks)", ours),
             ("pyarrow.csv.read_csv (1 thread)", arrow),
@@ -89,13 +93,19 @@ def main() -> None:
         try:
             importlib.import_module("pandas")
         except ImportError:
-            print("(pandas is not installed: its row is skipped)")
+            table.notes.append("pandas is not installed: its row is skipped (pip install -e '.[dev]').")
         else:
-            runs.append(("pandas.read_csv", pandas_csv))
+            runs.append(("pandas.read_csv (C engine)", pandas_csv))
         for name, fn in runs:
             secs, rows = measure(fn, path)
             assert rows == ROWS, (name, rows)
-            print(f"{name:<34}{secs:>9.2f}{rows / secs:>14,.0f}{mb / secs:>9.1f}")
+            table.rows.append([name, secs, rows / secs, mb / secs])
+        return show([table])
+
+
+def main() -> None:
+    """Measure and print."""
+    run()
 
 
 if __name__ == "__main__":

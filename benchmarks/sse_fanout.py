@@ -1,0 +1,211 @@
+"""Benchmark: SSE fan-out to 1,000 and 10,000 connected clients at one event per second.
+
+Only the progress service runs. A ticker updates one file of the bench user once a second
+(`last_checkpoint_at = clock_timestamp()`) and appends its event (`record_file_event`),
+exactly what the progress applier does per batch; every client follows `/api/events`, so
+each receives one event per second. Clients are raw asyncio sockets in 2 processes (the
+load generator shares the 2 cores with the server), reading the stream and taking, per
+event, receive time minus the record's `last_checkpoint_at` (same clock). Server CPU is
+the progress process's CPU seconds over the measured window; memory its RSS.
+
+`python -m benchmarks.sse_fanout`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import resource
+import time
+import uuid
+from datetime import datetime
+from multiprocessing.connection import Connection
+
+import asyncpg
+
+from benchmarks.common import Table, percentile, show
+from benchmarks.stack import EmbeddedStack
+
+CLIENTS = (1_000, 10_000)
+PROCESSES = 2
+WINDOW = 20.0  # seconds of 1 event/s measured (>= 3 x 3 runs' worth of events per client)
+MARKER = b'"last_checkpoint_at":"'
+
+
+def raise_nofile() -> None:
+    """Allow as many sockets as the hard limit (inherited by the services we start)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _client(host: str, port: int, token: str, delays: list[float], ready: asyncio.Event) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET /api/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    first = True
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if not line.startswith(b"data:"):
+                continue
+            if first:  # the current-state snapshot: connected
+                first = False
+                ready.set()
+                continue
+            received = time.time()
+            start = line.find(MARKER)
+            if start >= 0:
+                start += len(MARKER)
+                stamp = line[start : line.index(b'"', start)].decode()
+                delays.append(received - datetime.fromisoformat(stamp).timestamp())
+    finally:
+        writer.close()
+
+
+async def _clients(host: str, port: int, token: str, n: int, pipe: Connection) -> None:
+    delays: list[float] = []
+    readies = [asyncio.Event() for _ in range(n)]
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(_client(host, port, token, delays, readies[i])))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)  # stay inside the listen backlog
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 300)
+    pipe.send("connected")
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "start"
+    delays.clear()
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+    pipe.send(delays)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _client_process(host: str, port: int, token: str, n: int, pipe: Connection) -> None:
+    raise_nofile()
+    asyncio.run(_clients(host, port, token, n, pipe))
+
+
+async def _ticker(url: str, file_id: uuid.UUID, stop: asyncio.Event) -> int:
+    conn = await asyncpg.connect(url)
+    ticks = 0
+    try:
+        while not stop.is_set():
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE imu_data_files SET last_checkpoint_at = clock_timestamp(), "
+                    "samples_processed = samples_processed + 1, status = 'parsing' WHERE id = $1",
+                    file_id,
+                )
+                await conn.execute("SELECT record_file_event($1)", file_id)
+            ticks += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        await conn.close()
+    return ticks
+
+
+async def _measure(stack: EmbeddedStack, url: str, file_id: uuid.UUID, n: int) -> list[object]:
+    host, port = "127.0.0.1", stack.settings.progress_port
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for k in range(PROCESSES):
+        mine = n // PROCESSES + (1 if k < n % PROCESSES else 0)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_client_process, args=(host, port, stack.token, mine, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    loop = asyncio.get_running_loop()
+    for pipe in pipes:
+        if await loop.run_in_executor(None, pipe.recv) != "connected":
+            raise RuntimeError("clients did not connect")
+    server = stack.process("progress")
+    for pipe in pipes:
+        pipe.send("start")
+    cpu0, t0 = sum(server.cpu_times()[:2]), time.perf_counter()
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(_ticker(url, file_id, stop))
+    await asyncio.sleep(WINDOW)
+    stop.set()
+    ticks = await ticker
+    await asyncio.sleep(1.0)  # the last event reaches everyone
+    cpu = (sum(server.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+    rss = server.memory_info().rss / 1024**2
+    delays: list[float] = []
+    for pipe in pipes:
+        pipe.send("stop")
+    for pipe in pipes:
+        delays += await loop.run_in_executor(None, pipe.recv)
+    for proc in procs:
+        proc.join(10)
+    ms = [d * 1000 for d in delays]
+    expected = ticks * n
+    return [n, len(ms), f"{100 * len(ms) / max(expected, 1):.1f} %", percentile(ms, 50), percentile(ms, 99),
+            max(ms), f"{100 * cpu:.0f} %", rss]  # fmt: skip
+
+
+async def _run() -> list[Table]:
+    raise_nofile()
+    async with EmbeddedStack() as stack:
+        await stack.start("front", services=("progress",))
+        assert stack.pg is not None
+        url = stack.pg.url
+        conn = await asyncpg.connect(url)
+        try:
+            user_id = await conn.fetchval("SELECT id FROM users WHERE name = 'bench'")
+            file_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO imu_data_files (id, user_id, filename, size_bytes, sha256, storage_uri) "
+                "VALUES ($1, $2, 'fanout.csv', 1, 'x', 'file:///dev/null')",
+                file_id,
+                user_id,
+            )
+        finally:
+            await conn.close()
+        table = Table(
+            f"SSE fan-out: one event per second to every client, {WINDOW:.0f} s measured",
+            [
+                "clients",
+                "events received",
+                "of expected",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "server CPU",
+                "RSS MB",
+            ],
+            notes=[
+                f"clients: raw asyncio sockets in {PROCESSES} processes on the same 2 cores as the server; "
+                "latency = receive time - the record's last_checkpoint_at (set in the event's transaction).",
+                f"nofile limit: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
+                "server CPU is % of one core; RSS is the progress process's.",
+            ],
+        )
+        for n in CLIENTS:
+            table.rows.append(await _measure(stack, url, file_id, n))
+            print(f"  {n} clients: {table.cells()[-1]}", flush=True)
+            await asyncio.sleep(2)
+        return show([table])
+
+
+def run() -> list[Table]:
+    """Measure on a fresh embedded stack."""
+    return asyncio.run(_run())
+
+
+def main() -> None:
+    """Measure and print."""
+    run()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
