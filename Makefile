@@ -34,7 +34,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Speed benchmarks (~15 min; tables printed and written to docs/benchmarks.md).
+# Speed benchmarks (~5 min; tables printed and written to docs/benchmarks.md).
 bench: venv
 	$(BIN)/python -m benchmarks.run_all
 
