@@ -194,3 +194,20 @@ async def test_export_of_five_million_rows_stays_within_a_memory_bound(
             assert pq.ParquetFile(target).metadata.num_rows == BIG_ROWS
             assert BIG_ROWS * 40 > MEMORY_BOUND  # the rows as Arrow columns would not fit the bound
         target.unlink()
+
+
+async def test_export_of_a_multi_sensor_file_names_the_sensor(
+    test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    stack = await service_stack(test_settings)
+    token = await make_token(database_url, "alice")
+    record = await _parsed(stack, token, DATA / "opensim_apdm_format7.csv")  # 3 rows x 6 sensors
+    response = await _get(stack, token, record["id"], **{"as": "csv"})
+    assert response.status_code == 200, response.text
+    table = list(csv.reader(io.StringIO(response.text)))
+    assert "sensor" in table[0]
+    column = table[0].index("sensor")
+    body = table[1:]
+    assert len(body) == 18
+    assert len({row[column] for row in body}) == 6
+    assert all(row[column] for row in body)

@@ -78,10 +78,11 @@ SELECT record_file_event($1);
 
 -- name: export_layout
 -- $1 file id. What the export's header needs: units, warnings, whether rows carry a
--- sensor (a multi-sensor file names the sensor on every row, so the first row tells).
+-- sensor (a multi-sensor file names the sensor on every row, so its first rows tell;
+-- `sample_index = 0` lets the BRIN index skip to them instead of sorting the file).
 SELECT f.units, f.warnings, f.filename,
-       (SELECT s.sensor IS NOT NULL FROM imu_samples s
-        WHERE s.file_id = f.id ORDER BY s.sample_index LIMIT 1) AS has_sensor
+       EXISTS (SELECT 1 FROM imu_samples s
+               WHERE s.file_id = f.id AND s.sample_index = 0 AND s.sensor IS NOT NULL) AS has_sensor
 FROM imu_data_files f WHERE f.id = $1;
 
 -- name: index_range
