@@ -91,9 +91,16 @@ class ParserWorker:
             consumer.resume(*[tp for tp in assigned if tp not in self._slots])
 
     def _start(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        assert self.consumer is not None
+        if tp in self._slots:
+            # A rebalance handed back a partition whose job still runs here, so its
+            # uncommitted message came again. Rewind: these records are fetched again
+            # once the job is done (the job's own message then finds it finished).
+            self.consumer.seek(tp, records[0].offset)
+            self.consumer.pause(tp)
+            return
         slot = _Slot(records)
         self._slots[tp] = slot
-        assert self.consumer is not None
         self.consumer.pause(tp)
         slot.task = asyncio.create_task(self._work(tp, slot), name=f"parser:{tp.topic}:{tp.partition}")
 
@@ -154,6 +161,10 @@ class ParserWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def busy(self) -> list[TopicPartition]:
+        """Partitions with a job running here."""
+        return list(self._slots)
+
     async def _abandon_all(self, grace: float) -> None:
         await self.abandon(set(self._slots), grace)
 
@@ -173,7 +184,17 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.worker.abandon(set(revoked), ABANDON_GRACE_SECONDS)
+        # Eager rebalancing revokes every partition and then hands most of them straight
+        # back. Abandoning here would cost every running job a delivery (an attempt) each
+        # time a parser joins or leaves, so the decision waits for the new assignment.
+        # Fencing keeps this safe: if a partition moves, its new owner's claim makes this
+        # worker's next checkpoint match no row.
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        kept = [tp for tp in self.worker.busy() if tp in assigned]
+        if kept and self.worker.consumer is not None:
+            self.worker.consumer.pause(*kept)  # before any fetch hands their messages back
+        lost = {tp for tp in self.worker.busy() if tp not in assigned}
+        await self.worker.abandon(lost, ABANDON_GRACE_SECONDS)

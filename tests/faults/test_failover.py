@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
+from contracts.topics import message_key
 from imuflow.settings import Settings
 from imuflow.stack.procs import free_port
 from tests.e2e.helpers import make_token, upload
@@ -91,3 +93,38 @@ async def test_dead_parser_partitions_move_within_seconds(
     assert final.status == "completed", final
     assert (final.samples, final.distinct) == (SAMPLES, SAMPLES)
     assert failover < 20.0, f"failover took {failover:.1f} s"
+
+
+async def test_a_parser_joining_does_not_cost_running_jobs_an_attempt(
+    tmp_path: Path, test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    env = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH)}
+    first = await service_stack(test_settings, env=env)
+    token = await make_token(database_url, "alice")
+    file_id = (await upload(first.ingest_url, token, synth_csv(tmp_path / "big.csv", SAMPLES))).json()["id"]
+    await wait_checkpoint(database_url, file_id, 20, timeout=60)
+    assert await _in_flight(first) == 1
+
+    # A second parser joins: every partition is revoked, then the group is rebalanced.
+    second_settings = test_settings.model_copy(
+        update={"parser_metrics_port": free_port(), "data_dir": tmp_path / "parser2"}
+    )
+    second = await service_stack(second_settings, env=env, services=("parser",))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a, b = _assigned(first), _assigned(second)
+        if a and b and not a & b and len(a | b) == test_settings.kafka_topic_partitions:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the group never settled on two members")
+    partitions = list(range(test_settings.kafka_topic_partitions))
+    partition = DefaultPartitioner()(message_key(file_id), partitions, partitions)
+    kept = partition in _assigned(first)
+    final = await wait_terminal(database_url, file_id, timeout=120)
+    print(f"partition {partition} kept by the first parser: {kept}; attempts {final.attempts}")
+    assert final.status == "completed", final
+    assert (final.samples, final.distinct) == (SAMPLES, SAMPLES)
+    # A job whose partition stayed keeps running in its first delivery; one that moved
+    # is resumed by the new owner in a second (unless it finished before the move).
+    assert final.attempts == 1 if kept else final.attempts in (1, 2), (kept, final)
