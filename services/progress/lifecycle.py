@@ -8,7 +8,6 @@ import re
 import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import unquote, urlparse
@@ -18,14 +17,13 @@ import asyncpg
 from fastapi import APIRouter, Body, HTTPException, Response
 
 from contracts import topics
-from contracts.events import FileQueued
 from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord, ReparseRequest
 from imuflow import db, outbox
 from imuflow.logs import fields
 from imuflow.web import CurrentUser
 from services.progress.api import NOT_FOUND, OwnedFile, Repo, owned_file
-from services.progress.repository import DRIVER_ERRORS
+from services.progress.repository import DRIVER_ERRORS, queued_event
 
 log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "data.sql")
@@ -118,20 +116,7 @@ async def reparse_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID, optio
         )
         await conn.execute(QUERIES["delete_samples"], targets)
         for row in rows:
-            event = FileQueued(
-                file_id=row["id"],
-                user_id=row["user_id"],
-                reason="reparse",
-                run=row["run"],
-                storage_uri=row["storage_uri"],
-                filename=row["filename"],
-                size_bytes=row["size_bytes"],
-                format=row["format"],
-                sensor=row["sensor"],
-                timezone=row["timezone"],
-                queued_at=datetime.now(UTC),
-            )
-            await outbox.enqueue(conn, topics.FILES, row["id"], event.model_dump(mode="json"))
+            await outbox.enqueue(conn, topics.FILES, row["id"], queued_event(dict(row), "reparse"))
             await conn.fetchval(QUERIES["record_event"], row["id"])
     return True
 

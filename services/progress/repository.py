@@ -60,7 +60,7 @@ class ProgressRepository:
                 row = await conn.fetchrow(QUERIES["requeue_for_retry"], file_id, user_id)
                 if row is None:
                     return False
-                await outbox.enqueue(conn, topics.FILES, file_id, _queued(dict(row), "retry"))
+                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row), "retry"))
                 await conn.fetchval(QUERIES["record_event"], file_id)
         except DRIVER_ERRORS as exc:
             raise Unavailable(str(exc)) from exc
@@ -94,7 +94,10 @@ class ProgressRepository:
         return rows
 
 
-def _queued(row: dict[str, Any], reason: Literal["upload", "retry", "requeue", "reparse"]) -> dict[str, Any]:
+def queued_event(
+    row: dict[str, Any], reason: Literal["upload", "retry", "requeue", "reparse"]
+) -> dict[str, Any]:
+    """The `files.v1` event (as JSON) that requeues the file of an `imu_data_files` row."""
     event = FileQueued(
         file_id=row["id"],
         user_id=row["user_id"],
