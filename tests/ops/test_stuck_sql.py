@@ -165,3 +165,15 @@ async def test_performance_view_gives_throughput_and_percentiles(conn: asyncpg.C
     assert (overall["files"], overall["files_completed"], overall["files_failed"]) == (2, 1, 1)
     assert overall["failure_rate"] == pytest.approx(0.5)
     assert json.loads(json.dumps(overall["batch_seconds"])) == pytest.approx(sum(all_times) / 1000)
+
+
+async def test_a_queued_job_behind_busy_parsers_is_waiting_not_stuck(conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    waiting = await make_job(conn, user, status="queued", claimed_ago=None, queued_ago=400, attempts=0)
+    await make_job(conn, user, checkpoint_ago=5, claimed_ago=100)  # a parser at work
+    assert await stuck_ids(conn) == set()
+    # Past QUEUE_PATIENCE (6 x STUCK_AFTER) its event counts as lost even so.
+    await conn.execute(
+        "UPDATE imu_data_files SET queued_at = now() - interval '1900 seconds' WHERE id = $1", waiting
+    )
+    assert await stuck_ids(conn) == {waiting}
