@@ -81,6 +81,15 @@ export class FileList {
     this.onOpen = onOpen;
     this.onAction = onAction;
     this.onStatusChange = onStatusChange;
+    // The server's ETA is as of the last batch; between batches it is counted down here,
+    // from when the record arrived (the browser's own clock: no skew with the server's).
+    this.ticker = setInterval(() => this.tick(), 1000);
+  }
+
+  tick() {
+    for (const row of this.rows.values()) {
+      if (row.record?.status === "parsing") this.renderEta(row);
+    }
   }
 
   get size() {
@@ -104,6 +113,7 @@ export class FileList {
     }
     const previous = row.record?.status;
     row.record = record;
+    row.receivedAt = performance.now();
     if (eventId !== null) row.eventId = eventId;
     this.render(row);
     if (previous && previous !== record.status) this.onStatusChange(record, previous);
@@ -201,12 +211,7 @@ export class FileList {
     p.samples.textContent = samplesText(r);
     const live = r.status === "parsing";
     p.speed.textContent = live ? fmt.rate(r.samples_per_second) : "";
-    p.eta.textContent = live && r.eta_seconds != null ? `${fmt.eta(r.eta_seconds)} left` : "";
-    if (live && r.eta_low_seconds != null && r.eta_high_seconds != null) {
-      p.eta.title = `between ${fmt.eta(r.eta_low_seconds)} and ${fmt.eta(r.eta_high_seconds)}`;
-    } else {
-      p.eta.removeAttribute("title");
-    }
+    this.renderEta(row);
     this.renderTimes(p.times, r);
     p.error.textContent = r.status === "failed" ? r.error_message || "failed (no reason given)" : "";
     p.error.hidden = r.status !== "failed";
@@ -219,6 +224,27 @@ export class FileList {
     if (row.actionsFor !== wanted) {
       row.actionsFor = wanted;
       this.renderActions(row);
+    }
+  }
+
+  renderEta(row) {
+    const r = row.record;
+    const p = row.parts;
+    if (r.status !== "parsing" || r.eta_seconds == null) {
+      p.eta.textContent = "";
+      p.eta.removeAttribute("title");
+      return;
+    }
+    const waited = (performance.now() - (row.receivedAt ?? performance.now())) / 1000;
+    const left = r.eta_seconds - waited;
+    // Past the estimate with no new batch: say so rather than showing "0 s left".
+    p.eta.textContent = left > 0 ? `${fmt.eta(left)} left` : "waiting for the next batch…";
+    if (r.eta_low_seconds != null && r.eta_high_seconds != null) {
+      const low = Math.max(r.eta_low_seconds - waited, 0);
+      const high = Math.max(r.eta_high_seconds - waited, 0);
+      p.eta.title = `between ${fmt.eta(low)} and ${fmt.eta(high)}`;
+    } else {
+      p.eta.removeAttribute("title");
     }
   }
 
