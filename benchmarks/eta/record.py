@@ -3,15 +3,19 @@
 Runs the production text reader with the adaptive BatchSizer on a synthesised generic CSV
 and stores every batch in Postgres the way the parser does (a checkpoint UPDATE plus a
 binary COPY in one transaction), timing each batch as services/parser/job.py does. A
-scenario disturbs the run part-way through with something real: a second parse of the
-same file, busy-loop processes on every core, throttled reads (a slow disk), a table lock
-held by another connection (a stall). Each run writes one JSON line per batch to
+scenario disturbs the run part-way through with something real and, like what a user
+meets, lasting: a second parse of the same file that runs on to the end, busy-loop
+processes on every core that keep running, reads throttled from then on (a slow disk), a
+table lock held by another connection (a stall, the one transient), busy loops that stop
+half-way (a speed-up). Record on a quiet machine, so that the only disturbance in a trace
+is its scenario's (the header keeps the load average at the start). Each run writes one JSON line per batch to
 benchmarks/eta/traces/<scenario>[-<tag>].jsonl, after a header line describing the run.
 
-    python -m benchmarks.eta.record [--rows 10000000] [--tag 2] [--database-url URL] [SCENARIO ...]
+    python -m benchmarks.eta.record [--rows N] [--tag 2] [--out DIR] [--database-url URL] [SCENARIO ...]
 
 The URL defaults to IMUFLOW_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres;
-the traces go to a database `imuflow_eta_traces` on that server. About a minute per run.
+the traces go to a database `imuflow_eta_traces` on that server. The stored traces are
+20M rows (~2 GB, the default), 40-100 s per run on a quiet 2-core machine.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from tests.servers import with_database
 
 TRACES = Path(__file__).parent / "traces"
 DB_NAME = "imuflow_eta_traces"
-SCENARIOS = ("steady", "second_job", "cpu_burst", "slow_disk", "stall", "speedup")
+SCENARIOS = ("steady", "second_job", "cpu_contention", "slow_disk", "stall", "speedup")
 DDL = """
 CREATE TABLE IF NOT EXISTS eta_samples (
     file_id uuid NOT NULL, sample_index bigint NOT NULL, t_ns bigint,
@@ -148,7 +152,6 @@ class Disturbance:
         self.procs: list[multiprocessing.Process] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
-        self.stop_at: float | None = None
         self.events: list[dict[str, Any]] = []
 
     def _note(self, what: str, elapsed: float) -> None:
@@ -180,20 +183,14 @@ class Disturbance:
             p.start()
             self.procs.append(p)
             self._note("second parse of the file starts", elapsed)
-        elif s == "cpu_burst" and not self.started and fraction >= 0.2:
+        elif s == "cpu_contention" and not self.started and fraction >= 0.2:
+            # Another CPU-bound program starts and keeps running to the end.
             self._busy_loops()
-            self.stop_at = elapsed * 3  # about 40 % of an undisturbed run
-            self._note("busy loops on every core", elapsed)
-        elif s == "cpu_burst" and self.stop_at is not None and elapsed >= self.stop_at:
-            self._stop_procs()
-            self.stop_at = None
-            self._note("busy loops stopped", elapsed)
+            self._note("busy loops on every core, to the end", elapsed)
         elif s == "slow_disk" and not self.started and fraction >= 0.3:
+            # Reads slow down for good (a degraded or contended disk), not just for a while.
             self.throttle.limit = 0.4 * (fraction * self.path.stat().st_size / elapsed)
-            self._note(f"reads throttled to {self.throttle.limit / 1e6:.1f} MB/s", elapsed)
-        elif s == "slow_disk" and self.throttle.limit and fraction >= 0.65:
-            self.throttle.limit = None
-            self._note("throttle lifted", elapsed)
+            self._note(f"reads throttled to {self.throttle.limit / 1e6:.1f} MB/s, to the end", elapsed)
         elif s == "stall" and not self.started and fraction >= 0.4:
             self.tasks.append(asyncio.create_task(self._lock(6.0)))
             self._note("another connection locks the table for 6 s", elapsed)
@@ -218,12 +215,15 @@ class Disturbance:
             await task
 
 
-async def record(scenario: str, path: Path, url: str, rows: int, tag: str = "") -> Path:
+async def record(
+    scenario: str, path: Path, url: str, rows: int, tag: str = "", out_dir: Path = TRACES
+) -> Path:
     """Run one scenario and write its trace."""
     admin = await asyncpg.connect(url)
     await admin.execute("TRUNCATE eta_samples, eta_checkpoints")
     await admin.execute("CHECKPOINT")
     await admin.close()
+    load = os.getloadavg()[0]
     throttle = Throttled(cast(BinaryIO, None))
     disturb = Disturbance(scenario, path, url, throttle)
     await disturb.begin()
@@ -237,10 +237,11 @@ async def record(scenario: str, path: Path, url: str, rows: int, tag: str = "") 
         "rows": rows,
         "bytes_total": trace_bytes,
         "cores": os.cpu_count(),
+        "load_average_at_start": round(load, 2),
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "events": disturb.events,
     }
-    out = TRACES / f"{scenario}{'-' + tag if tag else ''}.jsonl"
+    out = out_dir / f"{scenario}{'-' + tag if tag else ''}.jsonl"
     out.write_text("".join(json.dumps(line) + "\n" for line in [header, *trace]))
     return out
 
@@ -249,8 +250,9 @@ async def main() -> None:
     """Record the scenarios named on the command line (default: all)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--tag", default="", help="appended to the trace names, to keep several runs")
+    parser.add_argument("--out", type=Path, default=TRACES, help="directory for the traces")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("IMUFLOW_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -271,7 +273,7 @@ async def main() -> None:
     if not path.exists():
         synthesise(path, args.rows)
     for scenario in args.scenarios or SCENARIOS:
-        out = await record(scenario, path, url, args.rows, args.tag)
+        out = await record(scenario, path, url, args.rows, args.tag, args.out)
         print(f"{scenario}: {out}")
 
 

@@ -9,13 +9,14 @@ The state keeps exponentially decayed sums of bytes, samples and seconds for a f
 memories (`TAUS`, seconds of wall time): each ratio is the rate over about the last tau
 seconds, every second counting once whatever the batch cadence. The ETA blends them by how
 well each memory matches the time still to go (`HORIZON`): with ten minutes left a burst
-of the last five seconds says little, with ten seconds left it says most. So the ETA is
-steady early on and follows a real change of speed more closely as the end nears, without
-jumps. A stall (a batch that took far longer than usual) counts as the seconds it took.
+of the last five seconds says little, with a minute left it says most. So the ETA is
+steadier on long files and follows a lasting change of speed within seconds, without
+jumps. A stall (a batch far later than usual) counts its excess seconds at STALL_WEIGHT.
 The range is the ETA scaled by the recent log-deviation of batch rates from the average.
-The constants were chosen by replaying real traces (docs/eta.md, `make eta-eval`); a
-detector that made the averages jump after a sustained change made those errors worse,
-because most slowdowns on a shared machine end again.
+The constants were chosen by replaying real traces (docs/eta.md, `make eta-eval`): on a
+quiet machine changes of speed last and the recent speed forecasts best, hence a memory of
+about a tenth of the time to go; a detector that made the averages jump after a sustained
+change was measured and dropped.
 
 The server only updates on batches. `at(state, now)` gives the ETA between batches: it
 counts down, and once a batch is `STALL_FACTOR` usual intervals late it grows, as if the
@@ -30,13 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 TAUS = (3.0, 10.0, 30.0, 100.0, 1000.0)  # memories of the averages, seconds of wall time
-HORIZON = 0.5  # the ETA trusts the averages whose memory is about HORIZON x their own ETA
+HORIZON = 0.1  # the ETA trusts the averages whose memory is about HORIZON x their own ETA
+# (0.1: chosen on the first quiet-machine trace set, confirmed on the second; docs/eta.md)
 BLEND = 0.5  # width, in log-memory, of the blend between neighbouring averages
 SPREAD = 2.0  # the range covers about this many log-deviations either side
 MIN_SPREAD = 0.05  # never claim to be more precise than +-5 %
 STALL_FACTOR = 3.0  # a batch this many usual intervals late means the job is stalling
 STALL_MIN_SECONDS = 2.0
-STALL_WEIGHT = 0.25  # how much a stall's excess seconds count once it is over
+STALL_WEIGHT = 0.1  # how much a stall's excess seconds count once it is over
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,11 @@ def at(state: dict[str, Any], now: float) -> Estimate:
     rate_b, rate_s = _rates(state, len(TAUS) - 1)
 
     def pretend(seconds: float) -> float:
-        folded = _fold(state, seconds, rate_b * interval, rate_s * interval, stall_cap=False)
-        return _estimate(folded, remaining).eta_seconds or 0.0
+        folded = _fold(state, seconds, rate_b * interval, rate_s * interval)
+        # Blend weights from before the stall: every average's ETA grows with the wait, so
+        # with fixed weights so does the blend (re-weighting would switch memories mid-stall
+        # and make the shown ETA fall back and forth).
+        return _estimate(folded, remaining, weigh_by=state).eta_seconds or 0.0
 
     return _shifted(counted, max(pretend(elapsed) - pretend(cap), 0.0))
 
@@ -149,18 +154,23 @@ def _fold(
     return new
 
 
-def _estimate(state: dict[str, Any], remaining: float) -> Estimate:
+def _estimate(state: dict[str, Any], remaining: float, weigh_by: dict[str, Any] | None = None) -> Estimate:
     """Blend the averages by how well their memory matches the time still to go."""
     etas: list[tuple[float, float, float]] = []  # (weight, eta, samples/s)
     for k, tau in enumerate(TAUS):
         rate_b, rate_s = _rates(state, k)
-        if rate_b <= 0:
+        rate_w = _rates(weigh_by, k)[0] if weigh_by is not None else rate_b
+        if rate_b <= 0 or rate_w <= 0:
             continue
         own = remaining / rate_b
-        mismatch = math.log(tau / max(HORIZON * own, 1e-3))
-        etas.append((math.exp(-0.5 * (mismatch / BLEND) ** 2) + 1e-12, own, rate_s))
+        mismatch = math.log(tau / max(HORIZON * remaining / rate_w, 1e-3))
+        etas.append((-0.5 * (mismatch / BLEND) ** 2, own, rate_s))
     if not etas:
         return Estimate(None, None, None, None, state)
+    # Normalise the Gaussian log-weights by the best one: near the end every memory is far
+    # from the horizon, and absolute weights would all underflow to a uniform blend.
+    top = max(w for w, _, _ in etas)
+    etas = [(math.exp(w - top), e, r) for w, e, r in etas]
     if remaining <= 0:
         return Estimate(etas[-1][2] or None, 0.0, 0.0, 0.0, state)
     total = sum(w for w, _, _ in etas)

@@ -26,8 +26,10 @@ class Job:
 
     def batch(self, seconds: float | None = None) -> eta.Estimate:
         """One batch that took `seconds` (default: the usual interval) at the current rate."""
-        seconds = self.interval if seconds is None else seconds
-        step = min(int(self.rate * self.interval), TOTAL - self.done)
+        full = int(self.rate * self.interval)
+        step = min(full, TOTAL - self.done)
+        # The last, partial batch takes its share of the interval, as a real one does.
+        seconds = self.interval * step / full if seconds is None else seconds
         self.t += seconds
         self.done += step
         self.last = eta.update(
@@ -69,7 +71,7 @@ def test_constant_speed_is_exact_from_the_first_batch_with_a_narrow_range() -> N
 
 @pytest.mark.parametrize(
     ("factor", "at", "within_seconds"),
-    [(0.5, 0.3, 60), (2.0, 0.3, 20), (0.5, 0.85, 18), (2.0, 0.85, 6)],
+    [(0.5, 0.3, 25), (2.0, 0.3, 8), (0.5, 0.85, 8), (2.0, 0.85, 6)],
     ids=["slowdown-early", "speedup-early", "slowdown-late", "speedup-late"],
 )
 def test_a_lasting_speed_change_is_followed_smoothly(factor: float, at: float, within_seconds: float) -> None:
@@ -149,18 +151,40 @@ def test_no_state_means_no_estimate() -> None:
     assert eta.at({}, 5.0).eta_seconds is None
 
 
-def test_the_harness_meets_the_target_on_the_recorded_traces() -> None:
+def _median(errors: list[float]) -> float:
+    return sorted(errors)[len(errors) // 2]
+
+
+def _p90(errors: list[float]) -> float:
+    return sorted(errors)[int(0.9 * len(errors))]
+
+
+def test_the_harness_meets_the_target_on_the_quiet_machine_traces() -> None:
     traces = eta_harness.load()
-    assert {t.name for t in traces} >= {"steady", "second_job", "cpu_burst", "slow_disk", "stall", "speedup"}
+    names = {"steady", "second_job", "cpu_contention", "slow_disk", "stall", "speedup"}
+    assert {t.name for t in traces} == names | {f"{n}-2" for n in names}
     result = eta_harness.evaluate(traces)
+    ours, naive, tqdm = (result[n][0] for n in ("ours", "naive (seed)", "tqdm EMA 0.3"))
+    # The issue's target, pooled and on each recording set (the second set is the held-out
+    # check of the constants chosen on the first).
+    assert _median(ours.at_batches) <= 0.10
+    for tag in ("", "2"):
+        in_set = [t.name for t in traces if t.name.partition("-")[2] == tag]
+        assert _median([e for name in in_set for e in result["ours"][1][name].at_batches]) <= 0.10
+    assert _median(ours.at_batches) < _median(naive.at_batches)
+    # Better than tqdm on the tail; on the median tqdm's very short memory is ahead on these
+    # traces (6.1 % against 7.4 %, docs/eta.md), so that is not claimed.
+    assert _p90(ours.at_batches) < _p90(tqdm.at_batches)
+    assert _p90(ours.at_batches) < _p90(naive.at_batches)
+    assert ours.missing == 0
 
-    def median(name: str) -> float:
-        errors = sorted(result[name][0].at_batches)
-        return errors[len(errors) // 2]
 
-    # The issue's target was a median <= 10 %; on this shared machine's traces no estimator
-    # gets near it (docs/eta.md), so this guards what we measured instead.
-    assert median("ours") <= 0.30
-    assert median("ours") < median("naive (seed)")
-    assert median("ours") < median("tqdm EMA 0.3")
-    assert result["ours"][0].missing == 0
+def test_the_noisy_machine_traces_stay_within_what_was_measured() -> None:
+    traces = eta_harness.load(eta_harness.NOISY)
+    assert len(traces) == 12
+    result = eta_harness.evaluate(traces)
+    ours, tqdm = result["ours"][0], result["tqdm EMA 0.3"][0]
+    # Passing slowdowns under other people's load: no estimator gets near 10 % (docs/eta.md).
+    assert _median(ours.at_batches) <= 0.30
+    assert _median(ours.at_batches) < _median(tqdm.at_batches)
+    assert ours.missing == 0
