@@ -13,7 +13,7 @@ _MIN_READ = 64 * 1024
 # newlines at all) would otherwise be buffered whole, however large the upload.
 MAX_LINE_BYTES = 1 << 20
 # Past this many surplus lines, one numpy pass beats walking back with rfind.
-_RFIND_LIMIT = 2048
+_RFIND_LIMIT = 8192
 
 
 class LineChunker:
@@ -27,6 +27,7 @@ class LineChunker:
         self._eof = False
         self._tail = 0  # bytes in _buf after its last newline (the unfinished line)
         self.bytes_per_line = max(bytes_per_line, 8.0)
+        self.last_lines = 0  # newlines in the last handed-out block (its callers need it too)
 
     @property
     def offset(self) -> int:
@@ -55,10 +56,12 @@ class LineChunker:
             cut = self._nth_newline(n_lines) + 1
             block, self._buf = self._buf[:cut], self._buf[cut:]
             self._newlines -= n_lines
+            self.last_lines = n_lines
         else:
-            block, self._buf, self._newlines, self._tail = self._buf, b"", 0, 0
+            block, self._buf, self.last_lines, self._tail = self._buf, b"", self._newlines, 0
+            self._newlines = 0
         if n_lines and block:
-            self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, block.count(b"\n"))
+            self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, self.last_lines)
         self._offset += len(block)
         return block, self._offset, self._eof and not self._buf
 

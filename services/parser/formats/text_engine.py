@@ -175,7 +175,7 @@ class TextReader:
     def _batch(self, data: bytes, end: int) -> SampleBatch:
         layout, cmap, state = self._layout, self._cmap, self._state
         line0 = state["line"]
-        state["line"] += data.count(b"\n")
+        state["line"] += self._chunker.last_lines
         if b"\x00" in data:
             data = data.replace(b"\x00", b"")
         if layout.decimal_comma:
@@ -192,17 +192,25 @@ class TextReader:
         keep: npt.NDArray[np.bool_] = np.asarray(~np.isnan(vals).all(axis=2))
         warnings: list[str] = []
         skipped = self._note_damage(blk, keep, t_ok, data, line0, warnings)
-        rows, groups = np.nonzero(keep)
         counts = np.asarray(state["counts"], dtype=np.int64)
-        per_group = np.cumsum(keep, axis=0, dtype=np.int64) - 1 + counts
-        state["counts"] = [int(x) for x in counts + keep.sum(axis=0)]
         sensor: npt.NDArray[np.int16] | None = None
-        if n_groups > 1:
-            sensor = groups.astype(np.int16)
+        if n_groups == 1 and bool(keep.all()):
+            # The common case (one sensor, every row usable): no gather needed.
+            index = np.arange(counts[0], counts[0] + n, dtype=np.int64)
+            times, values = t, vals.reshape(n, len(VALUE_COLUMNS))
+            state["counts"] = [int(counts[0]) + n]
+        else:
+            rows, groups = np.nonzero(keep)
+            per_group = np.cumsum(keep, axis=0, dtype=np.int64) - 1 + counts
+            state["counts"] = [int(x) for x in counts + keep.sum(axis=0)]
+            index = per_group[rows, groups].astype(np.int64)
+            times, values = t[rows], np.ascontiguousarray(vals[rows, groups])
+            if n_groups > 1:
+                sensor = groups.astype(np.int16)
         return SampleBatch(
-            sample_index=per_group[rows, groups].astype(np.int64),
-            t_ns=t[rows],
-            values=np.ascontiguousarray(vals[rows, groups]),
+            sample_index=index,
+            t_ns=times,
+            values=values,
             end_offset=end,
             sensor=sensor,
             sensors=tuple(g or f"sensor{i}" for i, g in enumerate(cmap.groups)) if n_groups > 1 else (),
