@@ -49,6 +49,17 @@ def _assigned(stack: ServiceStack) -> set[int]:
     return {int(p) for p in listed.split(",") if p.strip()}
 
 
+async def _settled(first: ServiceStack, second: ServiceStack, partitions: int) -> bool:
+    """Wait (up to 60 s) until the two parsers split the partitions between them."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a, b = _assigned(first), _assigned(second)
+        if a and b and not a & b and len(a | b) == partitions:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
 async def test_dead_parser_partitions_move_within_seconds(
     tmp_path: Path, test_settings: Settings, service_stack: StartStack, database_url: str
 ) -> None:
@@ -59,13 +70,7 @@ async def test_dead_parser_partitions_move_within_seconds(
         update={"parser_metrics_port": free_port(), "data_dir": tmp_path / "parser2"}
     )
     second = await service_stack(second_settings, env=env, services=("parser",))
-    # Wait for the group to settle: the partitions split between the two members.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        a, b = _assigned(first), _assigned(second)
-        if a and b and not a & b and len(a | b) == test_settings.kafka_topic_partitions:
-            break
-        await asyncio.sleep(0.2)
+    await _settled(first, second, test_settings.kafka_topic_partitions)
     token = await make_token(database_url, "alice")
     file_id = (await upload(first.ingest_url, token, synth_csv(tmp_path / "big.csv", SAMPLES))).json()["id"]
     await wait_checkpoint(database_url, file_id, 20, timeout=60)
@@ -110,14 +115,7 @@ async def test_a_parser_joining_does_not_cost_running_jobs_an_attempt(
         update={"parser_metrics_port": free_port(), "data_dir": tmp_path / "parser2"}
     )
     second = await service_stack(second_settings, env=env, services=("parser",))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        a, b = _assigned(first), _assigned(second)
-        if a and b and not a & b and len(a | b) == test_settings.kafka_topic_partitions:
-            break
-        await asyncio.sleep(0.2)
-    else:
-        raise AssertionError("the group never settled on two members")
+    assert await _settled(first, second, test_settings.kafka_topic_partitions)
     partitions = list(range(test_settings.kafka_topic_partitions))
     partition = DefaultPartitioner()(message_key(file_id), partitions, partitions)
     kept = partition in _assigned(first)
