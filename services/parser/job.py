@@ -121,10 +121,7 @@ class FileJob:
             await self.repo.set_format(claim, info.format_id, dict(info.units), warnings)
             await self._publish(
                 events.ParseStarted(
-                    file_id=claim.file_id,
-                    user_id=claim.user_id,
-                    attempt=claim.attempt,
-                    run=claim.run,
+                    **claim.event_ids,
                     format=info.format_id,
                     bytes_total=info.bytes_total,
                     resumed_from_samples=claim.resume_samples,
@@ -213,10 +210,7 @@ class FileJob:
         )
         await self._publish(
             events.ParseCompleted(
-                file_id=claim.file_id,
-                user_id=claim.user_id,
-                attempt=claim.attempt,
-                run=claim.run,
+                **claim.event_ids,
                 batch_number=batch_number,
                 total_samples=samples_done,
                 rows_skipped=rows_skipped,
@@ -248,10 +242,7 @@ class FileJob:
         else:
             estimate = round(samples_done * bytes_total / max(bytes_done, 1))
         event = events.BatchProgress(
-            file_id=claim.file_id,
-            user_id=claim.user_id,
-            attempt=claim.attempt,
-            run=claim.run,
+            **claim.event_ids,
             batch_number=batch_number,
             samples_in_batch=len(batch),
             total_samples_processed=samples_done,
@@ -272,10 +263,7 @@ class FileJob:
             log.info("cancelled; stopped at a batch boundary", extra=fields(action="cancelled"))
             await self._publish(
                 events.ParseCancelled(
-                    file_id=claim.file_id,
-                    user_id=claim.user_id,
-                    attempt=claim.attempt,
-                    run=claim.run,
+                    **claim.event_ids,
                     batch_number=0,
                     cancelled_at=datetime.now(UTC),
                 )
@@ -296,10 +284,7 @@ class FileJob:
             return
         metrics.PARSE_FAILURES.labels(reason).inc()
         failed = events.ParseFailed(
-            file_id=claim.file_id,
-            user_id=claim.user_id,
-            attempt=claim.attempt,
-            run=claim.run,
+            **claim.event_ids,
             reason=reason,
             error_message=message,
             retryable=reason != "format",

@@ -60,6 +60,11 @@ class Claim:
     warnings: list[str]
     last_error: str | None  # the previous attempt's transient error, if it had one
 
+    @property
+    def event_ids(self) -> dict[str, Any]:
+        """The fields every parse event of this attempt starts with."""
+        return {"file_id": self.file_id, "user_id": self.user_id, "attempt": self.attempt, "run": self.run}
+
 
 class ParserRepository:
     """Every query the parser runs."""

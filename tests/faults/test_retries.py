@@ -18,6 +18,7 @@ from imuflow.settings import Settings
 from tests.e2e.helpers import bearer, make_token, upload
 from tests.faults.helpers import (
     FAST_JOB_ENV,
+    Stored,
     fetchval,
     stored,
     synth_csv,
@@ -47,6 +48,25 @@ $$;
 CREATE TRIGGER inject_fault BEFORE INSERT ON imu_samples
     FOR EACH STATEMENT EXECUTE FUNCTION inject_fault();
 """
+
+
+async def _assert_retry_resumed(database_url: str, file_id: str, before: Stored) -> None:
+    """The retried job completed exactly, resuming after `before`'s last checkpoint."""
+    done = await wait_terminal(database_url, file_id, timeout=60)
+    assert done.status == "completed", done
+    assert (done.samples, done.distinct) == (SAMPLES, SAMPLES)
+    # Its first batch is the one after the last committed checkpoint.
+    first_retried = await wait_for(
+        database_url,
+        "SELECT min(batch_number) FROM streaming_processing_logs WHERE file_id = $1::uuid AND attempt > $2 "
+        "HAVING count(*) = $3",
+        file_id,
+        before.attempts,
+        SAMPLES // BATCH - before.resume_batch_number,
+        timeout=30,
+        what="the retry's batch log",
+    )
+    assert first_retried == before.resume_batch_number + 1
 
 
 async def _dead_letters(settings: Settings, timeout: float = 20.0) -> list[dict[str, object]]:
@@ -103,21 +123,7 @@ async def test_failing_job_ends_failed_with_reason_then_retry_resumes(
 
     await fetchval(database_url, "UPDATE fault_switch SET active = false")
     await _retry(stack.progress_url, token, file_id)
-    done = await wait_terminal(database_url, file_id, timeout=60)
-    assert done.status == "completed", done
-    assert (done.samples, done.distinct) == (SAMPLES, SAMPLES)
-    # The retry resumed after the failed job's last checkpoint: its first batch is the next one.
-    first_retried = await wait_for(
-        database_url,
-        "SELECT min(batch_number) FROM streaming_processing_logs WHERE file_id = $1::uuid AND attempt > $2 "
-        "HAVING count(*) = $3",
-        file_id,
-        failed.attempts,
-        SAMPLES // BATCH - failed.resume_batch_number,
-        timeout=30,
-        what="the retry's batch log",
-    )
-    assert first_retried == failed.resume_batch_number + 1
+    await _assert_retry_resumed(database_url, file_id, failed)
 
 
 async def test_cancel_stops_at_a_batch_boundary_and_retry_resumes(
@@ -146,17 +152,4 @@ async def test_cancel_stops_at_a_batch_boundary_and_retry_resumes(
     assert await stored(database_url, file_id) == cancelled  # and nothing after
 
     await _retry(stack.progress_url, token, file_id)
-    done = await wait_terminal(database_url, file_id, timeout=60)
-    assert done.status == "completed", done
-    assert (done.samples, done.distinct) == (SAMPLES, SAMPLES)
-    first_retried = await wait_for(
-        database_url,
-        "SELECT min(batch_number) FROM streaming_processing_logs WHERE file_id = $1::uuid AND attempt > $2 "
-        "HAVING count(*) = $3",
-        file_id,
-        cancelled.attempts,
-        SAMPLES // BATCH - cancelled.resume_batch_number,
-        timeout=30,
-        what="the retry's batch log",
-    )
-    assert first_retried == cancelled.resume_batch_number + 1
+    await _assert_retry_resumed(database_url, file_id, cancelled)
