@@ -9,9 +9,11 @@ the table and rewrites it in docs/eta.md. Run from the repo root:
     python -m benchmarks.eta_harness        (or: make eta-eval)
 
 Traces are recorded by `python -m benchmarks.eta.record` (see that module). The headline
-tables come from benchmarks/eta/traces/*.jsonl, recorded on a quiet machine; the traces in
+tables come from benchmarks/eta/traces/*.jsonl, recorded on a quiet machine. Two more
+groups are scored the same way and reported separately: benchmarks/eta/traces/churn/
+(recorded with `--churn`: busy loops that come and go, a shared server) and
 benchmarks/eta/traces/noisy/ (recorded while other engineers loaded the machine, with
-disturbances that ended again) are scored the same way and reported separately.
+disturbances that ended again).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ import numpy as np
 from benchmarks.eta.estimators import ESTIMATORS, Ours
 
 TRACES = Path(__file__).parent / "eta" / "traces"
+CHURN = TRACES / "churn"
 NOISY = TRACES / "noisy"
+# The groups reported under the headline one: directory and heading.
+OTHER_GROUPS = (
+    (CHURN, "Shared-machine set, scripted churn (benchmarks/eta/traces/churn/)"),
+    (NOISY, "Noisy-machine set (benchmarks/eta/traces/noisy/)"),
+)
 DOC = Path(__file__).parent.parent / "docs" / "eta.md"
 START, END = "<!-- eta-table:start -->", "<!-- eta-table:end -->"
 AFTER = 0.10  # score only once this fraction of the bytes is done
@@ -188,11 +196,10 @@ def main() -> int:
         print(f"no traces in {TRACES}; record them with python -m benchmarks.eta.record", file=sys.stderr)
         return 1
     text = table(traces, evaluate(traces))
-    noisy = load(NOISY)
-    if noisy:
-        text += "\n\n### Noisy-machine set (benchmarks/eta/traces/noisy/)\n\n" + table(
-            noisy, evaluate(noisy), per_trace=False
-        )
+    for directory, heading in OTHER_GROUPS:
+        group = load(directory)
+        if group:
+            text += f"\n\n### {heading}\n\n" + table(group, evaluate(group), per_trace=False)
     print(text)
     write_doc(text)
     return 0

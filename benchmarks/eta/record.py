@@ -11,7 +11,11 @@ half-way (a speed-up). Record on a quiet machine, so that the only disturbance i
 is its scenario's (the header keeps the load average at the start). Each run writes one JSON line per batch to
 benchmarks/eta/traces/<scenario>[-<tag>].jsonl, after a header line describing the run.
 
-    python -m benchmarks.eta.record [--rows N] [--tag 2] [--out DIR] [--database-url URL] [SCENARIO ...]
+    python -m benchmarks.eta.record [--rows N] [--tag 2] [--out DIR] [--churn SEED]
+                                    [--database-url URL] [SCENARIO ...]
+
+`--churn SEED` adds a background load that comes and goes (busy loops on a random number
+of cores, changing every few seconds): a shared server, as in the noisy-machine set.
 
 The URL defaults to IMUFLOW_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres;
 the traces go to a database `imuflow_eta_traces` on that server. The stored traces are
@@ -26,6 +30,7 @@ import io
 import json
 import multiprocessing
 import os
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -215,8 +220,48 @@ class Disturbance:
             await task
 
 
+class Churn:
+    """A shared, busy machine: busy loops on a random number of cores, changing every few seconds.
+
+    Stands in for other people's work on the same server (the noisy-machine traces), so that
+    such a set can be recorded again on demand; seeded, so a run can be repeated.
+    """
+
+    MEAN_HOLD = 5.0  # seconds between changes, on average (exponential)
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.procs: list[multiprocessing.Process] = []
+        self.next_change = 0.0
+
+    def __call__(self, elapsed: float) -> None:
+        """Run after every batch: change the load once its hold time is over."""
+        if elapsed < self.next_change:
+            return
+        self.stop()
+        for _ in range(self.rng.randint(0, os.cpu_count() or 2)):
+            p = multiprocessing.Process(target=_busy, daemon=True)
+            p.start()
+            self.procs.append(p)
+        self.next_change = elapsed + min(self.rng.expovariate(1 / self.MEAN_HOLD), 4 * self.MEAN_HOLD)
+
+    def stop(self) -> None:
+        """Kill the busy loops."""
+        for p in self.procs:
+            p.kill()
+            p.join()
+        self.procs.clear()
+
+
 async def record(
-    scenario: str, path: Path, url: str, rows: int, tag: str = "", out_dir: Path = TRACES
+    scenario: str,
+    path: Path,
+    url: str,
+    rows: int,
+    tag: str = "",
+    out_dir: Path = TRACES,
+    churn_seed: int | None = None,
 ) -> Path:
     """Run one scenario and write its trace."""
     admin = await asyncpg.connect(url)
@@ -226,11 +271,20 @@ async def record(
     load = os.getloadavg()[0]
     throttle = Throttled(cast(BinaryIO, None))
     disturb = Disturbance(scenario, path, url, throttle)
+    churn = Churn(churn_seed) if churn_seed is not None else None
+
+    async def after_batch(fraction: float, elapsed: float) -> None:
+        if churn is not None:
+            churn(elapsed)
+        await disturb(fraction, elapsed)
+
     await disturb.begin()
     try:
-        trace = await parse(path, url, disturb, throttle)
+        trace = await parse(path, url, after_batch, throttle)
     finally:
         await disturb.end()
+        if churn is not None:
+            churn.stop()
     trace_bytes = await asyncio.to_thread(lambda: path.stat().st_size)
     header = {
         "scenario": scenario,
@@ -241,6 +295,11 @@ async def record(
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "events": disturb.events,
     }
+    if churn is not None:
+        header["background"] = (
+            f"churn: busy loops on 0-{os.cpu_count()} cores, "
+            f"changing every ~{churn.MEAN_HOLD:.0f} s (seed {churn.seed})"
+        )
     out = out_dir / f"{scenario}{'-' + tag if tag else ''}.jsonl"
     out.write_text("".join(json.dumps(line) + "\n" for line in [header, *trace]))
     return out
@@ -253,6 +312,12 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--tag", default="", help="appended to the trace names, to keep several runs")
     parser.add_argument("--out", type=Path, default=TRACES, help="directory for the traces")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        metavar="SEED",
+        help="also load the machine with busy loops that come and go (a shared server), seeded",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("IMUFLOW_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -273,7 +338,8 @@ async def main() -> None:
     if not path.exists():
         synthesise(path, args.rows)
     for scenario in args.scenarios or SCENARIOS:
-        out = await record(scenario, path, url, args.rows, args.tag, args.out)
+        seed = None if args.churn is None else args.churn + SCENARIOS.index(scenario)
+        out = await record(scenario, path, url, args.rows, args.tag, args.out, seed)
         print(f"{scenario}: {out}")
 
 

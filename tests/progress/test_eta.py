@@ -71,7 +71,7 @@ def test_constant_speed_is_exact_from_the_first_batch_with_a_narrow_range() -> N
 
 @pytest.mark.parametrize(
     ("factor", "at", "within_seconds"),
-    [(0.5, 0.3, 25), (2.0, 0.3, 8), (0.5, 0.85, 8), (2.0, 0.85, 6)],
+    [(0.5, 0.3, 10), (2.0, 0.3, 6), (0.5, 0.85, 7), (2.0, 0.85, 5)],
     ids=["slowdown-early", "speedup-early", "slowdown-late", "speedup-late"],
 )
 def test_a_lasting_speed_change_is_followed_smoothly(factor: float, at: float, within_seconds: float) -> None:
@@ -102,6 +102,29 @@ def test_noise_does_not_shake_the_eta() -> None:
     job.rate = 1e6
     worst = max(abs(e - job.true_eta()) / job.true_eta() for e in etas[-10:] if e is not None)
     assert worst < 0.15
+
+
+def test_a_jittery_machine_leans_on_the_long_run_average() -> None:
+    # Two jobs of the same mean speed: one steady, one whose batches swing 2.5x (a heavily
+    # shared server). Then both meet the same short slowdown.
+    quiet, jittery = Job(rate=1e6), Job(rate=1e6)
+    quiet.run_until(0.3)
+    for i in itertools.count():
+        jittery.rate = 1.6e6 if i % 2 else 0.625e6
+        if jittery.batch().eta_seconds is not None and jittery.done >= 0.3 * TOTAL:
+            break
+    moved = {}
+    for name, job in (("quiet", quiet), ("jittery", jittery)):
+        before = job.batch().eta_seconds
+        job.rate = 0.5e6
+        for _ in range(4):
+            after = job.batch().eta_seconds
+        assert before is not None and after is not None
+        moved[name] = after / before
+    # The steady job's ETA follows the slowdown (it is likely to last); the jittery job's
+    # barely moves (there, speed comes and goes).
+    assert moved["quiet"] > 1.3
+    assert moved["jittery"] - 1 < (moved["quiet"] - 1) / 3
 
 
 def test_a_stall_counts_down_then_grows_and_recovers_after() -> None:
@@ -151,6 +174,18 @@ def test_no_state_means_no_estimate() -> None:
     assert eta.at({}, 5.0).eta_seconds is None
 
 
+def test_a_state_from_a_release_with_other_memories_restarts() -> None:
+    job = Job(rate=1e6)
+    job.run_until(0.3)
+    older = {**job.state, "ab": job.state["ab"][:-1], "as": job.state["as"][:-1], "at": job.state["at"][:-1]}
+    assert eta.at(older, job.t + 1.0).eta_seconds is None
+    job.state = older
+    job.rate = 2e6  # the next batch alone is measured, as a first batch is
+    e = job.batch()
+    assert e.eta_seconds == pytest.approx(job.true_eta(), rel=1e-6)
+    assert len(e.state["ab"]) == len(eta.TAUS)
+
+
 def _median(errors: list[float]) -> float:
     return sorted(errors)[len(errors) // 2]
 
@@ -159,23 +194,48 @@ def _p90(errors: list[float]) -> float:
     return sorted(errors)[int(0.9 * len(errors))]
 
 
+def _set_medians(result: dict[str, Any], traces: list[eta_harness.Trace], tag: str) -> dict[str, float]:
+    """Each estimator's median error on one recording set (the traces named `*-<tag>`)."""
+    in_set = [t.name for t in traces if t.name.partition("-")[2] == tag]
+    return {
+        name: _median([e for t in in_set for e in per[t].at_batches]) for name, (_, per) in result.items()
+    }
+
+
 def test_the_harness_meets_the_target_on_the_quiet_machine_traces() -> None:
     traces = eta_harness.load()
     names = {"steady", "second_job", "cpu_contention", "slow_disk", "stall", "speedup"}
-    assert {t.name for t in traces} == names | {f"{n}-2" for n in names}
+    tags = ("", "2", "3", "4")
+    assert {t.name for t in traces} == {f"{n}-{tag}" if tag else n for n in names for tag in tags}
     result = eta_harness.evaluate(traces)
     ours, naive, tqdm = (result[n][0] for n in ("ours", "naive (seed)", "tqdm EMA 0.3"))
-    # The issue's target, pooled and on each recording set (the second set is the held-out
-    # check of the constants chosen on the first).
+    # The issue's target, pooled: median <= 10 % and better than both alternatives.
     assert _median(ours.at_batches) <= 0.10
-    for tag in ("", "2"):
-        in_set = [t.name for t in traces if t.name.partition("-")[2] == tag]
-        assert _median([e for name in in_set for e in result["ours"][1][name].at_batches]) <= 0.10
-    assert _median(ours.at_batches) < _median(naive.at_batches)
-    # Better than tqdm on the tail; on the median tqdm's very short memory is ahead on these
-    # traces (6.1 % against 7.4 %, docs/eta.md), so that is not claimed.
+    assert _median(ours.at_batches) < _median(tqdm.at_batches) < _median(naive.at_batches)
     assert _p90(ours.at_batches) < _p90(tqdm.at_batches)
     assert _p90(ours.at_batches) < _p90(naive.at_batches)
+    assert _median(ours.between) < _median(tqdm.between)
+    assert ours.missing == 0
+    # And on each recording set, set 4 included: it was recorded after the constants were
+    # chosen on sets 1-3 (docs/eta.md).
+    for tag in tags:
+        medians = _set_medians(result, traces, tag)
+        assert medians["ours"] <= 0.10
+        assert medians["ours"] < medians["tqdm EMA 0.3"]
+
+
+def test_the_shared_machine_traces_stay_within_what_was_measured() -> None:
+    traces = eta_harness.load(eta_harness.CHURN)
+    assert len(traces) == 12
+    result = eta_harness.evaluate(traces)
+    ours, naive, tqdm = (result[n][0] for n in ("ours", "naive (seed)", "tqdm EMA 0.3"))
+    # Pooled, ahead of both; on the held-out set 4 tqdm's median is 0.3 points ahead
+    # (14.9 % against 15.2 %, docs/eta.md), so per set only the seed's average is beaten.
+    assert _median(ours.at_batches) < _median(tqdm.at_batches) < _median(naive.at_batches)
+    assert _p90(ours.at_batches) < _p90(tqdm.at_batches)
+    for tag in ("3", "4"):
+        medians = _set_medians(result, traces, tag)
+        assert medians["ours"] < medians["naive (seed)"]
     assert ours.missing == 0
 
 
@@ -183,8 +243,11 @@ def test_the_noisy_machine_traces_stay_within_what_was_measured() -> None:
     traces = eta_harness.load(eta_harness.NOISY)
     assert len(traces) == 12
     result = eta_harness.evaluate(traces)
-    ours, tqdm = result["ours"][0], result["tqdm EMA 0.3"][0]
+    ours, naive, tqdm = (result[n][0] for n in ("ours", "naive (seed)", "tqdm EMA 0.3"))
     # Passing slowdowns under other people's load: no estimator gets near 10 % (docs/eta.md).
-    assert _median(ours.at_batches) <= 0.30
-    assert _median(ours.at_batches) < _median(tqdm.at_batches)
+    # The jitter moves ours to its long memories here, ahead of both on the median; on the
+    # tail the seed's overall average stays ahead (p90 71 % against 83 %).
+    assert _median(ours.at_batches) <= 0.25
+    assert _median(ours.at_batches) < _median(naive.at_batches) < _median(tqdm.at_batches)
+    assert _p90(ours.at_batches) < _p90(tqdm.at_batches)
     assert ours.missing == 0
