@@ -4,6 +4,9 @@
   (samples stored in Postgres), median of 3, with progress tracking on (checkpoint per
   batch + progress event per batch) and off (`IMUFLOW_PROGRESS_TRACKING=false`), the
   parser restarted between the two and the runs interleaved (on, off, on, off, ...).
+* Checkpoint cadence: for the tracking-on runs, the seconds between consecutive batch
+  checkpoints (`streaming_processing_logs.completed_at`), which the adaptive batch sizer
+  aims at about 0.75 s (docs/eta.md).
 * Batch committed -> SSE received: 10 files processing at once; for every progress event
   a client receives, its `last_checkpoint_at` (the parser's batch-completed time) against
   the receive time on the same clock.
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import statistics
 import time
@@ -26,6 +30,7 @@ import httpx
 from benchmarks.common import RUNS, Table, percentile, show
 from benchmarks.stack import EmbeddedStack, cancel_quietly, sse_events
 from benchmarks.text_reader import synthesise
+from imuflow import db
 
 SAMPLES = 2_000_000
 LATENCY_FILES = 10
@@ -128,6 +133,7 @@ async def end_to_end(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path
     batches: dict[bool, list[int]] = {True: [], False: []}
     phases: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     cpu: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    tracked: list[str] = []  # file ids of the tracking-on runs, for the cadence table
     for _ in range(RUNS):
         for tracking in (True, False):
             await _parser(stack, tracking)
@@ -136,6 +142,8 @@ async def end_to_end(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path
             batches[tracking].append(final["batch_number"])
             phases[tracking].append(final["phases"])
             cpu[tracking].append(final["cpu"])
+            if tracking:
+                tracked.append(final["id"])
     on, off = statistics.median(times[True]), statistics.median(times[False])
     mb = (await asyncio.to_thread(path.stat)).st_size / 1e6
     e2e = Table(
@@ -185,7 +193,61 @@ async def end_to_end(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path
             f"tracking overhead in CPU: {_overhead(cpu)}",
         ],
     )
-    return [e2e, split, used]
+    return [e2e, split, used, await cadence(stack, tracked)]
+
+
+async def cadence(stack: EmbeddedStack, file_ids: list[str]) -> Table:
+    """Seconds between consecutive checkpoints of each tracked run."""
+    assert stack.pg is not None
+    conn = await db.connect(stack.pg.url)
+    try:
+        rows = []
+        for n, file_id in enumerate(file_ids, 1):
+            times = await conn.fetch(
+                "SELECT extract(epoch FROM completed_at)::float8 AS t, samples_in_batch AS n "
+                "FROM streaming_processing_logs WHERE file_id = $1 ORDER BY run, batch_number",
+                file_id,
+            )
+            gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(times)]
+            if not gaps:
+                continue
+            # The ramp: batches before the sizer first reaches half the target interval.
+            ramp = next((i for i, g in enumerate(gaps) if g >= 0.5), len(gaps))
+            steady = gaps[ramp:]
+            rows.append(
+                [
+                    f"run {n}",
+                    len(times),
+                    statistics.median(gaps),
+                    percentile(gaps, 90),
+                    max(gaps),
+                    ramp,
+                    f"{sum(0.5 <= g <= 1.0 for g in steady)} of {len(steady)}",
+                    " ".join(f"{g:.2f}" for g in gaps),
+                    " ".join(f"{b['n'] // 1000}k" for b in times),
+                ]
+            )
+    finally:
+        await conn.close()
+    return Table(
+        f"Checkpoint cadence: {SAMPLES:,}-sample CSV, tracking on (adaptive batch size)",
+        [
+            "run",
+            "batches",
+            "median s",
+            "p90 s",
+            "max s",
+            "ramp batches",
+            "after the ramp in 0.5-1 s",
+            "intervals s",
+            "batch sizes",
+        ],
+        rows,
+        notes=[
+            "seconds between consecutive batch checkpoints (streaming_processing_logs.completed_at); "
+            "the sizer starts at IMUFLOW_BATCH_SIZE and aims at 0.75 s; the last batch is partial.",
+        ],
+    )
 
 
 def _runs(times: list[float]) -> str:

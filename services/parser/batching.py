@@ -8,10 +8,12 @@ fits time = fixed + n x per_sample to recent batches (a least-squares fit that f
 batches) and aims at `target_seconds`; while the recent sizes are too alike for a fit, it
 steers by the smoothed samples/second, which converges to the same point more slowly.
 The change per step is bounded (x0.5 .. x2) so one slow batch (a GC pause, a busy disk)
-does not swing it, corrections inside `deadband` are skipped so the size (and the cadence
-users see) stays still, and the result is kept within [min_size, max_size]. Readers cut
-batches at record boundaries; the sizer only sets the target. `adaptive=False` pins every
-batch to the starting size.
+does not swing it, except on the ramp from a small starting size: a batch that took under
+a quarter of the target may grow up to x8, to what the smoothed rate says (which counts
+the fixed cost per sample too, so it undershoots rather than overshoots). Corrections
+inside `deadband` are skipped so the size (and the cadence users see) stays still, and the
+result is kept within [min_size, max_size]. Readers cut batches at record boundaries; the
+sizer only sets the target. `adaptive=False` pins every batch to the starting size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class BatchSizer:
     max_size: int = 2_000_000
     smoothing: float = 0.5  # weight of the newest rate measurement
     deadband: float = 0.15  # relative error of the size that is left alone
+    ramp_growth: float = 8.0  # the largest step up from a batch far shorter than the target
 
     def __post_init__(self) -> None:
         self._rate: float | None = None
@@ -59,7 +62,12 @@ class BatchSizer:
         ideal = self._fitted() or self._rate * self.target_seconds
         if abs(ideal - self.size) <= self.deadband * self.size:
             return
-        bounded = min(max(ideal, self.size * 0.5), self.size * 2.0)
+        growth = 2.0
+        if seconds < self.target_seconds / 4:
+            # Still on the ramp: the rate-based size is the safe side of the two.
+            ideal = min(ideal, self._rate * self.target_seconds)
+            growth = self.ramp_growth
+        bounded = min(max(ideal, self.size * 0.5), self.size * growth)
         self.size = int(min(max(bounded, self.min_size), self.max_size))
 
     def _fitted(self) -> float | None:

@@ -14,12 +14,12 @@ the batches tell which machine it is: when the batch rate barely jitters (a quie
 a change of speed is real and usually lasts, and the last few seconds forecast best; when
 it jitters strongly (a heavily shared server), a short memory forecasts mostly noise and the
 long-run average does better. So the horizon slides from HORIZON_QUIET to HORIZON_BUSY with
-the measured jitter.
-A stall (a batch far later than usual) counts its excess seconds at STALL_WEIGHT. The range
-is the ETA scaled by the recent log-deviation of batch rates from the average. The
-constants were chosen by replaying real traces (docs/eta.md, `make eta-eval`) on the first
-recorded sets and checked on sets recorded later; a change detector and memories weighted
-by their own forecast skill were measured there and dropped.
+the measured jitter. A stall (a batch far later than usual) counts its excess seconds at
+STALL_WEIGHT. The range is the ETA scaled by the recent log-deviation of batch rates from
+the average. The constants were chosen by replaying real traces (docs/eta.md,
+`make eta-eval`) on the first recorded sets and checked on a set recorded afterwards; a
+change detector, memories weighted by their own forecast skill and a trend term were
+measured there and dropped.
 
 The server only updates on batches. `at(state, now)` gives the ETA between batches: it
 counts down, and once a batch is `STALL_FACTOR` usual intervals late it grows, as if the
@@ -45,7 +45,7 @@ HORIZON_BUSY = 10.0
 JITTER_SPLIT = 0.22  # mean |change of log rate| between batches where the two meet
 JITTER_WIDTH = 0.02  # how gradually (logistic width)
 JITTER_MEMORY = 100.0  # seconds of wall time the jitter is averaged over
-JITTER_CLIP = 0.5  # one batch's change counts at most this much (a stall is not jitter)
+JITTER_CLIP = 0.5  # one batch's change counts at most this much (a stall, like any big swing)
 BLEND = 0.5  # width, in log-memory, of the blend between neighbouring averages
 SPREAD = 2.0  # the range covers about this many log-deviations either side
 MIN_SPREAD = 0.05  # never claim to be more precise than +-5 %

@@ -124,3 +124,16 @@ def test_a_fixed_cost_above_the_target_gets_half_of_each_batch() -> None:
     for _ in range(20):
         sizer.observe(sizer(), 1.0 + sizer() * 10e-6)
     assert sizer() == pytest.approx(1.0 / 10e-6, rel=0.2)
+
+
+def test_the_ramp_from_a_small_start_takes_two_short_batches_without_overshooting() -> None:
+    # Costs like the embedded stack's: 50 ms per batch plus 1.2 us per sample, so the
+    # 50 000-sample starting batch takes 0.11 s. Doubling would need four batches to arrive.
+    sizer = BatchSizer(50_000)
+    seconds = []
+    for _ in range(8):
+        took = 0.05 + sizer() * 1.2e-6
+        seconds.append(took)
+        sizer.observe(sizer(), took)
+    assert seconds[1] < 0.75  # the jump undershoots: the rate counts the fixed cost too
+    assert all(0.5 <= s <= 1.0 for s in seconds[2:]), seconds
