@@ -71,7 +71,8 @@ class Watcher:
         await cancel_quietly(self._task)
 
 
-async def _parser(stack: EmbeddedStack, tracking: bool) -> None:
+async def parser_ready(stack: EmbeddedStack, tracking: bool) -> None:
+    """(Re)start the parser with progress tracking on or off; return once it takes jobs."""
     if "parser" in stack.supervisors:
         await stack.stop("parser")
     env = {"IMUFLOW_PROGRESS_TRACKING": "true" if tracking else "false"}
@@ -136,7 +137,7 @@ async def end_to_end(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path
     tracked: list[str] = []  # file ids of the tracking-on runs, for the cadence table
     for _ in range(RUNS):
         for tracking in (True, False):
-            await _parser(stack, tracking)
+            await parser_ready(stack, tracking)
             seconds, final = await _one_file(stack, client, path)
             times[tracking].append(seconds)
             batches[tracking].append(final["batch_number"])
@@ -193,10 +194,10 @@ async def end_to_end(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path
             f"tracking overhead in CPU: {_overhead(cpu)}",
         ],
     )
-    return [e2e, split, used, await cadence(stack, tracked)]
+    return [e2e, split, used, await cadence(stack, tracked, f"{SAMPLES:,}-sample CSV")]
 
 
-async def cadence(stack: EmbeddedStack, file_ids: list[str]) -> Table:
+async def cadence(stack: EmbeddedStack, file_ids: list[str], what: str) -> Table:
     """Seconds between consecutive checkpoints of each tracked run."""
     assert stack.pg is not None
     conn = await db.connect(stack.pg.url)
@@ -230,7 +231,7 @@ async def cadence(stack: EmbeddedStack, file_ids: list[str]) -> Table:
     finally:
         await conn.close()
     return Table(
-        f"Checkpoint cadence: {SAMPLES:,}-sample CSV, tracking on (adaptive batch size)",
+        f"Checkpoint cadence: {what}, tracking on (adaptive batch size)",
         [
             "run",
             "batches",
@@ -262,7 +263,7 @@ def _overhead(cpu: dict[bool, list[dict[str, float]]]) -> str:
 
 async def latency(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path) -> list[Table]:
     """Batch committed -> SSE received, with 10 files processing at once."""
-    await _parser(stack, True)
+    await parser_ready(stack, True)
     watcher = Watcher(stack, client)
     try:
         await asyncio.sleep(0.2)
