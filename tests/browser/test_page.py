@@ -213,3 +213,48 @@ async def test_reload_and_a_dropped_stream_resume_live_progress(
     await expect(page.locator("li.file")).to_have_count(1)
     seen = await page.evaluate("window.seen")
     assert seen == sorted(seen), f"the bar went backwards: {seen}"
+
+
+# Every row in page order: (file id, parent id or null).
+FAMILY = "() => [...document.querySelectorAll('li.file')].map(e => [e.dataset.id, e.dataset.parent || null])"
+
+
+async def test_a_zip_upload_shows_its_sensor_streams_under_it(
+    test_settings: Settings, service_stack: StartStack, database_url: str, page: Page, tmp_path: Path
+) -> None:
+    from tests.ingest.test_archive import PHYPHOX, phyphox_zip
+
+    stack = await service_stack(test_settings, env=SMALL_BATCHES)
+    token = await make_token(database_url, "alice")
+    archive = phyphox_zip(tmp_path / "walk.zip")
+    await sign_in(page, stack.progress_url, token)
+
+    # A plain file before and after the ZIP: the ZIP's streams must not mix with them.
+    await page.set_input_files("#file-input", [str(XIO)])
+    await expect(row(page, XIO.name).locator(".badge")).to_have_text("Completed", timeout=120_000)
+    await page.set_input_files("#file-input", [str(archive)])
+    parent = row(page, archive.name)
+    await expect(parent.locator(".file-meta")).to_contain_text("3 sensor streams", timeout=60_000)
+    await page.set_input_files("#file-input", [str(PHYPHOX["Gyroscope.csv"][0])])
+
+    for name, (_, samples) in PHYPHOX.items():
+        child = page.locator("li.file.child", has=page.locator(".file-name", has_text=name))
+        await expect(child.locator(".badge")).to_have_text("Completed", timeout=120_000)
+        await expect(child.locator(".samples")).to_have_text(f"{samples:,} / {samples:,} samples")
+        await expect(child.locator(".file-meta")).to_contain_text(f"sensor stream of {archive.name}")
+    await expect(parent.locator(".badge")).to_have_text("Completed", timeout=120_000)
+    await expect(page.locator("li.file")).to_have_count(6, timeout=60_000)
+    await screenshot(page, "zip-with-sensor-streams")
+
+    async def assert_nested() -> None:
+        order = await page.evaluate(FAMILY)
+        parent_id = await parent.get_attribute("data-id")
+        at = next(i for i, (file_id, _) in enumerate(order) if file_id == parent_id)
+        assert [p for _, p in order[at + 1 : at + 4]] == [parent_id] * 3, order
+        assert sum(p is not None for _, p in order) == 3, order  # nothing else is nested
+        assert at > 0 and order[0][1] is None  # the newest upload (the gyroscope CSV) is above
+
+    await assert_nested()
+    await page.reload()  # rebuilt from GET /api/files and the stream: the same nesting
+    await expect(page.locator("li.file")).to_have_count(6, timeout=30_000)
+    await assert_nested()

@@ -116,6 +116,13 @@ export class FileList {
     row.receivedAt = performance.now();
     if (eventId !== null) row.eventId = eventId;
     this.render(row);
+    if (!previous) {
+      // A ZIP that arrives after its streams: they can name it now.
+      for (const child of this.list.querySelectorAll(`li.file[data-parent="${record.id}"]`)) {
+        const childRow = this.rows.get(child.dataset.id);
+        if (childRow?.record) this.render(childRow);
+      }
+    }
     if (previous && previous !== record.status) this.onStatusChange(record, previous);
     return true;
   }
@@ -143,6 +150,11 @@ export class FileList {
   create(record) {
     const li = el("li", "file");
     li.dataset.id = record.id;
+    if (record.parent_id) {
+      // A sensor stream extracted from a ZIP upload: shown indented under its ZIP.
+      li.classList.add("child");
+      li.dataset.parent = record.parent_id;
+    }
     const head = el("div", "file-head");
     const name = el("button", "file-name", record.filename);
     name.type = "button";
@@ -179,20 +191,40 @@ export class FileList {
       parts: { name, badge, meta, bar, pct, samples, speed, eta, times, error, notes, actions, message },
     };
     this.rows.set(record.id, row);
-    this.insert(li, record.created_at);
+    this.place(li, record);
     return row;
   }
 
-  // Newest first, like GET /api/files.
-  insert(li, createdAt) {
+  // Newest first, like GET /api/files, and a ZIP's sensor streams right under their ZIP
+  // (whichever of the two arrives first).
+  place(li, record) {
+    const parent = record.parent_id && this.rows.get(record.parent_id);
+    if (parent) {
+      this.lastOfFamily(parent.el).after(li);
+      return;
+    }
+    let placed = false;
     for (const other of this.list.children) {
+      if (other.dataset.parent) continue; // streams move with their ZIP
       const otherRecord = this.rows.get(other.dataset.id)?.record;
-      if (otherRecord && otherRecord.created_at < createdAt) {
+      if (otherRecord && otherRecord.created_at < record.created_at) {
         this.list.insertBefore(li, other);
-        return;
+        placed = true;
+        break;
       }
     }
-    this.list.append(li);
+    if (!placed) this.list.append(li);
+    let anchor = li;
+    for (const child of this.list.querySelectorAll(`li.file[data-parent="${record.id}"]`)) {
+      anchor.after(child);
+      anchor = child;
+    }
+  }
+
+  lastOfFamily(parentEl) {
+    let last = parentEl;
+    while (last.nextElementSibling?.dataset.parent === parentEl.dataset.id) last = last.nextElementSibling;
+    return last;
   }
 
   render(row) {
@@ -203,6 +235,7 @@ export class FileList {
     p.badge.className = `badge ${r.status}`;
     const meta = [fmt.bytes(r.size_bytes), r.format || (UNFINISHED.has(r.status) ? "detecting format…" : "format not detected")];
     if (r.children?.length) meta.push(`${r.children.length} sensor streams`);
+    if (r.parent_id) meta.push(`sensor stream of ${this.record(r.parent_id)?.filename || "a ZIP upload"}`);
     if (r.duplicate_of) meta.push("duplicate upload");
     p.meta.textContent = meta.join(" · ");
     const indeterminate = waiting(r);
