@@ -85,7 +85,17 @@ async def _parse_one_file_while_watching(ingest: str, progress: str, database_ur
                 return
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(1.0)  # connected before the first batch, so progress arrives live
+    # Subscribed before the first batch, so progress arrives live (a fixed sleep was not
+    # always enough on a loaded machine: the stream then began with the finished record).
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(300):
+            text = (await client.get(f"{progress}/metrics")).text
+            clients = [x for x in text.splitlines() if x.startswith("imuflow_sse_clients ")]
+            if clients and float(clients[0].split()[1]) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the SSE client never subscribed")
     assert (await upload(ingest, token, source)).status_code == 202
     await asyncio.wait_for(watcher, 90)
 
