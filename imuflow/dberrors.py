@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import asyncpg
 
+# Everything a statement can fail with through asyncpg, server or driver side: what a worker
+# catches so that nothing escapes it (`is_transient` then says whether to retry).
+# InternalClientError is a pooled connection the server dropped mid-operation ("cannot
+# switch to state ...; another operation is in progress"): when Postgres restarted under a
+# parser it escaped the partition worker and left a job unparsed.
+DRIVER: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.InternalClientError,  # a connection dropped mid-operation
     asyncpg.PostgresConnectionError,  # SQLSTATE 08: connection exceptions
     asyncpg.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
     asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from contracts import topics
-from imuflow import db
+from imuflow import db, dberrors
 from imuflow.aio import wait_any
 from imuflow.settings import Settings
 
@@ -91,7 +91,7 @@ class OutboxRelay:
                         # the table grows for ever.
                         await self.prune()
                         next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (KafkaError, *dberrors.DRIVER) as exc:
                     log.warning("outbox relay: publish failed, retrying in %.1fs: %s", delay, exc)
                     await wait_any(stop, timeout=delay)
                     delay = min(delay * 2, 5.0)

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from imuflow import dberrors
 from imuflow.auth import SESSION_COOKIE, User, resolve_token
 from imuflow.settings import Settings
 
@@ -88,7 +89,7 @@ async def database_ready(request: Request) -> str | None:
     """None when Postgres answers, else the reason."""
     try:
         await pool_of(request).fetchval("SELECT 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except dberrors.DRIVER as exc:
         return f"database: {exc}"
     return None
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from contracts import topics
 from contracts.events import FileQueued
-from imuflow import db, outbox
+from imuflow import db, dberrors, outbox
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
 
@@ -46,7 +46,7 @@ async def find_duplicate(pool: asyncpg.Pool, user_id: UUID, sha256: str) -> UUID
     """The user's earlier upload of the same bytes, if any."""
     try:
         found: UUID | None = await pool.fetchval(QUERIES["find_duplicate"], user_id, sha256)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except dberrors.DRIVER as exc:
         raise StorageUnavailable(str(exc)) from exc
     return found
 
@@ -58,7 +58,7 @@ async def record_upload(pool: asyncpg.Pool, new: NewFile, *, enqueue: bool = Tru
             await _insert(conn, new, enqueue=enqueue)
             await conn.fetchval(QUERIES["record_event"], new.id)
             row = await conn.fetchrow(QUERIES["file_record"], new.id, new.user_id)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except dberrors.DRIVER as exc:
         raise StorageUnavailable(str(exc)) from exc
     assert row is not None
     return dict(row)
@@ -76,7 +76,7 @@ async def record_archive(
                 await _insert(conn, child, enqueue=True)
                 await conn.fetchval(QUERIES["record_event"], child.id)
             row = await conn.fetchrow(QUERIES["file_record"], parent.id, parent.user_id)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except dberrors.DRIVER as exc:
         raise StorageUnavailable(str(exc)) from exc
     assert row is not None
     return dict(row)
@@ -116,6 +116,6 @@ async def file_record(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> dict[
     """The caller's file record, or None."""
     try:
         row = await pool.fetchrow(QUERIES["file_record"], file_id, user_id)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except dberrors.DRIVER as exc:
         raise StorageUnavailable(str(exc)) from exc
     return db.record(row)

@@ -17,12 +17,12 @@ from uuid import UUID
 import asyncpg
 
 from contracts import topics
-from imuflow import db, outbox
+from imuflow import db, dberrors, outbox
 from services.parser import pgcopy
 from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = dberrors.DRIVER
 
 
 class ParserError(Exception):

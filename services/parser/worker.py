@@ -36,6 +36,7 @@ from services.parser.repository import ParserRepository
 
 log = logging.getLogger("imuflow.parser")
 ABANDON_GRACE_SECONDS = 10.0
+FAILED_WORKER_PAUSE = 5.0  # seconds before a message whose handling crashed is fetched again
 
 
 @dataclass
@@ -105,6 +106,7 @@ class ParserWorker:
         slot.task = asyncio.create_task(self._work(tp, slot), name=f"parser:{tp.topic}:{tp.partition}")
 
     async def _work(self, tp: TopicPartition, slot: _Slot) -> None:
+        record = None
         try:
             for record in slot.records:
                 outcome = await self._handle(record, slot.abandon)
@@ -114,10 +116,30 @@ class ParserWorker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("partition worker failed", extra=fields(partition=tp.partition))
+            log.exception(
+                "partition worker failed; its message is fetched again", extra=fields(partition=tp.partition)
+            )
+            if record is not None:
+                await self._fetch_again(tp, record.offset, slot.abandon)
         finally:
             self._slots.pop(tp, None)
             self._freed.set()
+
+    async def _fetch_again(self, tp: TopicPartition, offset: int, abandon: asyncio.Event) -> None:
+        """After a failure nothing handled, rewind so the job is not skipped until a rebalance.
+
+        The consumer has fetched past the message: resuming the partition alone would skip it.
+        A pause first, so a failure that persists does not spin (each claim counts an attempt,
+        so a job that keeps failing ends failed).
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(abandon.wait(), FAILED_WORKER_PAUSE)
+        if self.consumer is None or abandon.is_set():
+            return
+        try:
+            self.consumer.seek(tp, offset)
+        except KafkaError as exc:  # IllegalStateError: revoked meanwhile, its new owner has it
+            log.warning("cannot rewind partition %s: %s", tp.partition, exc)
 
     async def _handle(self, record: ConsumerRecord, abandon: asyncio.Event) -> Outcome:
         try:

@@ -31,7 +31,7 @@ from services.progress import eta
 
 log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = dberrors.DRIVER
 
 
 def decode(records: list[ConsumerRecord]) -> list[events.ProgressEvent]:

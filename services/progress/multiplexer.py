@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from contracts.records import FileRecord
-from imuflow import db
+from imuflow import db, dberrors
 from imuflow.aio import wait_any
 
 log = logging.getLogger("imuflow.progress")
@@ -134,7 +134,7 @@ class Multiplexer:
                     listener = await self._listen()
                 try:
                     await self._drain()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except dberrors.DRIVER as exc:
                     log.warning("event fan-out: cannot read events: %s", exc)
                 self._wake.clear()
                 await wait_any(stop, self._wake, timeout=POLL_SECONDS)

@@ -11,10 +11,10 @@ import asyncpg
 
 from contracts import topics
 from contracts.events import FileQueued
-from imuflow import db, outbox
+from imuflow import db, dberrors, outbox
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = dberrors.DRIVER
 
 
 class ProgressError(Exception):

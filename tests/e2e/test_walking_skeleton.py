@@ -61,11 +61,18 @@ async def test_upload_is_parsed_with_live_progress(
         distinct = await conn.fetchval(
             "SELECT count(DISTINCT sample_index) FROM imu_samples WHERE file_id = $1::uuid", file_id
         )
-        logs = await conn.fetch(
-            "SELECT batch_number, samples_in_batch FROM streaming_processing_logs "
-            "WHERE file_id = $1::uuid ORDER BY batch_number",
-            file_id,
-        )
+        # The batch log is written by the progress service from the progress events, which
+        # travel through Kafka; `completed` can reach the browser a moment before the last
+        # of them is applied (seen once on a loaded machine), so wait for it, bounded.
+        for _ in range(100):
+            logs = await conn.fetch(
+                "SELECT batch_number, samples_in_batch FROM streaming_processing_logs "
+                "WHERE file_id = $1::uuid ORDER BY batch_number",
+                file_id,
+            )
+            if len(logs) >= expected_batches:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await conn.close()
     assert stored == XIO_SAMPLES
