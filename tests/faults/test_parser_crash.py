@@ -12,7 +12,7 @@ import pytest
 
 from imuflow.settings import Settings
 from tests.e2e.helpers import make_token, upload
-from tests.faults.helpers import FAST_JOB_ENV, kill, service_pid, synth_csv, wait_terminal
+from tests.faults.helpers import FAST_JOB_ENV, kill, service_pid, synth_csv, wait_for, wait_terminal
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
@@ -86,6 +86,16 @@ async def test_parser_killed_repeatedly_ends_exact(
             killed_at = time.monotonic()
             kills.append((attempt, row["resume_batch_number"]))
         final = await wait_terminal(database_url, file_id, timeout=120)
+        # The batch log is written from the progress events, which travel through Kafka and
+        # can land just after the completion: wait for it, then count (no batch twice).
+        await wait_for(
+            database_url,
+            "SELECT count(*) >= $2 FROM streaming_processing_logs WHERE file_id = $1::uuid",
+            file_id,
+            SAMPLES // BATCH,
+            timeout=30,
+            what="a complete batch log",
+        )
         log_rows = await conn.fetchval(
             "SELECT count(*) FROM streaming_processing_logs WHERE file_id = $1::uuid", file_id
         )

@@ -175,7 +175,13 @@ async def test_reparse_changes_the_result_and_keeps_the_history(
         assert queued["run"] == 2 and queued["status"] == "queued" and queued["samples_processed"] == 0
         second = await _completed(stack, token, record["id"])
         assert second["run"] == 2 and second["sample_count"] == ACCEL_SAMPLES
-        log = (await client.get(f"{url}/batches")).json()["items"]
+        # The batch log comes from the progress events through Kafka and can trail the
+        # completion by a moment: wait for run 2's last batch, bounded.
+        for _ in range(100):
+            log = (await client.get(f"{url}/batches")).json()["items"]
+            if sum(e["samples_in_batch"] for e in log if e["run"] == 2) >= ACCEL_SAMPLES:
+                break
+            await asyncio.sleep(0.1)
     assert {e["run"] for e in log} == {1, 2}
     assert sum(e["samples_in_batch"] for e in log if e["run"] == 2) == ACCEL_SAMPLES
     conn = await asyncpg.connect(database_url)
