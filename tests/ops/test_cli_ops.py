@@ -11,6 +11,7 @@ import pytest
 
 from imuflow import db
 from imuflow.settings import Settings
+from services.progress.operations import WATCHDOG_LOCK
 from tests.e2e.helpers import make_token
 from tests.ops.jobs import make_job, make_user
 from tests.stack import StartStack
@@ -39,6 +40,12 @@ async def imuflow(data_dir: Path, *args: str) -> tuple[int, str]:
 async def test_operator_commands(service_stack: StartStack, test_settings: Settings, tmp_path: Path) -> None:
     url = test_settings.database_url
     stack = await service_stack(services=["progress"])
+    # The running watchdog would requeue the stuck job before the operator lists it: hold its
+    # advisory lock (it skips a round it cannot lock) until `reset-stuck`.
+    holder = await db.connect(url)
+    hold = holder.transaction()
+    await hold.start()
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", WATCHDOG_LOCK)
     conn = await db.connect(url)
     try:
         carol = await make_user(conn, "carol")
@@ -62,6 +69,8 @@ async def test_operator_commands(service_stack: StartStack, test_settings: Setti
     code, out = await imuflow(data_dir, "stuck")
     assert code == 0 and str(stuck) in out and "1 of 5" in out, out
 
+    await hold.rollback()
+    await holder.close()
     code, out = await imuflow(data_dir, "reset-stuck", "--older-than", "600")
     assert code == 0 and "requeued" in out and str(stuck) in out, out
     code, out = await imuflow(data_dir, "stuck")

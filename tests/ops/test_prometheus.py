@@ -122,7 +122,9 @@ async def test_services_export_every_metric_and_prometheus_scrapes_them(
     service_stack: StartStack, tmp_path: Path
 ) -> None:
     prometheus = tool("prometheus")
-    stack = await service_stack(env={"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"})
+    # Small batches: the job then lasts longer than the Kafka hop of its progress events, so
+    # some arrive live (with 7 batches the whole parse could finish before the first one).
+    stack = await service_stack(env={"IMUFLOW_BATCH_SIZE": "200", "IMUFLOW_ADAPTIVE_BATCHING": "false"})
     await _parse_one_file_while_watching(stack.ingest_url, stack.progress_url, stack.settings.database_url)
     endpoints = {
         "ingest": f"{stack.ingest_url}/metrics",
