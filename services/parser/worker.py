@@ -132,9 +132,7 @@ class ParserWorker:
         A pause first, so a failure that persists does not spin (each claim counts an attempt,
         so a job that keeps failing ends failed).
         """
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(abandon.wait(), FAILED_WORKER_PAUSE)
-        if self.consumer is None or abandon.is_set():
+        if await wait_any(abandon, timeout=FAILED_WORKER_PAUSE) or self.consumer is None:
             return
         try:
             self.consumer.seek(tp, offset)
@@ -157,9 +155,7 @@ class ParserWorker:
             # Backoff with jitter; each new claim counts an attempt, so this is bounded.
             sleep = min(delay, 30.0) * random.uniform(0.5, 1.5)
             delay *= 2
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(abandon.wait(), sleep)
-            if abandon.is_set():
+            if await wait_any(abandon, timeout=sleep):
                 return Outcome.ABANDONED
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
@@ -197,8 +193,7 @@ class ParserWorker:
             if self.consumer is not None:
                 with contextlib.suppress(KafkaError, AssertionError, OSError):
                     gauge.set(await kafka.consumer_lag(self.consumer))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 5.0)
+            await wait_any(stop, timeout=5.0)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -132,9 +132,7 @@ def _rates(state: dict[str, Any], k: int) -> tuple[float, float]:
     return float(state["ab"][k]) / seconds, float(state["as"][k]) / seconds
 
 
-def _fold(
-    state: dict[str, Any], dt: float, db: float, ds: float, *, stall_cap: bool = True
-) -> dict[str, Any]:
+def _fold(state: dict[str, Any], dt: float, db: float, ds: float) -> dict[str, Any]:
     """The averages after one measurement of `db` bytes and `ds` samples in `dt` seconds."""
     n = len(TAUS)
     ab = [float(x) for x in state.get("ab", [0.0] * n)]
@@ -145,7 +143,7 @@ def _fold(
     # batch cadence (an EMA of per-batch values would count long batches twice). Started
     # from zero they need no bias correction: the ratio is right from the first batch.
     counted = dt
-    if stall_cap and float(state.get("iw", 0)) > 0:
+    if float(state.get("iw", 0)) > 0:
         # A batch far later than usual (a stall) counts its excess seconds at STALL_WEIGHT:
         # one lock or pause says little about the speed of the rest of the file.
         usual = float(state["it"]) / float(state["iw"])

@@ -10,6 +10,7 @@ import pytest
 
 from imuflow.settings import Settings
 from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token, upload
+from tests.faults.helpers import wait_for
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -64,15 +65,19 @@ async def test_upload_is_parsed_with_live_progress(
         # The batch log is written by the progress service from the progress events, which
         # travel through Kafka; `completed` can reach the browser a moment before the last
         # of them is applied (seen once on a loaded machine), so wait for it, bounded.
-        for _ in range(100):
-            logs = await conn.fetch(
-                "SELECT batch_number, samples_in_batch FROM streaming_processing_logs "
-                "WHERE file_id = $1::uuid ORDER BY batch_number",
-                file_id,
-            )
-            if len(logs) >= expected_batches:
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(
+            database_url,
+            "SELECT count(*) >= $2 FROM streaming_processing_logs WHERE file_id = $1::uuid",
+            file_id,
+            expected_batches,
+            timeout=10,
+            what="a complete batch log",
+        )
+        logs = await conn.fetch(
+            "SELECT batch_number, samples_in_batch FROM streaming_processing_logs "
+            "WHERE file_id = $1::uuid ORDER BY batch_number",
+            file_id,
+        )
     finally:
         await conn.close()
     assert stored == XIO_SAMPLES

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from imuflow import dberrors
 from imuflow.stack.supervisor import Supervisor
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -90,7 +91,7 @@ async def wait_for(
     while time.monotonic() < deadline:
         try:
             last = await fetchval(database_url, query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except dberrors.DRIVER as exc:
             last = exc  # the server may be restarting in the test
         else:
             if last:

@@ -18,6 +18,7 @@ from services.parser.formats.base import SampleBatch
 from services.parser.repository import Fenced, ParserRepository
 from services.progress.lifecycle import delete_family
 from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token, upload
+from tests.faults.helpers import wait_for
 from tests.stack import ServiceStack, StartStack
 
 ACCEL = DATA / "phyphox_deadreckoning_Accelerometer.csv"
@@ -177,11 +178,16 @@ async def test_reparse_changes_the_result_and_keeps_the_history(
         assert second["run"] == 2 and second["sample_count"] == ACCEL_SAMPLES
         # The batch log comes from the progress events through Kafka and can trail the
         # completion by a moment: wait for run 2's last batch, bounded.
-        for _ in range(100):
-            log = (await client.get(f"{url}/batches")).json()["items"]
-            if sum(e["samples_in_batch"] for e in log if e["run"] == 2) >= ACCEL_SAMPLES:
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(
+            database_url,
+            "SELECT coalesce(sum(samples_in_batch), 0) >= $2 FROM streaming_processing_logs "
+            "WHERE file_id = $1::uuid AND run = 2",
+            record["id"],
+            ACCEL_SAMPLES,
+            timeout=10,
+            what="run 2's batch log",
+        )
+        log = (await client.get(f"{url}/batches")).json()["items"]
     assert {e["run"] for e in log} == {1, 2}
     assert sum(e["samples_in_batch"] for e in log if e["run"] == 2) == ACCEL_SAMPLES
     conn = await asyncpg.connect(database_url)

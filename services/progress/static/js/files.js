@@ -118,7 +118,7 @@ export class FileList {
     this.render(row);
     if (!previous) {
       // A ZIP that arrives after its streams: they can name it now.
-      for (const child of this.list.querySelectorAll(`li.file[data-parent="${record.id}"]`)) {
+      for (const child of this.streamsOf(record.id)) {
         const childRow = this.rows.get(child.dataset.id);
         if (childRow?.record) this.render(childRow);
       }
@@ -215,10 +215,15 @@ export class FileList {
     }
     if (!placed) this.list.append(li);
     let anchor = li;
-    for (const child of this.list.querySelectorAll(`li.file[data-parent="${record.id}"]`)) {
+    for (const child of this.streamsOf(record.id)) {
       anchor.after(child);
       anchor = child;
     }
+  }
+
+  // The rows of a ZIP's sensor streams, in page order.
+  streamsOf(id) {
+    return this.list.querySelectorAll(`li.file[data-parent="${id}"]`);
   }
 
   lastOfFamily(parentEl) {
