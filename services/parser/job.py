@@ -19,17 +19,16 @@ from pydantic import BaseModel
 
 from contracts import events, topics
 from imuflow import kafka, metrics
+from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
 from services.parser import pgcopy
 from services.parser.batching import BatchSizer
 from services.parser.formats import registry
-from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
+from services.parser.formats.base import FileInfo, FormatError, Limits, Reader, ReadOptions, ResumePoint, SampleBatch
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 
 log = logging.getLogger("imuflow.parser")
-MAX_WARNINGS = 20
-HEAD_BYTES = 64 * 1024
 
 
 class Outcome(enum.Enum):
@@ -135,14 +134,14 @@ class FileJob:
             await asyncio.to_thread(f.close)
 
     def _open_reader(self, f: BinaryIO, claim: Claim) -> tuple[Reader, FileInfo]:
-        head = f.read(HEAD_BYTES)
-        f.seek(0)
-        format_id = claim.format or registry.detect_format(head, claim.filename)
+        format_id = claim.format or registry.detect_file(f, claim.filename)
         reader = registry.make_reader(format_id)
         resume = None
         if claim.resume_batch_number > 0:
             resume = ResumePoint(claim.resume_offset, claim.resume_samples, claim.resume_state)
-        options = ReadOptions(filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone)
+        options = ReadOptions(
+            filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone, limits=_limits(self.settings)
+        )
         return reader, reader.open(f, options, resume)
 
     async def _batches(self, claim: Claim, reader: Reader, info: FileInfo, warnings: list[str]) -> None:
@@ -324,12 +323,13 @@ def _log_send_failure(future: asyncio.Future[object]) -> None:
         log.warning("progress event not delivered: %s", future.exception())
 
 
-def _merge(old: list[str], new: list[str]) -> list[str]:
-    merged = list(old)
-    for warning in new:
-        if warning not in merged and len(merged) < MAX_WARNINGS:
-            merged.append(warning)
-    return merged
+def _limits(settings: Settings) -> Limits:
+    """The readers' bounds (SPEC §7 "Limits and fairness") from the settings."""
+    return Limits(
+        max_content_bytes=settings.max_upload_bytes,
+        max_inflate_ratio=settings.max_inflate_ratio,
+        max_bytes_without_sample=settings.max_bytes_without_sample,
+    )
 
 
 class _Abandoned(Exception):
