@@ -113,7 +113,8 @@ class _Scan:
         complete = (e + 1 < n) | (eof & (e < n))
         ec, nxt = np.minimum(e, max(n - 1, 0)), np.minimum(e + 1, max(n - 1, 0))
         valid = complete & ((px[ec] ^ px[c] ^ np.uint8(0xFF)) == arr[ec])
-        trusted = complete & ~valid & (e + 1 < n) & (arr[nxt] == _SEP)
+        # A record that fails but ends where another starts, or where log.bin ends.
+        trusted = complete & ~valid & (((e + 1 < n) & (arr[nxt] == _SEP)) | (eof & (e + 1 == n)))
         kinds = np.select([~complete, valid, trusted], [_INCOMPLETE, _VALID, _TRUSTED], _UNTRUSTED)
         self.kind[c] = kinds.astype(np.uint8)
         self.end[c] = e
