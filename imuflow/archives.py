@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO
 
 RATIO_FREE_BYTES = 1 << 20
-_EOCD = struct.Struct("<4s4H2LH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
+# signature, disk, cd disk, entries here, entries, cd size, cd offset, comment length
+_EOCD = struct.Struct("<4s4H2LH")
 _EOCD_SIG = b"PK\x05\x06"
 _LOC64 = struct.Struct("<4sLQL")  # signature, disk, offset of the zip64 record, disks
 _LOC64_SIG = b"PK\x06\x07"

@@ -25,7 +25,7 @@ from imuflow.settings import Settings
 from services.parser import pgcopy
 from services.parser.batching import BatchSizer
 from services.parser.formats import registry
-from services.parser.formats.base import FileInfo, FormatError, Limits, Reader, ReadOptions, ResumePoint, SampleBatch
+from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 
 log = logging.getLogger("imuflow.parser")
@@ -139,8 +139,9 @@ class FileJob:
         resume = None
         if claim.resume_batch_number > 0:
             resume = ResumePoint(claim.resume_offset, claim.resume_samples, claim.resume_state)
+        limits = registry.read_limits(self.settings)
         options = ReadOptions(
-            filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone, limits=_limits(self.settings)
+            filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone, limits=limits
         )
         return reader, reader.open(f, options, resume)
 
@@ -321,15 +322,6 @@ def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | N
 def _log_send_failure(future: asyncio.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("progress event not delivered: %s", future.exception())
-
-
-def _limits(settings: Settings) -> Limits:
-    """The readers' bounds (SPEC §7 "Limits and fairness") from the settings."""
-    return Limits(
-        max_content_bytes=settings.max_upload_bytes,
-        max_inflate_ratio=settings.max_inflate_ratio,
-        max_bytes_without_sample=settings.max_bytes_without_sample,
-    )
 
 
 class _Abandoned(Exception):

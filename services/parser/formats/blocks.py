@@ -69,7 +69,8 @@ def _convert_slowly(col: pa.Array, target: pa.DataType) -> pa.Array:
         ints: list[int | None] = []
         for t in texts:
             s = (t or "").strip().removeprefix("+")
-            ints.append(int(s) if s.lstrip("-").isdigit() and len(s) < 20 and -(2**63) <= int(s) < 2**63 else None)
+            ok = s.lstrip("-").isdigit() and len(s) < 20 and -(2**63) <= int(s) < 2**63
+            ints.append(int(s) if ok else None)
         return pa.array(ints, type=pa.int64())
     return pa.array([_to_float(t) for t in texts], type=target)
 

@@ -18,7 +18,6 @@ from typing import BinaryIO
 from imuflow.filewarnings import clip
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
 
-
 MAX_UNIT_CHARS = 80
 
 

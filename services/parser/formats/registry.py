@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import BinaryIO, NamedTuple
 
-from services.parser.formats.base import FormatError, Reader
+from imuflow.settings import Settings
+from services.parser.formats.base import FormatError, Limits, Reader
 from services.parser.formats.guard import GuardedReader
 from services.parser.formats.header import HEAD_BYTES, Layout, read_head, sniff_layout
 from services.parser.formats.presets import TEXT_PRESETS
@@ -129,8 +130,17 @@ def detect_format(head: bytes, filename: str, *, complete: bool | None = None) -
     return _text_preset(layout)
 
 
+def read_limits(settings: Settings) -> Limits:
+    """The readers' bounds (SPEC §7 "Limits and fairness") from the settings."""
+    return Limits(
+        max_content_bytes=settings.max_upload_bytes,
+        max_inflate_ratio=settings.max_inflate_ratio,
+        max_bytes_without_sample=settings.max_bytes_without_sample,
+    )
+
+
 def make_reader(format_id: str) -> Reader:
-    """Build a fresh reader for `format_id` (behind the no-sample guard); raise FormatError listing the valid ids."""
+    """A fresh reader for `format_id`, behind the no-sample guard; FormatError lists the valid ids."""
     if format_id in TEXT_PRESETS:
         return GuardedReader(TextReader(TEXT_PRESETS[format_id]))
     if format_id in BINARY_READERS:

@@ -54,7 +54,7 @@ def test_a_block_stops_at_max_block_bytes_when_lines_are_far_longer_than_estimat
     chunker = LineChunker(io.BytesIO(data), 0, 10.0)
     pieces = []
     while True:
-        block, end, eof = chunker.next_block(50_000)
+        block, _, eof = chunker.next_block(50_000)
         if not block:
             break
         assert len(block) <= 256 * 1024 and block.endswith(b"\n")

@@ -177,7 +177,7 @@ def test_a_member_inflating_past_the_ratio_is_refused_before_reading() -> None:
 def test_uncompressed_content_counts_against_the_upload_limit() -> None:
     log, _ = synthetic_log(10)
     options = ReadOptions(limits=Limits(max_content_bytes=len(log) // 2))
-    with pytest.raises(FormatError, match="log.bin unpacks to .* more than the"):
+    with pytest.raises(FormatError, match=r"log\.bin unpacks to .* more than the"):
         read_all(Gt3xReader(), make_gt3x(log), options=options)
     options = ReadOptions(limits=Limits(max_content_bytes=len(log) + 10_000))
     assert sum(len(b) for b in read_all(Gt3xReader(), make_gt3x(log), options=options)[1]) == 9 * RATE
@@ -208,7 +208,9 @@ def test_fake_records_are_scanned_in_linear_time(log: bytes) -> None:
     assert sum(b.rows_skipped for b in batches) > 0 and batches[-1].end_offset == len(log)
 
 
-def test_records_without_samples_still_end_batches_and_trip_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_records_without_samples_still_end_batches_and_trip_the_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     battery = record(0x02, START_S, b"\x10\x0f")
     log = battery * ((1 << 20) // len(battery)) + synthetic_log(2)[0]
     monkeypatch.setattr(gt3x, "MAX_BATCH_INPUT_BYTES", 64 * 1024)
