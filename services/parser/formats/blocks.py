@@ -83,6 +83,8 @@ def parse_block(
     types: dict[int, pa.DataType],
 ) -> Block:
     """Parse `data` (complete lines) into the columns named in `types`."""
+    if not data.strip(b"\r\n"):  # only empty lines (a block of NULs, once they are removed)
+        return Block({i: pa.array([], type=t) for i, t in types.items()}, 0)
     bad: list[tuple[int | None, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:

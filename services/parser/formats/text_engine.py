@@ -236,7 +236,8 @@ class TextReader:
                 f"{where} has the wrong number of fields and was skipped: {text[:_MAX_EXAMPLE]!r}",
                 warnings,
             )
-        if empty_rows.size:
+        if empty_rows.size and "values" not in self._state["warned"]:
+            # Finding the row's line walks the block in Python: only for the one warning.
             line, text = _row_line(data, int(empty_rows[0]), blk, line0)
             self._warn(
                 "values",

@@ -40,3 +40,10 @@ def test_a_block_of_junk_cells_converts_fast() -> None:
     blk = parse_block(data, 3, ",", False, {0: pa.float64(), 1: pa.float32(), 2: pa.float32()})
     assert time.perf_counter() - t0 < 3  # ~0.1 s in C++; the per-cell Python loop took ~1 s
     assert blk.n_rows == 200_000 and blk.columns[1].null_count == 200_000
+
+
+def test_a_block_of_empty_lines_is_an_empty_block() -> None:
+    # pyarrow calls such data an "Empty CSV file" (a block of NULs once they are removed).
+    for data in (b"", b"\n\n", b"\r\n"):
+        blk = parse_block(data, 3, ",", False, {0: pa.float32()})
+        assert blk.n_rows == 0 and len(blk.columns[0]) == 0
