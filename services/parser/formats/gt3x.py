@@ -327,7 +327,10 @@ class Gt3xReader:
         for kind, n in counts.items():
             if n and kind in labels and kind not in self._warned:
                 self._warned.add(kind)
-                warnings.append(f"{n} {labels[kind]} (first before log.bin byte {self._offset:,})")
+                warnings.append(
+                    f"{n} {labels[kind]} by log.bin byte {self._offset:,} (any later ones are "
+                    "counted in rows skipped, not described again)"
+                )
         if counts["zip damage"]:
             warnings.append(self._zip_error)
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
