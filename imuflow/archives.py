@@ -158,9 +158,11 @@ class BoundedMember:
         self._limit = member_limit(compress_size, remaining, max_ratio)
         self.inflated = 0
 
-    def read(self, n: int = -1) -> bytes:
-        """Up to `n` bytes (never an unbounded read); ArchiveRefused past a limit."""
-        data = self._member.read(min(n, self._limit + 1 - self.inflated) if n >= 0 else self._limit + 1)
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes (no read-it-all: a member is read in chunks); ArchiveRefused past a limit."""
+        if n < 0:
+            raise ValueError("read a bounded member in chunks")
+        data = self._member.read(min(n, self._limit + 1 - self.inflated))
         self.inflated += len(data)
         if self.inflated > self._limit:
             if self.inflated > self._remaining:
