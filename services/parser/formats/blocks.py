@@ -53,7 +53,8 @@ def _convert(col: pa.Array, target: pa.DataType) -> tuple[pa.Array, int]:
         text = pc.replace_substring_regex(text, r"^\+", "")
         pattern = _INT_TEXT
     else:
-        text = pc.replace_substring(text, ",", ".")
+        if pc.any(pc.match_substring(text, ",")).as_py():  # a quoted decimal comma; rare
+            text = pc.replace_substring(text, ",", ".")
         pattern = _FLOAT_TEXT
     numbers = pc.if_else(pc.match_substring_regex(text, pattern), text, pa.scalar(None, pa.string()))
     try:

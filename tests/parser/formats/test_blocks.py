@@ -47,3 +47,8 @@ def test_a_block_of_empty_lines_is_an_empty_block() -> None:
     for data in (b"", b"\n\n", b"\r\n"):
         blk = parse_block(data, 3, ",", False, {0: pa.float32()})
         assert blk.n_rows == 0 and len(blk.columns[0]) == 0
+
+
+def test_a_quoted_decimal_comma_still_converts_in_the_slow_path() -> None:
+    blk = parse_block(b'"1,5",x\n"2",y\n', 2, ",", True, {0: pa.float32(), 1: pa.float32()})
+    assert blk.columns[0].to_pylist() == [1.5, 2.0] and blk.columns[1].null_count == 2
