@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(50_000, ge=1, le=5_000_000)
     adaptive_batching: bool = True
     max_upload_bytes: int = Field(4 * GIB, ge=1)
+    # Limits and fairness (SPEC §7): a container's members may inflate at most this much
+    # (their uncompressed content also counts against MAX_UPLOAD_BYTES), and a reader that
+    # consumed this much input without one sample fails the job.
+    max_inflate_ratio: float = Field(100.0, ge=1)
+    max_bytes_without_sample: int = Field(64 * 1024**2, ge=1)
     # Per-user upload limits (429 with Retry-After beyond them); generous by default.
     upload_rate_per_minute: float = Field(600.0, gt=0)
     upload_burst: int = Field(200, ge=1)

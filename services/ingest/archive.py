@@ -27,12 +27,15 @@ from typing import Any
 
 import asyncpg
 
+from imuflow.archives import ArchiveRefused, BoundedMember, check_directory, check_member
+from imuflow.filewarnings import clip
 from imuflow.settings import Settings
 from services.ingest import repository
 from services.ingest.multipart import UploadRejected
 from services.ingest.storage import UploadSink, sanitize_filename
 
 MAX_MEMBERS = 2000  # central-directory entries we are willing to look at
+MAX_DIRECTORY_BYTES = 1 << 20  # and the bytes of that directory (checked before zipfile reads it)
 MAX_STREAMS = 64  # sensor streams one upload may become
 CHUNK = 1 << 20
 TEXT_SUFFIXES = {".csv", ".txt", ".tsv"}
@@ -97,11 +100,19 @@ def classify(info: zipfile.ZipInfo) -> str:
     return "stream" if any(w in stem for w in IMU_WORDS) else "text"
 
 
-def plan_archive(path: Path, filename: str, max_bytes: int) -> Plan | None:
+def _refused(exc: ArchiveRefused) -> UploadRejected:
+    return UploadRejected(413 if exc.kind == "size" else 400, str(exc))
+
+
+def plan_archive(path: Path, filename: str, max_bytes: int, max_ratio: float = 100.0) -> Plan | None:
     """The streams of a phone-app ZIP, None when the upload is not such a ZIP."""
     with path.open("rb") as f:
         if f.read(4) != b"PK\x03\x04":
             return None
+        try:  # before zipfile reads (and trusts) the whole directory
+            check_directory(f, MAX_MEMBERS, MAX_DIRECTORY_BYTES)
+        except ArchiveRefused as exc:
+            raise _refused(exc) from exc
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -129,6 +140,11 @@ def plan_archive(path: Path, filename: str, max_bytes: int) -> Plan | None:
     declared = sum(i.file_size for i in plan.streams)
     if declared > max_bytes:
         raise UploadRejected(413, f"the ZIP's sensor files unpack to more than {max_bytes} bytes")
+    try:
+        for info in plan.streams:
+            check_member(_display(info.filename), info.file_size, info.compress_size, max_bytes, max_ratio)
+    except ArchiveRefused as exc:
+        raise _refused(exc) from exc
     return plan
 
 
@@ -147,8 +163,10 @@ class Extracted:
     path: Path
 
 
-def extract(path: Path, plan: Plan, directory: Path, max_bytes: int) -> list[Extracted]:
-    """Write each stream to storage, counting real (not declared) sizes against `max_bytes`."""
+def extract(
+    path: Path, plan: Plan, directory: Path, max_bytes: int, max_ratio: float = 100.0
+) -> list[Extracted]:
+    """Write each stream to storage, counting real (not declared) sizes against the limits."""
     done: list[Extracted] = []
     total = 0
     try:
@@ -157,14 +175,14 @@ def extract(path: Path, plan: Plan, directory: Path, max_bytes: int) -> list[Ext
                 file_id = uuid.uuid4()
                 sink = UploadSink(directory, file_id, max_bytes)
                 try:
-                    with zf.open(info) as member:
+                    with zf.open(info) as raw:
+                        # Headers can lie: the inflated bytes themselves count, and stop us.
+                        member = BoundedMember(
+                            raw, _display(info.filename), info.compress_size, max_bytes - total, max_ratio
+                        )
                         while chunk := member.read(CHUNK):
-                            total += len(chunk)
-                            if total > max_bytes:
-                                raise UploadRejected(
-                                    413, f"the ZIP's sensor files unpack to more than {max_bytes} bytes"
-                                )
                             sink.write(chunk)
+                        total += member.inflated
                     sink.finish()
                 except BaseException:
                     sink.discard()
@@ -174,6 +192,8 @@ def extract(path: Path, plan: Plan, directory: Path, max_bytes: int) -> list[Ext
                 )
     except BaseException as exc:
         discard(done)
+        if isinstance(exc, ArchiveRefused):
+            raise _refused(exc) from exc
         if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
             raise UploadRejected(
                 400, f"the ZIP is damaged or uses an unsupported compression: {exc}"
@@ -192,14 +212,15 @@ async def accept(
     pool: asyncpg.Pool, upload: repository.NewFile, path: Path, settings: Settings
 ) -> dict[str, Any] | None:
     """Record a phone-app ZIP as a parent with one child per stream; None if not such a ZIP."""
-    plan = await asyncio.to_thread(plan_archive, path, upload.filename, settings.max_upload_bytes)
+    limit, ratio = settings.max_upload_bytes, settings.max_inflate_ratio
+    plan = await asyncio.to_thread(plan_archive, path, upload.filename, limit, ratio)
     if plan is None:
         return None
     if upload.sensor is not None and len(plan.streams) > 1:
         raise UploadRejected(
             400, "a ZIP of several sensor files cannot take one `sensor`; each file's name says its sensor"
         )
-    parts = await asyncio.to_thread(extract, path, plan, settings.storage_dir, settings.max_upload_bytes)
+    parts = await asyncio.to_thread(extract, path, plan, settings.storage_dir, limit, ratio)
     children = [
         replace(
             upload,
@@ -213,7 +234,7 @@ async def accept(
         )
         for part in parts
     ]
-    notes = [f"skipped {', '.join(plan.skipped)} (not raw IMU streams)"] if plan.skipped else []
+    notes = [clip(f"skipped {', '.join(plan.skipped)} (not raw IMU streams)")] if plan.skipped else []
     try:
         return await repository.record_archive(pool, upload, children, notes)
     except BaseException:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from contracts import events, topics
 from imuflow import kafka, metrics
+from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
 from services.parser import pgcopy
@@ -28,8 +29,6 @@ from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOpti
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 
 log = logging.getLogger("imuflow.parser")
-MAX_WARNINGS = 20
-HEAD_BYTES = 64 * 1024
 
 
 class Outcome(enum.Enum):
@@ -135,14 +134,15 @@ class FileJob:
             await asyncio.to_thread(f.close)
 
     def _open_reader(self, f: BinaryIO, claim: Claim) -> tuple[Reader, FileInfo]:
-        head = f.read(HEAD_BYTES)
-        f.seek(0)
-        format_id = claim.format or registry.detect_format(head, claim.filename)
+        format_id = claim.format or registry.detect_file(f, claim.filename)
         reader = registry.make_reader(format_id)
         resume = None
         if claim.resume_batch_number > 0:
             resume = ResumePoint(claim.resume_offset, claim.resume_samples, claim.resume_state)
-        options = ReadOptions(filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone)
+        limits = registry.read_limits(self.settings)
+        options = ReadOptions(
+            filename=claim.filename, sensor=claim.sensor, timezone=claim.timezone, limits=limits
+        )
         return reader, reader.open(f, options, resume)
 
     async def _batches(self, claim: Claim, reader: Reader, info: FileInfo, warnings: list[str]) -> None:
@@ -322,14 +322,6 @@ def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | N
 def _log_send_failure(future: asyncio.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("progress event not delivered: %s", future.exception())
-
-
-def _merge(old: list[str], new: list[str]) -> list[str]:
-    merged = list(old)
-    for warning in new:
-        if warning not in merged and len(merged) < MAX_WARNINGS:
-            merged.append(warning)
-    return merged
 
 
 class _Abandoned(Exception):

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from imuflow.settings import Settings
-from services.ingest.archive import MAX_MEMBERS, plan_archive
+from services.ingest.archive import MAX_MEMBERS, extract, plan_archive
 from services.ingest.multipart import UploadRejected
+from tests.common.test_archives import claiming
 from tests.e2e.helpers import DATA, bearer, make_token
 from tests.stack import ServiceStack, StartStack
 
@@ -111,6 +112,36 @@ def test_zip_bomb_and_member_count_guards(tmp_path: Path) -> None:
     with pytest.raises(UploadRejected) as err:
         plan_archive(many, "many.zip", 1 << 30)
     assert err.value.status == 400
+
+
+def test_inflate_ratio_and_directory_claims_are_refused_with_a_reason(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Accelerometer.csv", b"0" * 30_000_000)  # within the size limit, ~1000:1
+    with pytest.raises(UploadRejected) as err:
+        plan_archive(bomb, "bomb.zip", 1 << 30, max_ratio=100)
+    assert err.value.status == 400 and "Accelerometer.csv inflates" in err.value.detail
+    claims = tmp_path / "claims.zip"
+    claims.write_bytes(claiming(phyphox_zip(tmp_path / "p.zip").read_bytes(), 65_535, 0xFFFFFFF0))
+    with pytest.raises(UploadRejected) as err:
+        plan_archive(claims, "claims.zip", 1 << 30)
+    assert err.value.status == 400 and "65,535 members" in err.value.detail
+
+
+def test_extract_counts_inflated_bytes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = phyphox_zip(tmp_path / "p.zip")
+    plan = plan_archive(path, "p.zip", 1 << 30)
+    assert plan is not None
+    store = tmp_path / "store"
+    store.mkdir()
+    sizes = [i.file_size for i in plan.streams]
+    # The budget covers the first two streams but not the third: refused while streaming.
+    with pytest.raises(UploadRejected) as err:
+        extract(path, plan, store, sum(sizes[:2]) + sizes[2] // 2)
+    assert err.value.status == 413 and "unpacks to more than" in err.value.detail
+    assert list(store.iterdir()) == []
+    parts = extract(path, plan, store, 1 << 30)
+    assert [p.size for p in parts] == sizes
 
 
 # --- end to end ------------------------------------------------------------------------

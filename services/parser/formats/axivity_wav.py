@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from services.parser.formats.base import (
+    MAX_BATCH_INPUT_BYTES,
     STANDARD_GRAVITY,
     FileInfo,
     FormatError,
@@ -137,7 +138,9 @@ class AxivityWavReader:
         if self._f is None:
             raise RuntimeError("open() first")
         while self._offset < self._data_end:
-            n = min(max(1, target_samples()), _MAX_FRAMES_PER_READ)
+            # Bounded in bytes too: a header may claim thousands of channels per frame.
+            per_read = max(1, min(_MAX_FRAMES_PER_READ, MAX_BATCH_INPUT_BYTES // self._frame))
+            n = min(max(1, target_samples()), per_read)
             n = min(n, (self._data_end - self._offset) // self._frame)
             buf = self._f.read(n * self._frame)
             n = len(buf) // self._frame

@@ -27,18 +27,33 @@ NULL_TIME = np.iinfo(np.int64).min
 # Standard gravity, used to convert g to m/s².
 STANDARD_GRAVITY = 9.80665
 
+# A record reader ends a batch after this much input even when it found no sample, so
+# the job reaches a batch boundary (cancel, stop, the no-sample guard) within seconds
+# whatever the file holds.
+MAX_BATCH_INPUT_BYTES = 16 * 1024 * 1024
+
 
 class FormatError(Exception):
     """The file cannot be read as this format; the message is shown to the user."""
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one file may cause (SPEC §7 "Limits and fairness")."""
+
+    max_content_bytes: int = 4 * 1024**3  # MAX_UPLOAD_BYTES: also what a container unpacks to
+    max_inflate_ratio: float = 100.0  # MAX_INFLATE_RATIO of a container's members
+    max_bytes_without_sample: int = 64 * 1024**2  # MAX_BYTES_WITHOUT_SAMPLE (see guard.py)
+
+
+@dataclass(frozen=True)
 class ReadOptions:
-    """What the upload told us about the file."""
+    """What the upload told us about the file, and the limits to read it within."""
 
     filename: str = ""
     sensor: str | None = None  # the upload's `sensor` field, overrides name-based guesses
     timezone: str = "UTC"  # IANA name used to convert device-local times to UTC
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True)

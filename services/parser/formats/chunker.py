@@ -12,6 +12,8 @@ _MIN_READ = 64 * 1024
 # No real IMU text row comes near this; a longer "line" (a binary file, a file with no
 # newlines at all) would otherwise be buffered whole, however large the upload.
 MAX_LINE_BYTES = 1 << 20
+# A block of lines never holds more than this, however many lines were asked for.
+MAX_BLOCK_BYTES = 64 << 20
 # Past this many surplus lines, one numpy pass beats walking back with rfind.
 _RFIND_LIMIT = 8192
 
@@ -35,10 +37,16 @@ class LineChunker:
         return self._offset
 
     def next_block(self, n_lines: int) -> tuple[bytes, int, bool]:
-        """(block, end_offset, at_eof); the block ends after a newline unless at EOF."""
-        while self._newlines < n_lines and not self._eof:
+        """(block, end_offset, at_eof); the block ends after a newline unless at EOF.
+
+        A block holds `n_lines` lines, or fewer when they come to MAX_BLOCK_BYTES first
+        (lines far longer than the estimate must not grow one block without bound).
+        """
+        pieces = [self._buf] if self._buf else []
+        size = len(self._buf)
+        while self._newlines < n_lines and not self._eof and size < MAX_BLOCK_BYTES:
             want = max(_MIN_READ, int((n_lines - self._newlines) * self.bytes_per_line * 1.05))
-            piece = self._f.read(want)
+            piece = self._f.read(min(want, MAX_BLOCK_BYTES - size))
             if not piece:
                 self._eof = True
                 break
@@ -47,16 +55,22 @@ class LineChunker:
             self._tail = self._tail + len(piece) if last < 0 else len(piece) - last - 1
             if self._tail > MAX_LINE_BYTES:
                 raise FormatError(
-                    f"a line near byte {self._offset + len(self._buf) + len(piece) - self._tail} is longer "
+                    f"a line near byte {self._offset + size + len(piece) - self._tail} is longer "
                     f"than {MAX_LINE_BYTES >> 20} MiB: this is not a line-by-line text recording"
                 )
-            self._buf = self._buf + piece if self._buf else piece
+            pieces.append(piece)  # joined once below: appending to bytes in the loop was quadratic
+            size += len(piece)
+        self._buf = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         # Exactly n newlines may still leave a partial line after the last one: cut there too.
         if self._newlines >= n_lines and self._newlines:
             cut = self._nth_newline(n_lines) + 1
             block, self._buf = self._buf[:cut], self._buf[cut:]
             self._newlines -= n_lines
             self.last_lines = n_lines
+        elif not self._eof and self._newlines:  # MAX_BLOCK_BYTES reached: every whole line
+            cut = len(self._buf) - self._tail
+            block, self._buf = self._buf[:cut], self._buf[cut:]
+            self.last_lines, self._newlines = self._newlines, 0
         else:
             block, self._buf, self.last_lines, self._tail = self._buf, b"", self._newlines, 0
             self._newlines = 0

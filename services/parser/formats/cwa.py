@@ -160,9 +160,12 @@ class CwaReader:
         """Yield runs of whole blocks of about `target_samples()` samples each."""
         if self._f is None:
             raise RuntimeError("open() first")
+        found = True
         while self._offset < self._size:
             want = -(-max(1, target_samples()) // self._spb)
-            n = min(max(1, want), _MAX_BLOCKS_PER_READ)
+            # After a batch without one good block, read the most at once: a file of junk
+            # reaches the no-sample limit in a few batches, not hundreds of empty ones.
+            n = min(max(1, want), _MAX_BLOCKS_PER_READ) if found else _MAX_BLOCKS_PER_READ
             start = self._offset
             buf = self._f.read(n * BLOCK_BYTES)
             if not buf:
@@ -171,7 +174,9 @@ class CwaReader:
             # Peek at the next block: its timestamp fixes the real rate of our last block.
             peek = self._f.read(BLOCK_BYTES) if len(buf) % BLOCK_BYTES == 0 else b""
             self._f.seek(self._offset)
-            yield self._decode(buf, start, peek if len(peek) == BLOCK_BYTES else b"")
+            batch = self._decode(buf, start, peek if len(peek) == BLOCK_BYTES else b"")
+            found = len(batch) > 0
+            yield batch
 
     def _decode(self, buf: bytes, start: int, peek: bytes) -> SampleBatch:
         first_block = (start - HEADER_BYTES) // BLOCK_BYTES

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.parser.formats.base import (
+    MAX_BATCH_INPUT_BYTES,
     STANDARD_GRAVITY,
     FileInfo,
     FormatError,
@@ -168,12 +169,14 @@ class GeneactivReader:
         if self._f is None:
             raise RuntimeError("open() first")
         buf, base = b"", self._offset  # buf[0] is at file offset `base`
-        eof = False
-        while True:
+        eof = finished = False
+        while not finished:
             want = max(1, -(-max(1, target_samples()) // _SAMPLES_PER_PAGE))
             pages: list[tuple[int, bytes, float]] = []
             skipped, pos, warnings = 0, self._offset - base, []
-            while len(pages) < want:
+            batch_start = self._offset
+            # A batch also ends after MAX_BATCH_INPUT_BYTES without pages (junk, damage).
+            while len(pages) < want and base + pos - batch_start < MAX_BATCH_INPUT_BYTES:
                 page, status, nxt = self._next_page(buf, pos, eof)
                 if status == "more":
                     buf, base, pos = buf[pos:], base + pos, 0
@@ -182,7 +185,7 @@ class GeneactivReader:
                     buf += chunk
                     continue
                 if status == "end":
-                    pos = nxt
+                    pos, finished = nxt, True
                     break
                 pos = nxt
                 if page is None:
@@ -190,7 +193,7 @@ class GeneactivReader:
                 else:
                     pages.append(page)
             self._offset = base + pos
-            if not pages and not skipped:
+            if finished and not pages and not skipped:
                 return
             if skipped:
                 noun = "page was" if skipped == 1 else "pages were"

@@ -14,6 +14,12 @@ gaps are simply missing seconds. Legacy 12-bit ACTIVITY (0x00) records and the o
 `activity.bin` layout are not decoded (their bit packing is unverified); they are
 counted and reported. Time zone: `info.txt`'s `TimeZone` wins over the upload's, as for
 GENEActiv.
+
+Bounds (SPEC §7): the ZIP's directory is checked before zipfile reads it, the members'
+declared sizes and inflate ratios before they are read, and log.bin's real inflated
+bytes while it streams (`imuflow/archives.py`); a refusal fails the job with its reason.
+The record scan is linear in log.bin whatever its bytes (`_Scan`), and a batch ends
+after `MAX_BATCH_INPUT_BYTES` of log.bin even without a sample.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
+from imuflow.archives import ArchiveRefused, BoundedMember, check_directory, check_member
 from services.parser.formats.base import (
+    MAX_BATCH_INPUT_BYTES,
     STANDARD_GRAVITY,
     FileInfo,
     FormatError,
@@ -45,6 +53,9 @@ _HEAD = 8  # separator, type, u32 timestamp, u16 size
 _CHUNK = 1 << 18
 _TICKS_PER_S = 10_000_000  # .NET ticks in info.txt dates
 _MAX_INFO = 1 << 20
+# A .gt3x holds a handful of members; its directory is checked before zipfile reads it.
+_MAX_MEMBERS = 64
+_MAX_DIRECTORY = 64 * 1024
 
 
 def sniff(head: bytes, filename: str) -> bool:
@@ -63,13 +74,84 @@ def _info_fields(text: str) -> dict[str, str]:
     return fields
 
 
+# Kinds of byte positions in a scanned buffer (see `_Scan`).
+_OTHER, _VALID, _TRUSTED, _UNTRUSTED, _INCOMPLETE, _END = range(6)
+
+
+class _Scan:
+    """One buffer of log.bin with every possible record start classified at once.
+
+    A record start is a separator whose checksum (one's complement of the XOR of the
+    record's bytes, taken from a prefix-XOR array, so O(1) per candidate) matches:
+    `_VALID`. One that fails is `_TRUSTED` when a separator follows where its size says
+    it ends (a damaged payload: skip the record whole), else `_UNTRUSTED` (resync at the
+    next byte); `_INCOMPLETE` when the buffer does not hold the record and the byte after
+    it. `next_stop(p)` is the first position >= p that is not garbage or untrusted, so the
+    walk in `batches` jumps over any stretch of junk in one step: work is linear in the
+    buffer however the bytes are arranged (a byte-by-byte resync that re-read a claimed
+    64 KiB record at every separator was quadratic).
+    """
+
+    def __init__(self, buf: bytes, eof: bool) -> None:
+        self.buf, self.eof = buf, eof
+        n = len(buf)
+        arr = np.frombuffer(buf, np.uint8)
+        px = np.zeros(n + 1, np.uint8)
+        if n:
+            np.bitwise_xor.accumulate(arr, out=px[1:])
+        is_sep = arr == _SEP
+        cand = np.flatnonzero(is_sep)
+        self.kind = np.full(n + 1, _OTHER, np.uint8)
+        self.kind[cand] = _INCOMPLETE
+        self.kind[n] = _END
+        self.end = np.zeros(n + 1, np.int32)
+        c = cand[cand + _HEAD <= n]
+        size = arr[np.minimum(c + 6, n - 1)].astype(np.int64) | (
+            arr[np.minimum(c + 7, n - 1)].astype(np.int64) << 8
+        )
+        e = c + _HEAD + size  # index of the checksum byte
+        complete = (e + 1 < n) | (eof & (e < n))
+        ec, nxt = np.minimum(e, max(n - 1, 0)), np.minimum(e + 1, max(n - 1, 0))
+        valid = complete & ((px[ec] ^ px[c] ^ np.uint8(0xFF)) == arr[ec])
+        # A record that fails but ends where another starts, or where log.bin ends.
+        trusted = complete & ~valid & (((e + 1 < n) & (arr[nxt] == _SEP)) | (eof & (e + 1 == n)))
+        kinds = np.select([~complete, valid, trusted], [_INCOMPLETE, _VALID, _TRUSTED], _UNTRUSTED)
+        self.kind[c] = kinds.astype(np.uint8)
+        self.end[c] = e
+        stop = self.kind != _OTHER
+        stop[c] = kinds != _UNTRUSTED
+        self._stops = np.flatnonzero(stop)  # always ends with n (`_END`)
+        self._untrusted = c[kinds == _UNTRUSTED]
+        self._is_sep = is_sep
+        self._run_starts = np.flatnonzero(~is_sep & np.concatenate(([True], is_sep[:-1]))) if n else c
+
+    def next_stop(self, pos: int) -> tuple[int, int]:
+        """(position, kind) of the first position >= `pos` the walk must look at."""
+        kind = int(self.kind[pos])
+        if kind != _OTHER and kind != _UNTRUSTED:
+            return pos, kind
+        stop = int(self._stops[np.searchsorted(self._stops, pos)])
+        return stop, int(self.kind[stop])
+
+    def untrusted_between(self, a: int, b: int) -> int:
+        """Separators in [a, b) that failed their checksum with no record after them."""
+        return int(np.searchsorted(self._untrusted, b) - np.searchsorted(self._untrusted, a))
+
+    def garbage_between(self, a: int, b: int) -> int:
+        """Stretches of non-separator bytes in [a, b) (one that starts before `a` counts)."""
+        runs = int(np.searchsorted(self._run_starts, b) - np.searchsorted(self._run_starts, a))
+        if a < b and a > 0 and not self._is_sep[a] and not self._is_sep[a - 1]:
+            runs += 1  # `a` is inside a stretch whose start lies before it
+        return runs
+
+
 class Gt3xReader:
     """Streams ACTIVITY2 samples from an ActiGraph .gt3x file, record by record."""
 
     format_id = FORMAT_ID
 
     def __init__(self) -> None:
-        self._log: IO[bytes] | None = None
+        self._log: BoundedMember | None = None
         self._tz: dt.tzinfo = dt.UTC
         self._rate = 0.0
         self._scale = 256.0
@@ -77,10 +159,13 @@ class Gt3xReader:
         self._size = 0
         self._samples_done = 0
         self._zip_error = ""
+        self._warned: set[str] = set()
 
     def open(self, f: BinaryIO, options: ReadOptions, resume: ResumePoint | None) -> FileInfo:
         """Read info.txt (rate, scale, time zone) and open log.bin at `resume.offset`."""
+        limits = options.limits
         try:
+            check_directory(f, _MAX_MEMBERS, _MAX_DIRECTORY)
             zf = zipfile.ZipFile(f)
             names = set(zf.namelist())
             if "log.bin" not in names:
@@ -92,14 +177,29 @@ class Gt3xReader:
                 raise FormatError("not an ActiGraph .gt3x: the ZIP has no log.bin")
             if "info.txt" not in names:
                 raise FormatError("not an ActiGraph .gt3x: the ZIP has no info.txt")
-            with zf.open("info.txt") as fh:
-                info = _info_fields(fh.read(_MAX_INFO).decode("utf-8-sig", "replace"))
+            # Everything the container unpacks to counts against the upload limit.
+            budget = limits.max_content_bytes
+            for member in zf.infolist():
+                check_member(member.filename, member.file_size, member.compress_size, budget,
+                             limits.max_inflate_ratio)  # fmt: skip
+                budget -= member.file_size
+            info_member = zf.getinfo("info.txt")
+            with zf.open(info_member) as fh:
+                info_bytes = BoundedMember(
+                    fh, "info.txt", info_member.compress_size, _MAX_INFO, limits.max_inflate_ratio
+                ).read(_MAX_INFO)
+            info = _info_fields(info_bytes.decode("utf-8-sig", "replace"))
             log_info = zf.getinfo("log.bin")
-            log = zf.open(log_info)
+            log = BoundedMember(
+                zf.open(log_info), "log.bin", log_info.compress_size,
+                limits.max_content_bytes - info_member.file_size, limits.max_inflate_ratio,
+            )  # fmt: skip
             if resume is not None:
                 if not 0 <= resume.offset <= log_info.file_size:
                     raise FormatError(f"cannot resume this .gt3x at log.bin byte {resume.offset}")
                 log.seek(resume.offset)
+        except ArchiveRefused as exc:
+            raise FormatError(f"this .gt3x was refused: {exc}") from exc
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
                 ValueError) as exc:  # fmt: skip
             raise FormatError(f"not a readable .gt3x (ZIP) file: {exc}") from exc
@@ -137,37 +237,42 @@ class Gt3xReader:
         return max(0, round(span / _TICKS_PER_S * self._rate)) if span > 0 else None
 
     def batches(self, target_samples: Callable[[], int]) -> Iterator[SampleBatch]:
-        """Yield whole records, about `target_samples()` samples per batch."""
+        """Yield whole records, about `target_samples()` samples (or 16 MiB of log.bin) per batch."""
         if self._log is None:
             raise RuntimeError("open() first")
-        buf, base, eof = b"", self._offset, False  # buf[0] is log.bin offset `base`
-        while True:
-            target = max(1, target_samples())
-            pos, n = self._offset - base, 0
+        scan, base, pos = _Scan(b"", eof=False), self._offset, 0  # scan.buf[0] is log.bin `base`
+        finished = False
+        while not finished:
+            target, batch_start = max(1, target_samples()), base + pos
             parts: list[tuple[int, npt.NDArray[np.int16]]] = []
-            counts = {"bad checksum": 0, "garbage": 0, "legacy": 0, "truncated": 0}
-            counts["zip damage"] = 0
-            while n < target:
-                if len(buf) - pos < _HEAD + 1 or (
-                    buf[pos] == _SEP and len(buf) - pos < _HEAD + self._size_at(buf, pos) + 1
-                ):
-                    if eof:
-                        if pos < len(buf):
-                            counts["truncated"] += 1
-                            pos = len(buf)
-                        break
-                    buf, base, pos = buf[pos:], base + pos, 0
-                    chunk = self._read_chunk(base + len(buf), counts)
-                    eof = not chunk
-                    buf += chunk
-                    continue
-                pos, part = self._record(buf, pos, counts)
-                if part is not None:
-                    parts.append(part)
-                    n += len(part[1])
+            counts = dict.fromkeys(("bad checksum", "garbage", "legacy", "truncated", "zip damage"), 0)
+            n = 0
+            while n < target and base + pos - batch_start < MAX_BATCH_INPUT_BYTES:
+                stop, kind = scan.next_stop(pos)
+                if stop > pos:  # garbage and records that fail their checksum, skipped at once
+                    counts["bad checksum"] += scan.untrusted_between(pos, stop)
+                    counts["garbage"] += scan.garbage_between(pos, stop)
+                    pos = stop
+                if kind == _VALID:
+                    pos, part = self._record(scan.buf, pos, int(scan.end[pos]), counts)
+                    if part is not None and len(part[1]):
+                        parts.append(part)
+                        n += len(part[1])
+                elif kind == _TRUSTED:  # framing intact, payload damaged: skip the record whole
+                    counts["bad checksum"] += 1
+                    pos = int(scan.end[pos]) + 1
+                elif scan.eof:  # an incomplete record at the end of log.bin, or the end itself
+                    if kind == _INCOMPLETE:
+                        counts["truncated"] += 1
+                    pos, finished = len(scan.buf), True
+                    break
+                else:  # the record runs past the buffer: read on and classify again
+                    rest = scan.buf[pos:]
+                    base += pos
+                    chunk = self._read_chunk(base + len(rest), counts)
+                    scan, pos = _Scan(rest + chunk, eof=not chunk), 0
             self._offset = base + pos
-            skipped = sum(counts.values())
-            if not parts and not skipped:
+            if finished and not parts and not any(counts.values()):
                 return
             yield self._make_batch(parts, counts)
 
@@ -176,37 +281,24 @@ class Gt3xReader:
         assert self._log is not None
         try:
             return self._log.read(_CHUNK)
+        except ArchiveRefused as exc:  # inflating past a limit is fatal: the job fails with it
+            raise FormatError(str(exc)) from exc
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError) as e:
             counts["zip damage"] += 1
             self._zip_error = f"log.bin is damaged after byte {at} ({e}); the rest was skipped"
             return b""
 
     @staticmethod
-    def _size_at(buf: bytes, pos: int) -> int:
-        return int.from_bytes(buf[pos + 6 : pos + 8], "little")
-
     def _record(
-        self, buf: bytes, pos: int, counts: dict[str, int]
+        buf: bytes, pos: int, end: int, counts: dict[str, int]
     ) -> tuple[int, tuple[int, npt.NDArray[np.int16]] | None]:
-        """Parse the record at `pos`: (next pos, (timestamp, samples) or None)."""
-        if buf[pos] != _SEP:
-            nxt = buf.find(bytes([_SEP]), pos + 1)
-            counts["garbage"] += 1
-            return (len(buf) if nxt < 0 else nxt), None
-        size = self._size_at(buf, pos)
-        end = pos + _HEAD + size
-        xor = int(np.bitwise_xor.reduce(np.frombuffer(buf, np.uint8, end - pos, pos)))
-        if (~xor & 0xFF) != buf[end]:
-            counts["bad checksum"] += 1
-            # Trust the size only if a record separator follows; else resync byte by byte.
-            ok_next = end + 1 < len(buf) and buf[end + 1] == _SEP
-            return (end + 1 if ok_next else pos + 1), None
+        """Decode the checksum-valid record at `pos` (checksum byte at `end`)."""
         rtype, ts = buf[pos + 1], int.from_bytes(buf[pos + 2 : pos + 6], "little")
         if rtype == _ACTIVITY2:
-            n = size // 6
+            n = (end - pos - _HEAD) // 6
             raw = np.frombuffer(buf, "<i2", n * 3, pos + _HEAD).reshape(n, 3)
             return end + 1, (ts, raw)
-        if rtype == _ACTIVITY and size:
+        if rtype == _ACTIVITY and end > pos + _HEAD:
             counts["legacy"] += 1
         return end + 1, None
 
@@ -229,7 +321,16 @@ class Gt3xReader:
             "legacy": "legacy 12-bit ACTIVITY records were not decoded",
             "truncated": "record at the end of log.bin is incomplete (truncated file)",
         }
-        warnings = [f"{n} {labels[k]}" for k, n in counts.items() if n and k in labels]
+        # Each kind is described once per file (where it first happened); later ones are
+        # only counted in rows_skipped, so a damaged file cannot flood the warnings.
+        warnings = []
+        for kind, n in counts.items():
+            if n and kind in labels and kind not in self._warned:
+                self._warned.add(kind)
+                warnings.append(
+                    f"{n} {labels[kind]} by log.bin byte {self._offset:,} (any later ones are "
+                    "counted in rows skipped, not described again)"
+                )
         if counts["zip damage"]:
             warnings.append(self._zip_error)
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)

@@ -11,11 +11,16 @@ import csv
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from services.parser.formats.base import FormatError
 from services.parser.formats.units import is_unit_token
 
 HEAD_BYTES = 64 * 1024
+# A head grows past HEAD_BYTES while it holds too few lines to sniff (a header line with a
+# very long unit, a wide preamble), up to a 1 MiB line (the chunker's MAX_LINE_BYTES) plus
+# HEAD_BYTES of rows after it.
+MAX_HEAD_BYTES = (1 << 20) + HEAD_BYTES
 # Tried in this order; TAB and ';' first because their data lines may also contain ','
 # (decimal commas, .sto cells) while ',' data never contains them.
 DELIMITERS = ("\t", ";", ",", " ")
@@ -40,6 +45,23 @@ class Layout:
     sample_rows: list[list[str]] = field(default_factory=list)  # first data rows, split
     quoted_data: bool = False
     head_complete: bool = False  # the head held the whole file
+
+
+def read_head(f: BinaryIO) -> tuple[bytes, bool]:
+    """The first bytes of `f` to sniff, and whether they are the whole file; `f` is left at 0.
+
+    Usually HEAD_BYTES; more (doubling, up to MAX_HEAD_BYTES) while they hold fewer than
+    a sniff's worth of lines, so a 600 KB header line still leaves data rows to look at.
+    """
+    f.seek(0)
+    head = f.read(HEAD_BYTES)
+    complete = len(head) < HEAD_BYTES
+    while not complete and len(head) < MAX_HEAD_BYTES and head.count(b"\n") < _SAMPLE_ROWS + 8:
+        more = f.read(min(len(head), MAX_HEAD_BYTES - len(head)))
+        complete = not more
+        head += more
+    f.seek(0)
+    return head, complete
 
 
 def decode_line(raw: bytes, first: bool = False) -> str:
@@ -150,6 +172,11 @@ def _starts_data(rows: list[list[str]], i: int, width: int, dec: bool) -> bool:
 def sniff_layout(head: bytes, complete: bool) -> Layout:
     """Find delimiter, header, units row and data start in the first bytes of a file."""
     lines, offsets = split_lines(head, complete)
+    if not lines and head.strip() and not complete:
+        raise FormatError(
+            f"the first line is longer than {len(head) >> 10:,} KiB: a header that long is not "
+            "supported; this does not look like a line-by-line text recording"
+        )
     if not lines:
         raise FormatError("the file is empty or has no complete line")
     delim, width, dec = _choose_delimiter(lines[:4000])

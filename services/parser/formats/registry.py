@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import PurePath
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
-from services.parser.formats.base import FormatError, Reader
-from services.parser.formats.header import HEAD_BYTES, Layout, sniff_layout
+from imuflow.settings import Settings
+from services.parser.formats.base import FormatError, Limits, Reader
+from services.parser.formats.guard import GuardedReader
+from services.parser.formats.header import HEAD_BYTES, Layout, read_head, sniff_layout
 from services.parser.formats.presets import TEXT_PRESETS
 from services.parser.formats.text_engine import TextReader
 
@@ -97,8 +99,17 @@ def _text_preset(layout: Layout) -> str:
     return "generic_csv"
 
 
-def detect_format(head: bytes, filename: str) -> str:
-    """Return the format id for a file from its first ~64 KiB; raise FormatError if none."""
+def detect_file(f: BinaryIO, filename: str) -> str:
+    """Return the format id of an open file from its head (`header.read_head`); `f` is left at 0."""
+    head, complete = read_head(f)
+    return detect_format(head, filename, complete=complete)
+
+
+def detect_format(head: bytes, filename: str, *, complete: bool | None = None) -> str:
+    """Return the format id for a file from its first ~64 KiB; raise FormatError if none.
+
+    `complete` says whether `head` is the whole file (by default: shorter than 64 KiB).
+    """
     for format_id, binary in BINARY_READERS.items():
         if binary.sniff(head, filename):
             return format_id
@@ -115,16 +126,25 @@ def detect_format(head: bytes, filename: str) -> str:
         raise FormatError(reason)
     if head.lstrip(b"\xef\xbb\xbf").startswith(b"Device Identity"):
         raise FormatError("GENEActiv .bin files need the geneactiv reader, which is not installed")
-    layout = sniff_layout(head, complete=len(head) < HEAD_BYTES)
+    layout = sniff_layout(head, complete=len(head) < HEAD_BYTES if complete is None else complete)
     return _text_preset(layout)
 
 
+def read_limits(settings: Settings) -> Limits:
+    """The readers' bounds (SPEC §7 "Limits and fairness") from the settings."""
+    return Limits(
+        max_content_bytes=settings.max_upload_bytes,
+        max_inflate_ratio=settings.max_inflate_ratio,
+        max_bytes_without_sample=settings.max_bytes_without_sample,
+    )
+
+
 def make_reader(format_id: str) -> Reader:
-    """Build a fresh reader for `format_id`; raise FormatError listing the valid ids."""
+    """A fresh reader for `format_id`, behind the no-sample guard; FormatError lists the valid ids."""
     if format_id in TEXT_PRESETS:
-        return TextReader(TEXT_PRESETS[format_id])
+        return GuardedReader(TextReader(TEXT_PRESETS[format_id]))
     if format_id in BINARY_READERS:
-        return BINARY_READERS[format_id].factory()
+        return GuardedReader(BINARY_READERS[format_id].factory())
     if format_id in FORMAT_IDS:
         raise FormatError(f"the {format_id!r} reader is not available in this installation")
     raise FormatError(f"unknown format {format_id!r}; valid formats: " + ", ".join(sorted(FORMAT_IDS)))

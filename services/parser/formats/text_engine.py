@@ -28,7 +28,7 @@ from services.parser.formats.base import (
 from services.parser.formats.blocks import Block, parse_block
 from services.parser.formats.chunker import LineChunker
 from services.parser.formats.columns import ColumnMap, map_columns, sensor_of_word
-from services.parser.formats.header import HEAD_BYTES, Layout, sniff_layout
+from services.parser.formats.header import Layout, read_head, sniff_layout
 from services.parser.formats.localtime import load_zone, local_to_utc_ns
 from services.parser.formats.presets import Preset
 from services.parser.formats.timebase import (
@@ -85,10 +85,9 @@ class TextReader:
     def open(self, f: BinaryIO, options: ReadOptions, resume: ResumePoint | None) -> FileInfo:
         """Sniff the layout and time base, then position at the data (or the resume point)."""
         load_zone(options.timezone)  # fail fast on a bad zone name
+        head, complete = read_head(f)
+        layout = sniff_layout(head, complete=complete)
         total = f.seek(0, 2)
-        f.seek(0)
-        head = f.read(HEAD_BYTES)
-        layout = sniff_layout(head, complete=len(head) >= total)
         try:
             cmap = map_columns(layout.names, layout.units, self._preset.default_units, axis_sensor(options))
         except FormatError as exc:
@@ -237,7 +236,8 @@ class TextReader:
                 f"{where} has the wrong number of fields and was skipped: {text[:_MAX_EXAMPLE]!r}",
                 warnings,
             )
-        if empty_rows.size:
+        if empty_rows.size and "values" not in self._state["warned"]:
+            # Finding the row's line walks the block in Python: only for the one warning.
             line, text = _row_line(data, int(empty_rows[0]), blk, line0)
             self._warn(
                 "values",

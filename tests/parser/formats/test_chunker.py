@@ -43,3 +43,23 @@ def test_exactly_n_newlines_never_hand_out_a_partial_line(monkeypatch: pytest.Mo
         assert block.endswith(b"\n")
         blocks.append(block)
     assert b"".join(blocks) == data
+
+
+def test_a_block_stops_at_max_block_bytes_when_lines_are_far_longer_than_estimated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chunker_module, "MAX_BLOCK_BYTES", 256 * 1024)
+    line = b"1," + b"9" * 10_000 + b"\n"
+    data = line * 200  # ~2 MB; the estimate says 10 bytes a line
+    chunker = LineChunker(io.BytesIO(data), 0, 10.0)
+    pieces = []
+    while True:
+        block, _, eof = chunker.next_block(50_000)
+        if not block:
+            break
+        assert len(block) <= 256 * 1024 and block.endswith(b"\n")
+        assert chunker.last_lines == block.count(b"\n")
+        pieces.append(block)
+        if eof:
+            break
+    assert b"".join(pieces) == data and len(pieces) >= 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import struct
+import time
 import zipfile
 
 import numpy as np
@@ -12,8 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.parser.formats.base import STANDARD_GRAVITY, FormatError, ReadOptions
+from services.parser.formats import gt3x
+from services.parser.formats.base import STANDARD_GRAVITY, FormatError, Limits, ReadOptions
 from services.parser.formats.gt3x import Gt3xReader, sniff
+from services.parser.formats.registry import make_reader
+from tests.common.test_archives import claiming
 from tests.parser.formats.binary_helpers import (
     check_resume_everywhere,
     concat,
@@ -35,7 +39,12 @@ def record(rtype: int, ts: int, payload: bytes, good: bool = True) -> bytes:
     return body + bytes([(~x & 0xFF) ^ (0 if good else 0x5A)])
 
 
-def make_gt3x(log: bytes, info_extra: str = "TimeZone: -05:00:00\r\n", member: str = "log.bin") -> bytes:
+def make_gt3x(
+    log: bytes,
+    info_extra: str = "TimeZone: -05:00:00\r\n",
+    member: str = "log.bin",
+    compression: int = zipfile.ZIP_DEFLATED,
+) -> bytes:
     """A .gt3x ZIP with info.txt (30 Hz, scale 256) and the given log.bin."""
 
     def ticks(t: dt.datetime) -> int:
@@ -47,7 +56,7 @@ def make_gt3x(log: bytes, info_extra: str = "TimeZone: -05:00:00\r\n", member: s
         f"Acceleration Scale: 256.0\r\n{info_extra}"
     )
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(out, "w", compression) as zf:
         zf.writestr("info.txt", info)
         zf.writestr(member, log)
     return out.getvalue()
@@ -147,3 +156,78 @@ def test_randomly_corrupted_gt3x_never_crashes(flips: list[tuple[int, int]]) -> 
     for at, value in flips:
         data[at % len(data)] = value
     read_never_crashes(Gt3xReader, bytes(data), target=50)
+
+
+# --- hostile files (SPEC §7 "Limits and fairness") --------------------------------------
+
+
+def inflating_log(mib: int) -> bytes:
+    """Identical ACTIVITY2 records: a log.bin that deflates several hundred to one."""
+    one = record(0x1A, START_S, bytes(6 * RATE))
+    return one * (mib * (1 << 20) // len(one))
+
+
+def test_a_member_inflating_past_the_ratio_is_refused_before_reading() -> None:
+    data = make_gt3x(inflating_log(40))
+    assert len(data) < 400_000  # 40 MiB of log.bin in a few hundred KB
+    with pytest.raises(FormatError, match=r"log.bin inflates [0-9,]+:1, more than the 100:1"):
+        read_all(Gt3xReader(), data)
+
+
+def test_uncompressed_content_counts_against_the_upload_limit() -> None:
+    log, _ = synthetic_log(10)
+    options = ReadOptions(limits=Limits(max_content_bytes=len(log) // 2))
+    with pytest.raises(FormatError, match=r"log\.bin unpacks to .* more than the"):
+        read_all(Gt3xReader(), make_gt3x(log), options=options)
+    options = ReadOptions(limits=Limits(max_content_bytes=len(log) + 10_000))
+    assert sum(len(b) for b in read_all(Gt3xReader(), make_gt3x(log), options=options)[1]) == 9 * RATE
+
+
+def test_a_directory_claiming_huge_counts_is_refused_before_zipfile_reads_it() -> None:
+    log, _ = synthetic_log(2)
+    data = claiming(make_gt3x(log), 65_535, 0xFFFFFFF0)
+    with pytest.raises(FormatError, match="65,535 members"):
+        read_all(Gt3xReader(), data)
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        b"\x1e\x00" * (2 << 20),  # a separator every other byte, none framing a record
+        b"\x1e\x1a\x00\x00\x00\x00\xff\xff\x00" * 460_000,  # each claims a 64 KiB record that fails
+        bytes(np.random.default_rng(5).integers(0, 256, 4 << 20, dtype=np.uint8)),
+    ],
+    ids=["dense-separators", "fake-long-records", "random"],
+)
+def test_fake_records_are_scanned_in_linear_time(log: bytes) -> None:
+    data = make_gt3x(log, compression=zipfile.ZIP_STORED)
+    t0 = time.perf_counter()
+    _, batches = read_all(Gt3xReader(), data)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 5, f"{len(log) / elapsed / 1e6:.1f} MB/s"  # ~0.1 s now; the old resync took 10 s+
+    assert sum(b.rows_skipped for b in batches) > 0 and batches[-1].end_offset == len(log)
+
+
+def test_records_without_samples_still_end_batches_and_trip_the_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    battery = record(0x02, START_S, b"\x10\x0f")
+    log = battery * ((1 << 20) // len(battery)) + synthetic_log(2)[0]
+    monkeypatch.setattr(gt3x, "MAX_BATCH_INPUT_BYTES", 64 * 1024)
+    _, batches = read_all(Gt3xReader(), make_gt3x(log, compression=zipfile.ZIP_STORED))
+    assert len(batches) >= 16 and all(len(b) == 0 for b in batches[:15])
+    assert sum(len(b) for b in batches) == 2 * RATE  # the two seconds after the stretch
+    reader = make_reader("gt3x")
+    options = ReadOptions(limits=Limits(max_bytes_without_sample=256 * 1024))
+    reader.open(io.BytesIO(make_gt3x(log, compression=zipfile.ZIP_STORED)), options, None)
+    with pytest.raises(FormatError, match="without finding one IMU sample"):
+        list(reader.batches(lambda: 50_000))
+
+
+def test_each_kind_of_damage_is_described_once_per_file() -> None:
+    good = record(0x1A, START_S, bytes(6 * RATE))
+    bad = record(0x1A, START_S, bytes(6 * RATE), good=False)
+    _, batches = read_all(Gt3xReader(), make_gt3x((good + bad) * 200), target=RATE)
+    warnings = [w for b in batches for w in b.warnings]
+    assert len(warnings) == 1 and "failed their checksum" in warnings[0]
+    assert sum(b.rows_skipped for b in batches) == 200
