@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_username: str = ""
     smtp_password: str = ""
-    smtp_starttls: bool | None = None  # unset = true unless port 25 or a loopback host
+    smtp_starttls: str = ""  # "" (auto) = true unless port 25 or a loopback host; true/false
     smtp_ca_file: str = ""  # extra CA bundle for a private SMTP server's certificate
     # Error tracking: unexpected errors of every service go to this Sentry DSN (empty = off).
     sentry_dsn: str = ""
@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     progress_tracking: bool = True
     log_level: str = "INFO"
     sse_ping_seconds: float = Field(15.0, gt=0)
+
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _tristate(cls, value: Any) -> str:
+        # Kept a string (not bool | None) so that every setting round-trips through the
+        # environment of a child process; "" means "decide from host and port".
+        text = str(value).strip().lower() if value is not None else ""
+        if text in ("", "auto", "none"):
+            return ""
+        if text in ("1", "true", "yes", "on"):
+            return "true"
+        if text in ("0", "false", "no", "off"):
+            return "false"
+        raise ValueError("IMUFLOW_SMTP_STARTTLS must be true, false or empty (auto)")
 
     @field_validator("data_dir")
     @classmethod
@@ -124,8 +138,8 @@ class Settings(BaseSettings):
         """STARTTLS unless told otherwise, port 25, a loopback host or implicit TLS (SPEC §7)."""
         if self.smtp_implicit_tls:
             return False
-        if self.smtp_starttls is not None:
-            return self.smtp_starttls
+        if self.smtp_starttls:
+            return self.smtp_starttls == "true"
         return not (self.smtp_port == 25 or _is_loopback(self.smtp_host))
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ CREATE TABLE parser_heartbeats (
     concurrency       integer NOT NULL,
     jobs_in_flight    integer NOT NULL DEFAULT 0,
     samples_parsed    bigint NOT NULL DEFAULT 0,  -- since the process started
-    consumer_lag      bigint                      -- the parser group's lag as this parser saw it
+    consumer_lag      bigint                      -- the parser group's lag as this parser last measured it
 );
 
 -- Trends read batches and finished files by time.

@@ -1,0 +1,34 @@
+-- Queries of the operator dashboard (services/progress/dashboard.py), over migration 0012.
+
+-- name: parsers
+-- Parsers seen in the last day, live ones first (live: a heartbeat within three intervals).
+SELECT parser_id, hostname, pid, started_at, seen_at,
+       EXTRACT(EPOCH FROM (now() - seen_at))::double precision AS seen_seconds_ago,
+       seen_at > now() - make_interval(secs => 3 * interval_seconds) AS live,
+       concurrency, jobs_in_flight, samples_parsed, consumer_lag
+FROM parser_heartbeats
+WHERE seen_at > now() - interval '1 day'
+ORDER BY live DESC, started_at, parser_id;
+
+-- name: trends_hourly
+-- $1 days. From the streaming_trends_hourly view (30 days), oldest first.
+SELECT * FROM streaming_trends_hourly
+WHERE bucket_start >= date_trunc('hour', now() - make_interval(days => $1))
+ORDER BY bucket_start;
+
+-- name: trends_daily
+-- $1 days. From the streaming_trends_daily view (30 days), oldest first.
+SELECT * FROM streaming_trends_daily
+WHERE bucket_start >= date_trunc('day', now() - make_interval(days => $1))
+ORDER BY bucket_start;
+
+-- name: failures
+-- $1 hours, $2 limit. Files that ended failed in the last $1 hours, newest first.
+SELECT o.file_id, o.filename, u.name AS owner, o.reason, o.error_message,
+       f.attempts - f.attempts_base AS attempts, o.finished_at
+FROM streaming_job_outcomes o
+JOIN imu_data_files f ON f.id = o.file_id
+JOIN users u ON u.id = o.user_id
+WHERE o.status = 'failed' AND o.finished_at > now() - make_interval(hours => $1)
+ORDER BY o.finished_at DESC, o.file_id
+LIMIT $2;
