@@ -43,7 +43,9 @@ STUCK_JOBS = Gauge("imuflow_stuck_jobs", "Jobs that match the stuck rule now")
 # Beyond SPEC §4: what the stuck-job watchdog did, and what the alert webhook delivered.
 WATCHDOG_ACTIONS = Counter("imuflow_watchdog_actions", "Stuck jobs the watchdog acted on", ["action"])
 ALERT_NOTIFICATIONS = Counter("imuflow_alert_notifications", "Alert webhook deliveries", ["outcome"])
-ALERT_EMAILS = Counter("imuflow_alert_emails", "Alert e-mail digests (dropped: alerts past the bound)", ["outcome"])
+ALERT_EMAILS = Counter(
+    "imuflow_alert_emails", "Alert e-mail digests (dropped: alerts past the bound)", ["outcome"]
+)
 # Early warning (SPEC §7): parsing jobs whose batch rate fell below a third of their median.
 SLOWING_JOBS = Gauge("imuflow_slowing_jobs", "Parsing jobs that are slowing down now")
 

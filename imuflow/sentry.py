@@ -28,9 +28,25 @@ from imuflow.settings import Settings
 FILTERED = "[Filtered]"
 # Matched against lower-cased keys anywhere in an event (headers, cookies, extra, contexts).
 SECRET_KEYS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "cookies", "set-cookie", "x-api-key", "token",
-     "password", "secret", "session", "smtp_password", "admin_token", "imuflow_token", "imuflow_admin_token",
-     "imuflow_smtp_password", "dsn", "sentry_dsn"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "cookies",
+        "set-cookie",
+        "x-api-key",
+        "token",
+        "password",
+        "secret",
+        "session",
+        "smtp_password",
+        "admin_token",
+        "imuflow_token",
+        "imuflow_admin_token",
+        "imuflow_smtp_password",
+        "dsn",
+        "sentry_dsn",
+    }
 )
 # The infrastructure failure reasons (a user's unreadable file, "format", is not an error of ours).
 INFRASTRUCTURE = frozenset({"attempts", "stuck", "io", "database", "internal", "dead_letter"})
@@ -114,7 +130,11 @@ def scrub(value: Any) -> Any:
         return out
     if isinstance(value, list | tuple):
         # Headers arrive as [name, value] pairs in some integrations.
-        if len(value) == 2 and isinstance(value[0], str) and value[0].lower().replace("_", "-") in _NORMALISED:
+        if (
+            len(value) == 2
+            and isinstance(value[0], str)
+            and value[0].lower().replace("_", "-") in _NORMALISED
+        ):
             return [value[0], FILTERED]
         return [scrub(v) for v in value]
     if isinstance(value, str) and "bearer " in value.lower():

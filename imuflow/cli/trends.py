@@ -22,7 +22,9 @@ COMMANDS = ("trends",)
 
 def add_parsers(sub: Any) -> None:
     """Register `imuflow trends`."""
-    trends = sub.add_parser("trends", help="throughput, completions, failures by reason, queue and parse times (admin)")
+    trends = sub.add_parser(
+        "trends", help="throughput, completions, failures by reason, queue and parse times (admin)"
+    )
     trends.add_argument("--days", type=int, choices=(7, 30), default=7, help="period (default 7)")
 
 

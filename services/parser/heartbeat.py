@@ -70,4 +70,3 @@ class Heartbeat:
         )
         if prune:
             await self.pool.execute(QUERIES["prune"])
-

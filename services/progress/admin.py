@@ -9,6 +9,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from sse_starlette import EventSourceResponse
 
+from contracts.operators import (
+    FailedJob,
+    FailedJobList,
+    ParserList,
+    ParserState,
+    SlowingJob,
+    SlowingJobList,
+    TrendPoint,
+    TrendReport,
+)
 from contracts.records import (
     AdminJob,
     AdminJobList,
@@ -21,16 +31,6 @@ from contracts.records import (
     StuckJobList,
     StuckResetRequest,
     StuckResetResult,
-)
-from contracts.operators import (
-    FailedJob,
-    FailedJobList,
-    ParserList,
-    ParserState,
-    SlowingJob,
-    SlowingJobList,
-    TrendPoint,
-    TrendReport,
 )
 from imuflow import metrics
 from imuflow.web import AppSettings, CurrentAdmin

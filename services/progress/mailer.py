@@ -121,7 +121,9 @@ class EmailDigest:
         if self._pending:
             await self.send_pending()
         if self._pending:
-            log.warning("stopping with %d alerts not mailed", len(self._pending), extra=fields(action="alert_lost"))
+            log.warning(
+                "stopping with %d alerts not mailed", len(self._pending), extra=fields(action="alert_lost")
+            )
 
     async def send_pending(self) -> bool:
         """Mail everything pending as one digest; False (alerts kept) when that failed."""
@@ -133,7 +135,9 @@ class EmailDigest:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             metrics.ALERT_EMAILS.labels("failed").inc()
             log.warning(
-                "alert e-mail not sent: %s", exc, extra=fields(action="alert_email_failed", alerts=len(alerts))
+                "alert e-mail not sent: %s",
+                exc,
+                extra=fields(action="alert_email_failed", alerts=len(alerts)),
             )
             kept = (alerts + self._pending)[: self.max_alerts]
             self._omitted += omitted + len(alerts) + len(self._pending) - len(kept)
@@ -141,7 +145,8 @@ class EmailDigest:
             return False
         metrics.ALERT_EMAILS.labels("sent").inc()
         log.info(
-            "alert digest mailed", extra=fields(action="alert_email_sent", alerts=len(alerts), to=self.recipients)
+            "alert digest mailed",
+            extra=fields(action="alert_email_sent", alerts=len(alerts), to=self.recipients),
         )
         return True
 

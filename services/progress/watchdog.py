@@ -98,8 +98,9 @@ def stuck_alert(rows: list[dict[str, Any]]) -> Alert:
             str(r["file_id"]),
             r["filename"],
             r["owner"],
-            f"{r['status']}, no progress for {r['stuck_for_seconds']:.0f} s (limit {r['limit_seconds']:.0f} s); "
-            "the watchdog's reset did not take (row locked by a hung parser?)",
+            f"{r['status']}, no progress for {r['stuck_for_seconds']:.0f} s "
+            f"(limit {r['limit_seconds']:.0f} s); the watchdog's reset did not take "
+            "(row locked by a hung parser?)",
         )
         for r in rows
     )

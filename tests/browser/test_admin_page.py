@@ -74,7 +74,7 @@ async def test_the_operator_page_shows_what_needs_attention_first(
     try:
         grace, heidi = await make_user(conn, "grace"), await make_user(conn, "heidi")
         await history(conn, heidi)
-        stuck = await make_job(conn, grace, checkpoint_ago=4000, claimed_ago=5000, filename="stuck.cwa")
+        await make_job(conn, grace, checkpoint_ago=4000, claimed_ago=5000, filename="stuck.cwa")
         slowing = await make_job(conn, heidi, checkpoint_ago=0.5, claimed_ago=20, filename="slowing.csv")
         await add_gapped_batches(conn, slowing, heidi, [0.1] * 12 + [1.0] * 5)
         broken = await make_job(conn, grace, status="failed", attempts=5, filename="broken.csv")
@@ -84,7 +84,9 @@ async def test_the_operator_page_shows_what_needs_attention_first(
             broken,
         )
 
-        stack = await service_stack(test_settings, env={"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"})
+        stack = await service_stack(
+            test_settings, env={"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
+        )
         user_token = await make_token(database_url, "grace")
         admin_token = await make_token(database_url, "ops", admin=True)
         answer = await upload(stack.ingest_url, user_token, XIO)
@@ -92,7 +94,9 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         xio = answer.json()["id"]
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(300):  # bounded: ~60 s
-                record = (await client.get(f"{stack.progress_url}/api/files/{xio}", headers=bearer(user_token))).json()
+                record = (
+                    await client.get(f"{stack.progress_url}/api/files/{xio}", headers=bearer(user_token))
+                ).json()
                 if record["status"] == "completed":
                     break
                 await asyncio.sleep(0.2)
@@ -132,7 +136,9 @@ async def test_the_operator_page_shows_what_needs_attention_first(
 
         charts = page.locator("#trends svg[role=img]")
         await expect(charts).to_have_count(3)
-        await expect(charts.first).to_have_attribute("aria-label", "Throughput in samples/s per hour, last 7 days")
+        await expect(charts.first).to_have_attribute(
+            "aria-label", "Throughput in samples/s per hour, last 7 days"
+        )
         assert await page.locator("#trends path.line").count() >= 2
         assert await page.locator("#trends rect.bar-ok").count() >= 6
         await expect(page.locator("#trend-totals")).to_contain_text("19 files completed")
@@ -157,7 +163,9 @@ async def test_the_operator_page_shows_what_needs_attention_first(
 
         await page.get_by_role("button", name="30 days").click()
         await expect(page.locator("#trend-totals")).to_contain_text("Last 30 days, per day")
-        await expect(charts.first).to_have_attribute("aria-label", "Throughput in samples/s per day, last 30 days")
+        await expect(charts.first).to_have_attribute(
+            "aria-label", "Throughput in samples/s per day, last 30 days"
+        )
     finally:
         await hold.rollback()
         await holder.close()

@@ -118,8 +118,8 @@ async def add_gapped_batches(
             INSERT INTO streaming_processing_logs
                 (file_id, user_id, run, batch_number, samples_in_batch, total_samples_processed,
                  batch_processing_time_ms, started_at, completed_at, attempt)
-            VALUES ($1, $2, 1, $3, $4, $5, $6::float8 * 200, $7::timestamptz - make_interval(secs => $6::float8 / 5),
-                    $7::timestamptz, $8)
+            VALUES ($1, $2, 1, $3, $4, $5, $6::float8 * 200,
+                    $7::timestamptz - make_interval(secs => $6::float8 / 5), $7::timestamptz, $8)
             """,
             file_id,
             user_id,

@@ -55,7 +55,9 @@ class SmtpServer:
         if tls is not None:
             kwargs.update(tls_context=tls, require_starttls=True)
         if users:
-            kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=tls is not None)
+            kwargs.update(
+                authenticator=self._authenticate, auth_required=True, auth_require_tls=tls is not None
+            )
         self._controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port, **kwargs)
 
     def _authenticate(

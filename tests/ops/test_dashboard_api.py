@@ -1,4 +1,7 @@
-"""The operator dashboard's API, metric and CLI on running services: early warning, parsers, trends, failures."""
+"""The operator dashboard's API, metric and CLI on running services.
+
+Early warning, parsers, trends and failures.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +72,9 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
     base = f"{stack.progress_url}/api/admin"
 
     slowing = (await get(f"{base}/slowing", admin)).json()["items"]
-    assert [(j["file_id"], j["owner"], j["filename"]) for j in slowing] == [(str(slow), "dora", "slowing.cwa")]
+    assert [(j["file_id"], j["owner"], j["filename"]) for j in slowing] == [
+        (str(slow), "dora", "slowing.cwa")
+    ]
     assert slowing[0]["median_rate"] == pytest.approx(10_000, rel=0.02) and slowing[0]["slow_batches"] == 5
     jobs = {j["id"]: j for j in (await get(f"{base}/jobs", admin)).json()["items"]}
     assert jobs[str(slow)]["is_slowing"] and not jobs[str(slow)]["is_stuck"]
@@ -78,6 +83,7 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
     async def gauge() -> bool:
         text = (await get(f"{stack.progress_url}/metrics")).text
         return sample(text, "imuflow_slowing_jobs") == 1
+
     await wait_for(gauge)  # fmt: skip
     # Every process exports the family from start (the parser has no jobs to judge: 0).
     assert sample((await get(f"{stack.parser_metrics_url}/metrics")).text, "imuflow_slowing_jobs") == 0
@@ -86,6 +92,7 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
     async def live() -> list[dict[str, Any]]:
         body = (await get(f"{base}/parsers", admin)).json()
         return [p for p in body["items"] if p["live"]]
+
     parsers = await wait_for(live)  # fmt: skip
     assert len(parsers) == 1 and parsers[0]["concurrency"] == settings.parser_concurrency
     lag = (await get(f"{base}/parsers", admin)).json()["consumer_lag"]
@@ -109,7 +116,9 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
 
     data_dir = tmp_path / "cli"
     data_dir.mkdir()
-    (data_dir / "stack.env").write_text(f"IMUFLOW_PROGRESS_URL={stack.progress_url}\nIMUFLOW_ADMIN_TOKEN={admin}\n")
+    (data_dir / "stack.env").write_text(
+        f"IMUFLOW_PROGRESS_URL={stack.progress_url}\nIMUFLOW_ADMIN_TOKEN={admin}\n"
+    )
     code, out = await imuflow(data_dir, "status")
     assert code == 0 and "slowing.cwa" in out and "1 job(s) slowing" in out and str(slow) in out, out
     code, out = await imuflow(data_dir, "trends")

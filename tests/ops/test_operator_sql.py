@@ -68,7 +68,8 @@ async def test_trend_views_count_throughput_outcomes_and_times_per_hour(conn: as
     await conn.execute(
         """
         UPDATE imu_data_files SET created_at = now() - interval '70 seconds',
-               processing_started_at = now() - interval '60 seconds', completed_at = now() - interval '20 seconds'
+               processing_started_at = now() - interval '60 seconds',
+               completed_at = now() - interval '20 seconds'
         WHERE id = ANY($1::uuid[])
         """,
         [ok, bad, gave_up],

@@ -69,13 +69,17 @@ APP = textwrap.dedent(
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.post(
                 "/boom",
-                headers={"Authorization": "Bearer tok-secret-header-1", "Cookie": "imuflow_session=cookie-secret-2"},
+                headers={
+                    "Authorization": "Bearer tok-secret-header-1",
+                    "Cookie": "imuflow_session=cookie-secret-2",
+                },
                 json={"token": "body-secret-3"},
             )
             assert r.status_code == 500, r.status_code
         task = asyncio.create_task(dies())
         await asyncio.wait([task])
-        logging.getLogger("imuflow.test").error("logged with a secret", extra={"ctx": {"token": "extra-secret-4"}})
+        secret = {"ctx": {"token": "extra-secret-4"}}
+        logging.getLogger("imuflow.test").error("logged with a secret", extra=secret)
         import sentry_sdk
         sentry_sdk.flush(timeout=10)
 
@@ -144,7 +148,9 @@ async def test_jobs_failed_for_infrastructure_reasons_reach_sentry_with_their_fi
                 spent,
             )
             # Its parser hung with no attempt left: the progress service's watchdog fails it.
-            hung = await make_job(conn, erin, checkpoint_ago=600, claimed_ago=700, attempts=2, filename="hung.csv")
+            hung = await make_job(
+                conn, erin, checkpoint_ago=600, claimed_ago=700, attempts=2, filename="hung.csv"
+            )
         finally:
             await conn.close()
         await service_stack(settings, services=["progress", "parser"])
@@ -162,7 +168,12 @@ async def test_jobs_failed_for_infrastructure_reasons_reach_sentry_with_their_fi
             await asyncio.sleep(0.2)
         events = reported()
     parser_event, watchdog_event = events[str(spent)], events[str(hung)]
-    assert parser_event["tags"]["service"] == "parser" and parser_event["tags"]["failure_reason"] == "attempts"
+    assert (
+        parser_event["tags"]["service"] == "parser" and parser_event["tags"]["failure_reason"] == "attempts"
+    )
     assert "connection reset by peer" in json.dumps(parser_event)
-    assert watchdog_event["tags"]["service"] == "progress" and watchdog_event["tags"]["failure_reason"] == "stuck"
+    assert (
+        watchdog_event["tags"]["service"] == "progress"
+        and watchdog_event["tags"]["failure_reason"] == "stuck"
+    )
     assert parser_event["level"] == "error"

@@ -116,7 +116,10 @@ async def test_jobs_that_stay_stuck_despite_the_reset_are_alerted_once(
             first = await watchdog.round()
             assert [a["file_id"] for a in first.actions] == [requeued]
             assert [a.kind for a in sink.alerts] == ["job_requeued"]
-            assert sink.alerts[0].details["filename"] == "gone.csv" and sink.alerts[0].details["owner"] == "alice"
+            assert (
+                sink.alerts[0].details["filename"] == "gone.csv"
+                and sink.alerts[0].details["owner"] == "alice"
+            )
             await watchdog.round()
             await watchdog.round()
     finally:
