@@ -109,7 +109,8 @@ class EmailDigest:
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for an alert, gather for one interval, send; the last digest goes out on stop."""
         while not stop.is_set():
-            await wait_any(stop, self._arrived, timeout=30.0)
+            if not self._pending:  # alerts kept from a failed digest go out in the next window
+                await wait_any(stop, self._arrived, timeout=30.0)
             if not self._pending:
                 self._arrived.clear()
                 continue

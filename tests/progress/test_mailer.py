@@ -157,3 +157,35 @@ async def test_starttls_and_auth_with_a_self_signed_certificate(tmp_path: Path) 
         plain.notify(failed(10))
         assert not await plain.send_pending()
     assert len(server.mailbox.snapshot()) == 1
+
+
+async def test_a_digest_the_server_refused_goes_out_with_the_next_window(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with SmtpServer(tls=server_context(cert, key), users={"alerts": "right"}) as server:
+        wrong = settings(
+            server.port,
+            alert_email_interval=0.2,
+            smtp_starttls=True,
+            smtp_ca_file=str(cert),
+            smtp_username="alerts",
+            smtp_password="wrong",
+        )
+        digest = EmailDigest(wrong)
+        stop = asyncio.Event()
+        task = asyncio.create_task(digest.run(stop))
+        failures = count("failed")
+        digest.notify(failed(1))
+        for _ in range(200):  # bounded: ~10 s
+            if count("failed") > failures:
+                break
+            await asyncio.sleep(0.05)
+        assert digest.pending == 1  # kept
+        digest.settings = wrong.model_copy(update={"smtp_password": "right"})  # the operator fixed it
+        for _ in range(200):
+            if server.mailbox.snapshot():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+    (mail,) = server.mailbox.snapshot()
+    assert "walk-1.csv" in body(mail) and digest.pending == 0
