@@ -25,7 +25,7 @@ class DashboardRepository:
 
     async def trends(self, days: int, bucket: Literal["hour", "day"]) -> list[dict[str, Any]]:
         """Trend points of the last `days` days, oldest first."""
-        return await self._fetch(QUERIES[f"trends_{'hourly' if bucket == 'hour' else 'daily'}"], days)
+        return await self._fetch(QUERIES["trends"], bucket, days)
 
     async def failures(self, hours: int, limit: int) -> list[dict[str, Any]]:
         """Files that ended failed in the last `hours`, newest first."""

@@ -79,8 +79,9 @@ LANGUAGE sql STABLE AS $$
         SELECT date_trunc(bucket, l.completed_at) AS b, count(*) AS batches,
                sum(l.samples_in_batch)::bigint AS samples,
                sum(l.batch_processing_time_ms) / 1000.0 AS busy_seconds
-        FROM streaming_processing_logs l, w
-        WHERE l.completed_at >= w.first_bucket
+        FROM streaming_processing_logs l
+        -- The expression, not w.first_bucket: a stable value the index scan can use.
+        WHERE l.completed_at >= date_trunc(bucket, now() - make_interval(days => days))
         GROUP BY 1
     ),
     per_file AS (
@@ -93,16 +94,17 @@ LANGUAGE sql STABLE AS $$
                    FILTER (WHERE o.status = 'completed') AS p50,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY o.parse_seconds)
                    FILTER (WHERE o.status = 'completed') AS p95
-        FROM streaming_job_outcomes o, w
-        WHERE o.finished_at >= w.first_bucket
+        FROM streaming_job_outcomes o
+        WHERE o.finished_at >= date_trunc(bucket, now() - make_interval(days => days))
         GROUP BY 1
     ),
     per_reason AS (
         SELECT x.b, jsonb_object_agg(x.reason, x.n) AS by_reason
         FROM (
             SELECT date_trunc(bucket, o.finished_at) AS b, o.reason, count(*) AS n
-            FROM streaming_job_outcomes o, w
-            WHERE o.status = 'failed' AND o.finished_at >= w.first_bucket
+            FROM streaming_job_outcomes o
+            WHERE o.status = 'failed'
+              AND o.finished_at >= date_trunc(bucket, now() - make_interval(days => days))
             GROUP BY 1, 2
         ) x
         GROUP BY x.b

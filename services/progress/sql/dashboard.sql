@@ -10,17 +10,10 @@ FROM parser_heartbeats
 WHERE seen_at > now() - interval '1 day'
 ORDER BY live DESC, started_at, parser_id;
 
--- name: trends_hourly
--- $1 days. From the streaming_trends_hourly view (30 days), oldest first.
-SELECT * FROM streaming_trends_hourly
-WHERE bucket_start >= date_trunc('hour', now() - make_interval(days => $1))
-ORDER BY bucket_start;
-
--- name: trends_daily
--- $1 days. From the streaming_trends_daily view (30 days), oldest first.
-SELECT * FROM streaming_trends_daily
-WHERE bucket_start >= date_trunc('day', now() - make_interval(days => $1))
-ORDER BY bucket_start;
+-- name: trends
+-- $1 bucket ('hour' or 'day'), $2 days. The function behind the streaming_trends_hourly and
+-- _daily views (30 days), called with the period asked for so a week reads only a week.
+SELECT * FROM streaming_trends($1, $2);
 
 -- name: failures
 -- $1 hours, $2 limit. Files that ended failed in the last $1 hours, newest first.
