@@ -155,6 +155,8 @@ class AdminJob(FileRecord):
     seconds_since_checkpoint: float | None  # queued or parsing only
     stuck_limit_seconds: float | None
     last_error: str | None
+    # The early warning: parsing, but 5 batches in a row below a third of its median rate.
+    is_slowing: bool = False
 
 
 class AdminJobList(BaseModel):

@@ -68,6 +68,11 @@ def bind(**values: Any) -> None:
     _context.set({**_context.get(), **values})
 
 
+def current() -> dict[str, Any]:
+    """The fields bound to the running task (file_id, batch_number, ...)."""
+    return dict(_context.get())
+
+
 def fields(**values: Any) -> dict[str, Any]:
     """`extra=` for one log call: `log.info("x", extra=fields(rows=3))`."""
     return {"ctx": values}

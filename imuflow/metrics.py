@@ -43,6 +43,11 @@ STUCK_JOBS = Gauge("imuflow_stuck_jobs", "Jobs that match the stuck rule now")
 # Beyond SPEC §4: what the stuck-job watchdog did, and what the alert webhook delivered.
 WATCHDOG_ACTIONS = Counter("imuflow_watchdog_actions", "Stuck jobs the watchdog acted on", ["action"])
 ALERT_NOTIFICATIONS = Counter("imuflow_alert_notifications", "Alert webhook deliveries", ["outcome"])
+ALERT_EMAILS = Counter(
+    "imuflow_alert_emails", "Alert e-mail digests (dropped: alerts past the bound)", ["outcome"]
+)
+# Early warning (SPEC §7): parsing jobs whose batch rate fell below a third of their median.
+SLOWING_JOBS = Gauge("imuflow_slowing_jobs", "Parsing jobs that are slowing down now")
 
 for _outcome in ("accepted", "duplicate", "rejected"):
     UPLOADS.labels(_outcome)
@@ -54,6 +59,7 @@ for _action in ("requeued", "failed"):
     WATCHDOG_ACTIONS.labels(_action)
 for _outcome in ("sent", "failed", "dropped"):
     ALERT_NOTIFICATIONS.labels(_outcome)
+    ALERT_EMAILS.labels(_outcome)
 
 
 def touch_consumer_groups(settings: Settings) -> None:

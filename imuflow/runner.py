@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imuflow import logs, metrics
+from imuflow import logs, metrics, sentry
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,14 @@ def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        sentry.init(service, settings)  # inside the loop: the asyncio integration patches it
+        await server.serve()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run())
 
 
 def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -45,6 +52,7 @@ def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event],
     metrics.touch_consumer_groups(settings)
 
     async def entry() -> None:
+        sentry.init(service, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

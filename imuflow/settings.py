@@ -8,11 +8,12 @@ configuration. Real environment variables always win over the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -47,6 +48,19 @@ class Settings(BaseSettings):
     # Alerts from the app (stuck-job actions, failed jobs): a webhook, off when empty.
     alert_webhook_url: str = ""
     alert_webhook_format: Literal["json", "slack"] = "json"
+    # The same alerts by e-mail (SPEC §7), one digest per interval; off while no recipient.
+    alert_email_to: str = ""  # comma-separated
+    alert_email_from: str = ""  # empty = imuflow@<this host>
+    alert_email_interval: float = Field(60.0, gt=0)
+    smtp_host: str = ""
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: str = ""  # "" (auto) = true unless port 25 or a loopback host; true/false
+    smtp_ca_file: str = ""  # extra CA bundle for a private SMTP server's certificate
+    # Error tracking: unexpected errors of every service go to this Sentry DSN (empty = off).
+    sentry_dsn: str = ""
+    sentry_environment: str = "production"
 
     # Where the page (progress service) and the CLI reach ingest; also the CORS origin list.
     ingest_url: str = ""
@@ -76,6 +90,20 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     sse_ping_seconds: float = Field(15.0, gt=0)
 
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _tristate(cls, value: Any) -> str:
+        # Kept a string (not bool | None) so that every setting round-trips through the
+        # environment of a child process; "" means "decide from host and port".
+        text = str(value).strip().lower() if value is not None else ""
+        if text in ("", "auto", "none"):
+            return ""
+        if text in ("1", "true", "yes", "on"):
+            return "true"
+        if text in ("0", "false", "no", "off"):
+            return "false"
+        raise ValueError("IMUFLOW_SMTP_STARTTLS must be true, false or empty (auto)")
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -100,6 +128,33 @@ class Settings(BaseSettings):
         """Base URL of the progress service (and the web page)."""
         return (self.progress_url or f"http://{self.host}:{self.progress_port}").rstrip("/")
 
+    @property
+    def alert_email_recipients(self) -> list[str]:
+        """The addresses of IMUFLOW_ALERT_EMAIL_TO (empty: no e-mail alerts)."""
+        return [a.strip() for a in self.alert_email_to.split(",") if a.strip()]
+
+    @property
+    def smtp_implicit_tls(self) -> bool:
+        """Port 465 speaks TLS from the first byte (SMTPS)."""
+        return self.smtp_port == 465
+
+    @property
+    def smtp_use_starttls(self) -> bool:
+        """STARTTLS unless told otherwise, port 25, a loopback host or implicit TLS (SPEC §7)."""
+        if self.smtp_implicit_tls:
+            return False
+        if self.smtp_starttls:
+            return self.smtp_starttls == "true"
+        return not (self.smtp_port == 25 or _is_loopback(self.smtp_host))
+
+    @model_validator(mode="after")
+    def _email_needs_a_server(self) -> Settings:
+        if self.alert_email_recipients and not self.smtp_host:
+            raise ValueError("IMUFLOW_ALERT_EMAIL_TO is set but IMUFLOW_SMTP_HOST is not")
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("set both IMUFLOW_SMTP_USERNAME and IMUFLOW_SMTP_PASSWORD, or neither")
+        return self
+
     def require_servers(self) -> None:
         """Fail fast with a clear message when a service has nothing to talk to."""
         missing = [
@@ -115,6 +170,15 @@ class Settings(BaseSettings):
                 f"{', '.join(missing)} not set: run `imuflow up` (which starts an embedded "
                 f"stack and writes {self.stack_env_path}) or set them to your servers."
             )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def read_env_file(path: Path) -> dict[str, str]:

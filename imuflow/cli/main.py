@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from imuflow.cli import data, ops
+from imuflow.cli import data, ops, trends
 from imuflow.cli.client import CliError, StackClient
 from imuflow.settings import Settings, load_settings
 
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--allow-duplicate", action="store_true")
     upload.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True)
     ops.add_parsers(sub)
+    trends.add_parsers(sub)
     data.add_parsers(sub)
     for name, text in (
         ("show", "show a file"),
@@ -96,6 +97,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from imuflow.cli import tokens
 
         return tokens.run(args, settings)
+    if command in trends.COMMANDS:
+        return trends.run(args, settings)
     if command in ops.COMMANDS:
         return ops.run(args, settings)
     if command in data.COMMANDS:

@@ -67,7 +67,7 @@ def _status(client: StackClient, out: Console, limit: int) -> int:
     if not flying:
         out.print("no jobs in flight")
         return 0
-    table = Table("file", "owner", "name", "status", "progress", "samples", "rate", "eta", "stuck")
+    table = Table("file", "owner", "name", "status", "progress", "samples", "rate", "eta", "health")
     for job in flying:
         total = f" / {job['sample_count']:,}" if job["sample_count"] else ""
         rate = f"{job['samples_per_second']:,.0f}/s" if job["samples_per_second"] else "-"
@@ -81,10 +81,23 @@ def _status(client: StackClient, out: Console, limit: int) -> int:
             f"{job['samples_processed']:,}{total}",
             rate,
             eta,
-            "[red]stuck[/red]" if job["is_stuck"] else "",
+            _health(job),
         )
     out.print(table)
+    slowing = [j for j in flying if j.get("is_slowing")]
+    if slowing:
+        out.print(
+            f"[yellow]{len(slowing)} job(s) slowing[/yellow] (5 batches in a row below a third of their "
+            "median rate; the stuck rule has not fired): " + ", ".join(j["id"] for j in slowing)
+        )
     return 0
+
+
+def _health(job: dict[str, Any]) -> str:
+    """`stuck` (the stuck rule matches), `slowing` (the early warning), or nothing."""
+    if job["is_stuck"]:
+        return "[red]stuck[/red]"
+    return "[yellow]slowing[/yellow]" if job.get("is_slowing") else ""
 
 
 def _stuck_table(rows: list[dict[str, Any]]) -> Table:

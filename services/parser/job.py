@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from contracts import events, topics
-from imuflow import kafka, metrics
+from imuflow import kafka, metrics, sentry
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -283,6 +283,7 @@ class FileJob:
         if not changed:
             return
         metrics.PARSE_FAILURES.labels(reason).inc()
+        sentry.capture_job_failure(reason, message, str(claim.file_id))  # not for "format"
         failed = events.ParseFailed(
             **claim.event_ids,
             reason=reason,

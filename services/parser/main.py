@@ -11,6 +11,7 @@ from imuflow.outbox import OutboxRelay
 from imuflow.runner import run_worker, start_metrics_server
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
+from services.parser.heartbeat import Heartbeat
 from services.parser.repository import ParserRepository
 from services.parser.worker import ParserWorker
 
@@ -33,6 +34,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
     supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
     supervisor.start("lag", worker.report_lag)
+    supervisor.start("heartbeat", Heartbeat(settings, pool).run)  # the operator page's live parsers
     metrics = await start_metrics_server(
         settings, settings.parser_metrics_port, lambda: not supervisor.stop_event.is_set()
     )

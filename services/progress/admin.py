@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from sse_starlette import EventSourceResponse
 
+from contracts.operators import (
+    FailedJob,
+    FailedJobList,
+    ParserList,
+    ParserState,
+    SlowingJob,
+    SlowingJobList,
+    TrendPoint,
+    TrendReport,
+)
 from contracts.records import (
     AdminJob,
     AdminJobList,
@@ -22,8 +32,10 @@ from contracts.records import (
     StuckResetRequest,
     StuckResetResult,
 )
+from imuflow import metrics
 from imuflow.web import AppSettings, CurrentAdmin
 from services.progress.api import Mux, Repo
+from services.progress.dashboard import DashboardRepository
 from services.progress.operations import OperationsRepository
 from services.progress.repository import Unavailable
 from services.progress.sse import stream_response
@@ -44,6 +56,14 @@ def ops_of(request: Request) -> OperationsRepository:
 
 
 Ops = Annotated[OperationsRepository, Depends(ops_of)]
+
+
+def dashboard_of(request: Request) -> DashboardRepository:
+    """The dashboard's queries, on the app's pool."""
+    return DashboardRepository(request.app.state.pool)
+
+
+Dashboard = Annotated[DashboardRepository, Depends(dashboard_of)]
 
 router = APIRouter(prefix="/api/admin", tags=["operator"], responses=ERRORS)
 page_router = APIRouter(include_in_schema=False)
@@ -119,6 +139,62 @@ async def performance(
     parsed = [PerformanceRow.model_validate(r) for r in rows]
     overall = next(r for r in parsed if r.scope == "overall")
     return PerformanceReport(overall=overall, files=[r for r in parsed if r.scope == "file"])
+
+
+@router.get("/slowing", response_model=SlowingJobList)
+async def slowing(_: CurrentAdmin, ops: Ops) -> SlowingJobList:
+    """The early warning: parsing jobs whose last 5 batches ran below a third of their median rate."""
+    try:
+        rows = await ops.slowing()
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return SlowingJobList(items=[SlowingJob.model_validate(r) for r in rows])
+
+
+@router.get("/parsers", response_model=ParserList)
+async def parsers(_: CurrentAdmin, dash: Dashboard, cfg: AppSettings) -> ParserList:
+    """Parsers from their heartbeat rows (live first) and the consumer lag of both groups."""
+    try:
+        rows = [ParserState.model_validate(r) for r in await dash.parsers()]
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    reported = [p.consumer_lag for p in rows if p.live and p.consumer_lag is not None]
+    lag = {
+        cfg.parser_group_id: max(reported) if reported else None,
+        # This replica's own consumer (each progress replica reads a share of the partitions).
+        cfg.progress_group_id: int(metrics.CONSUMER_LAG.labels(cfg.progress_group_id)._value.get()),
+    }
+    return ParserList(items=rows, consumer_lag=lag)
+
+
+@router.get("/trends", response_model=TrendReport)
+async def trends(
+    _: CurrentAdmin,
+    dash: Dashboard,
+    days: Annotated[int, Query(ge=1, le=30)] = 7,  # the views cover 30 days
+    bucket: Literal["hour", "day"] = "hour",
+) -> TrendReport:
+    """Throughput, files completed and failed by reason, queue wait and parse time per hour or day."""
+    try:
+        rows = await dash.trends(days, bucket)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return TrendReport(days=days, bucket=bucket, points=[TrendPoint.model_validate(r) for r in rows])
+
+
+@router.get("/failures", response_model=FailedJobList)
+async def failures(
+    _: CurrentAdmin,
+    dash: Dashboard,
+    hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> FailedJobList:
+    """Files that ended failed in the last `hours` (default a day), with owner and reason."""
+    try:
+        rows = await dash.failures(hours, limit)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return FailedJobList(hours=hours, items=[FailedJob.model_validate(r) for r in rows])
 
 
 @page_router.get("/admin")

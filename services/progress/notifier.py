@@ -1,4 +1,4 @@
-"""Alerts from the app: a webhook told about stuck-job actions and failed jobs.
+"""Alerts from the app: a webhook told about stuck-job actions, stuck jobs and failed jobs.
 
 `IMUFLOW_ALERT_WEBHOOK_URL` (empty = off) receives a generic JSON body, or with
 `IMUFLOW_ALERT_WEBHOOK_FORMAT=slack` a Slack-compatible `{"text": ...}` body. Alerts wait in
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,25 +23,50 @@ from imuflow.logs import fields
 from imuflow.settings import Settings
 
 log = logging.getLogger("imuflow.progress.notifier")
-AlertKind = Literal["job_requeued", "job_failed"]
+AlertKind = Literal["job_requeued", "job_failed", "jobs_stuck"]
+ICONS = {"job_requeued": ":warning:", "job_failed": ":x:", "jobs_stuck": ":rotating_light:"}
+
+
+@dataclass(frozen=True)
+class AlertFile:
+    """A file an alert is about: what an operator needs to find it and act."""
+
+    file_id: str
+    filename: str
+    owner: str
+    reason: str
 
 
 @dataclass(frozen=True)
 class Alert:
-    """One thing an operator should hear about."""
+    """One thing an operator should hear about (`jobs_stuck`: several files at once)."""
 
     kind: AlertKind
     file_id: str
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    files: tuple[AlertFile, ...] = ()
+
+    def named_files(self) -> tuple[AlertFile, ...]:
+        """Every file the alert names (one for the per-job kinds)."""
+        if self.files:
+            return self.files
+        d = self.details
+        return (
+            AlertFile(
+                self.file_id,
+                str(d.get("filename") or "?"),
+                str(d.get("owner") or "?"),
+                str(d.get("reason") or self.summary),
+            ),
+        )
 
 
 def render(alert: Alert, fmt: Literal["json", "slack"]) -> dict[str, Any]:
     """The webhook body of an alert in the configured format."""
     if fmt == "slack":
-        icon = ":warning:" if alert.kind == "job_requeued" else ":x:"
-        return {"text": f"{icon} imuflow: {alert.summary}"}
+        return {"text": f"{ICONS[alert.kind]} imuflow: {alert.summary}"}
     return {
         "source": "imuflow",
         "kind": alert.kind,
@@ -49,6 +74,7 @@ def render(alert: Alert, fmt: Literal["json", "slack"]) -> dict[str, Any]:
         "summary": alert.summary,
         "at": alert.at.isoformat(),
         **alert.details,
+        "files": [asdict(f) for f in alert.named_files()],
     }
 
 

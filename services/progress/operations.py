@@ -74,6 +74,10 @@ class OperationsRepository:
         """How many jobs the configured stuck rule matches now."""
         return int(await self._run(self.pool.fetchval, QUERIES["count_stuck"]))
 
+    async def slowing(self) -> list[dict[str, Any]]:
+        """The rows of `get_slowing_streaming_processes` (the early warning)."""
+        return [dict(r) for r in await self._run(self.pool.fetch, QUERIES["slowing"])]
+
     async def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Every user's files with owner and stuck flag, newest first."""
         return [dict(r) for r in await self._run(self.pool.fetch, QUERIES["list_jobs"], status, limit)]

@@ -86,3 +86,47 @@ async def add_batches(
             back,
             attempt,
         )
+
+
+async def add_gapped_batches(
+    conn: asyncpg.Connection,
+    file_id: uuid.UUID,
+    user_id: uuid.UUID,
+    gaps_seconds: list[float],
+    *,
+    samples: int = 1000,
+    first: int = 1,
+    attempt: int = 1,
+) -> None:
+    """Batch log rows of run 1, `samples` each, the i-th completing `gaps_seconds[i]` after the one before.
+
+    The first call's last batch completes now (a later call continues from the newest row);
+    each batch's own processing time is a fifth of its gap, so the gaps set the rates.
+    """
+    newest = await conn.fetchval(
+        "SELECT max(completed_at) FROM streaming_processing_logs WHERE file_id = $1", file_id
+    )
+    done = await conn.fetchval(
+        "SELECT COALESCE(max(total_samples_processed), 0) FROM streaming_processing_logs WHERE file_id = $1",
+        file_id,
+    )
+    at = newest or (await conn.fetchval("SELECT now()") - timedelta(seconds=sum(gaps_seconds)))
+    for i, gap in enumerate(gaps_seconds):
+        at += timedelta(seconds=gap)
+        await conn.execute(
+            """
+            INSERT INTO streaming_processing_logs
+                (file_id, user_id, run, batch_number, samples_in_batch, total_samples_processed,
+                 batch_processing_time_ms, started_at, completed_at, attempt)
+            VALUES ($1, $2, 1, $3, $4, $5, $6::float8 * 200,
+                    $7::timestamptz - make_interval(secs => $6::float8 / 5), $7::timestamptz, $8)
+            """,
+            file_id,
+            user_id,
+            first + i,
+            samples,
+            done + samples * (i + 1),
+            gap,
+            at,
+            attempt,
+        )

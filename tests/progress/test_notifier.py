@@ -9,7 +9,7 @@ import pytest
 
 from imuflow import metrics
 from imuflow.stack.procs import free_port
-from services.progress.notifier import Alert, Notifier, render
+from services.progress.notifier import Alert, AlertFile, Notifier, render
 from tests.ops.receiver import WebhookReceiver
 
 ALERT = Alert("job_failed", "f-1", "job f-1 failed: bad header", {"reason": "bad header"})
@@ -86,3 +86,19 @@ async def test_queue_is_bounded_and_drops_the_oldest(receiver: WebhookReceiver) 
     await deliver(notifier, *alerts[3:])
     assert [b["file_id"] for b in receiver.bodies] == ["f-3", "f-4"]
     assert count("dropped") == dropped + 3
+
+
+def test_a_jobs_stuck_alert_names_every_file() -> None:
+    files = (AlertFile("f-1", "a.csv", "alice", "locked"), AlertFile("f-2", "b.csv", "bob", "locked"))
+    alert = Alert("jobs_stuck", "f-1", "2 job(s) stay stuck", {"count": 2}, files=files)
+    body = render(alert, "json")
+    assert body["kind"] == "jobs_stuck" and body["count"] == 2
+    assert body["files"] == [
+        {"file_id": "f-1", "filename": "a.csv", "owner": "alice", "reason": "locked"},
+        {"file_id": "f-2", "filename": "b.csv", "owner": "bob", "reason": "locked"},
+    ]
+    assert render(alert, "slack") == {"text": ":rotating_light: imuflow: 2 job(s) stay stuck"}
+    # A per-job alert names its one file from its details.
+    assert render(ALERT, "json")["files"] == [
+        {"file_id": "f-1", "filename": "?", "owner": "?", "reason": "bad header"}
+    ]

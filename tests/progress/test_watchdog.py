@@ -10,7 +10,7 @@ import pytest
 
 from imuflow import db, metrics
 from imuflow.settings import Settings
-from services.progress.notifier import Notifier
+from services.progress.notifier import Alert, Notifier
 from services.progress.operations import WATCHDOG_LOCK, OperationsRepository
 from services.progress.watchdog import Watchdog, interval_for
 from tests.ops.jobs import make_job, make_user
@@ -87,3 +87,45 @@ async def test_failed_jobs_are_alerted_once_and_history_is_not(pool: asyncpg.Poo
     await watchdog.round()
     await watchdog.round()
     assert notifier.pending == 1
+
+
+class Recorder:
+    """An alert sink that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def notify(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+async def test_jobs_that_stay_stuck_despite_the_reset_are_alerted_once(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    async with pool.acquire() as conn:
+        user = await make_user(conn)
+        hung = await make_job(conn, user, checkpoint_ago=400, claimed_ago=500, filename="hung.csv")
+        requeued = await make_job(conn, user, checkpoint_ago=400, claimed_ago=500, filename="gone.csv")
+    sink = Recorder()
+    watchdog = Watchdog(Settings(database_url="x", stuck_after=60), OperationsRepository(pool), sink)
+    parser = await db.connect(database_url)
+    try:
+        # A hung parser holds the row lock of its job: the reset skips it (it may be alive).
+        async with parser.transaction():
+            await parser.execute("SELECT 1 FROM imu_data_files WHERE id = $1 FOR UPDATE", hung)
+            first = await watchdog.round()
+            assert [a["file_id"] for a in first.actions] == [requeued]
+            assert [a.kind for a in sink.alerts] == ["job_requeued"]
+            assert (
+                sink.alerts[0].details["filename"] == "gone.csv"
+                and sink.alerts[0].details["owner"] == "alice"
+            )
+            await watchdog.round()
+            await watchdog.round()
+    finally:
+        await parser.close()
+    stuck = [a for a in sink.alerts if a.kind == "jobs_stuck"]
+    assert len(stuck) == 1  # once, not every round
+    (f,) = stuck[0].named_files()
+    assert (f.file_id, f.filename, f.owner) == (str(hung), "hung.csv", "alice")
+    assert "did not take" in f.reason and metrics.STUCK_JOBS._value.get() == 1

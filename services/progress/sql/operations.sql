@@ -12,9 +12,11 @@ SET stuck_after = EXCLUDED.stuck_after, max_attempts = EXCLUDED.max_attempts, up
 SELECT pg_try_advisory_xact_lock($1);
 
 -- name: reset_stuck
--- $1 threshold in seconds (NULL = the configured stuck rule)
-SELECT file_id, action, attempts, reason
-FROM reset_stuck_streaming_processes(make_interval(secs => $1::double precision));
+-- $1 threshold in seconds (NULL = the configured stuck rule). With filename and owner for alerts.
+SELECT r.file_id, r.action, r.attempts, r.reason, f.filename, u.name AS owner
+FROM reset_stuck_streaming_processes(make_interval(secs => $1::double precision)) r
+LEFT JOIN imu_data_files f ON f.id = r.file_id
+LEFT JOIN users u ON u.id = f.user_id;
 
 -- name: stuck
 -- $1 threshold in seconds (NULL = the configured stuck rule)
@@ -23,12 +25,18 @@ SELECT * FROM get_stuck_streaming_processes(make_interval(secs => $1::double pre
 -- name: count_stuck
 SELECT count(*) FROM get_stuck_streaming_processes(NULL);
 
+-- name: slowing
+-- The early warning: parsing jobs slowing down (5 batches below a third of their median).
+SELECT * FROM get_slowing_streaming_processes();
+
 -- name: list_jobs
 -- $1 status (NULL = every status), $2 limit. Every user's files, newest first.
 SELECT r.*, s.owner, s.user_id AS owner_id, s.attempts_used, s.is_stuck,
-       s.seconds_since_checkpoint, s.stuck_limit_seconds, s.last_error
+       s.seconds_since_checkpoint, s.stuck_limit_seconds, s.last_error,
+       (w.file_id IS NOT NULL) AS is_slowing
 FROM file_records r
 JOIN streaming_processing_status s ON s.file_id = r.id
+LEFT JOIN get_slowing_streaming_processes() w ON w.file_id = r.id
 WHERE ($1::text IS NULL OR r.status = $1)
 ORDER BY r.created_at DESC, r.id DESC
 LIMIT $2;
