@@ -15,7 +15,7 @@ from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
-from imuflow.web import database_ready, health_router, install_error_shape
+from imuflow.web import database_ready, health_router, install_error_shape, install_origin_guard
 from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.multiplexer import Multiplexer
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
     install_error_shape(app)
+    install_origin_guard(app, settings)
     app.include_router(health_router(ready))
     app.include_router(api.router)
     app.include_router(lifecycle.router)
