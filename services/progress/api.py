@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -49,16 +51,42 @@ async def owned_file(file_id: UUID, user: CurrentUser, repo: Repo) -> FileRecord
 OwnedFile = Annotated[FileRecord, Depends(owned_file)]
 
 
-@router.get("/files", response_model=FileList, responses=NOT_FOUND)
+def encode_cursor(record: FileRecord) -> str:
+    """The opaque cursor after `record`: its (created_at, id), versioned, base64url."""
+    raw = f"1|{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """(created_at, id) of a cursor made by `encode_cursor`; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, at, file_id = raw.split("|")
+        moment = datetime.fromisoformat(at)
+        if version != "1" or moment.tzinfo is None:
+            raise ValueError(version)
+        return moment, UUID(file_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise HTTPException(400, "invalid cursor: pass the `next` of the previous page unchanged") from exc
+
+
+@router.get("/files", response_model=FileList, responses={**NOT_FOUND, 400: {"model": ErrorBody}})
 async def list_files(
     user: CurrentUser,
     repo: Repo,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
     before: datetime | None = None,
 ) -> FileList:
-    """The caller's files, newest first; page with `before` = the last `created_at`."""
-    rows = await repo.list_files(user.id, limit, before)
-    return FileList(items=[FileRecord.model_validate(r) for r in rows])
+    """The caller's files, newest first, a page at a time: follow `next` as `cursor`."""
+    after = decode_cursor(cursor) if cursor else None
+    try:
+        rows = await repo.list_files(user.id, limit + 1, before, after)
+    except Unavailable as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    items = [FileRecord.model_validate(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return FileList(items=items, next=encode_cursor(items[-1]) if more else None)
 
 
 @router.get("/files/{file_id}", response_model=FileRecord, responses=NOT_FOUND)

@@ -31,9 +31,16 @@ class ProgressRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def list_files(self, user_id: UUID, limit: int, before: datetime | None) -> list[dict[str, Any]]:
-        """The user's files, newest first."""
-        return [dict(r) for r in await self._fetch(QUERIES["list_files"], user_id, limit, before)]
+    async def list_files(
+        self,
+        user_id: UUID,
+        limit: int,
+        before: datetime | None,
+        after: tuple[datetime, UUID] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The user's files, newest first, older than `before` and past the (created_at, id) `after`."""
+        at, last = after if after else (None, None)
+        return [dict(r) for r in await self._fetch(QUERIES["list_files"], user_id, limit, before, at, last)]
 
     async def get_file(self, file_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
         """One file record (None when absent or another user's)."""

@@ -48,9 +48,11 @@ ON CONFLICT (file_id, run, batch_number) DO NOTHING;
 SELECT record_file_event($1);
 
 -- name: list_files
--- $1 user id, $2 limit, $3 before (created_at cursor, NULL = newest)
+-- $1 user id, $2 limit, $3 before (created_at, NULL = newest), $4 and $5 the cursor's
+-- (created_at, id) (NULL = first page). Ordered by both: a ZIP's streams share one created_at.
 SELECT * FROM file_records
 WHERE user_id = $1 AND ($3::timestamptz IS NULL OR created_at < $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $2;
 
