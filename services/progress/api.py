@@ -33,6 +33,9 @@ def mux_of(request: Request) -> Multiplexer:
 Repo = Annotated[ProgressRepository, Depends(repo_of)]
 Mux = Annotated[Multiplexer, Depends(mux_of)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "over a per-user limit; see Retry-After"}
+}
 
 router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
 
@@ -133,26 +136,32 @@ async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
 @router.get(
     "/files/{file_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND},
+    responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND, **TOO_MANY},
 )
 async def file_events(
     request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of one file (current state first; Last-Event-ID replays)."""
     return stream_response(
-        request, mux, repo, user_id=user.id, file_id=record.id, ping_seconds=cfg.sse_ping_seconds
+        request,
+        mux,
+        repo,
+        owner=user.id,
+        user_id=user.id,
+        file_id=record.id,
+        ping_seconds=cfg.sse_ping_seconds,
     )
 
 
 @router.get(
     "/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}},
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}, **TOO_MANY},
 )
 async def all_events(
     request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of all the caller's files."""
     return stream_response(
-        request, mux, repo, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds
+        request, mux, repo, owner=user.id, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds
     )

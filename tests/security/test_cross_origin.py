@@ -5,6 +5,8 @@ tokens and non-browser clients are unaffected; `Secure` follows only a trusted p
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -49,7 +51,7 @@ async def test_cookie_requests_from_another_origin_are_refused(
         files = f"{stack.progress_url}/api/files/{victim}"
 
         # Another origin with the cookie: refused on both services, and nothing happened.
-        attacks = [
+        attacks: list[tuple[str, str, dict[str, Any]]] = [
             ("POST", f"{stack.ingest_url}/api/files", {"files": _csv("evil.csv")}),
             ("POST", f"{files}/reparse", {"json": {}}),
             ("POST", f"{files}/cancel", {}),
