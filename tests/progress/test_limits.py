@@ -51,7 +51,7 @@ async def _until_ok(call: Callable[[], Awaitable[int]], what: str) -> None:
 
 
 def _assert_too_many(response: httpx.Response) -> None:
-    assert response.status_code == 429, response.text
+    assert response.status_code == 429, f"expected 429, got {response.status_code}"
     assert int(response.headers["retry-after"]) >= 1
     assert "at once" in response.json()["detail"]
 
