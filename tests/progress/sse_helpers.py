@@ -31,8 +31,9 @@ async def new_file(conn: asyncpg.Connection, user: str, name: str) -> str:
 async def progress(conn: asyncpg.Connection, file_id: str, samples: int) -> int:
     """Move a file to `parsing` at `samples` and record the event; its id."""
     await conn.execute(
-        "UPDATE imu_data_files SET status = 'parsing', samples_processed = $2::bigint, sample_count = 1000000,"
-        " percent = $2::bigint / 10000.0, batch_number = batch_number + 1 WHERE id = $1::uuid",
+        "UPDATE imu_data_files SET status = 'parsing', samples_processed = $2::bigint,"
+        " sample_count = 1000000, percent = $2::bigint / 10000.0, batch_number = batch_number + 1"
+        " WHERE id = $1::uuid",
         file_id,
         samples,
     )

@@ -88,9 +88,12 @@ async def test_streams_per_user_are_limited_across_routes_and_released(
 
         await _until_ok(open_one, "a stream after the others closed")
         # Every slot came back: the full limit is available again.
-        async with _held(client, events, bearer(alice)) as a, _held(client, one, bearer(alice)) as b:
-            async with _held(client, events, bearer(alice)) as c:
-                assert [a.status_code, b.status_code, c.status_code] == [200, 200, 200]
+        async with (
+            _held(client, events, bearer(alice)) as a,
+            _held(client, one, bearer(alice)) as b,
+            _held(client, events, bearer(alice)) as c,
+        ):
+            assert [a.status_code, b.status_code, c.status_code] == [200, 200, 200]
 
 
 async def _big_file(conn: asyncpg.Connection, user: str) -> str:
