@@ -226,5 +226,26 @@ def _by_cookie(headers: Headers) -> bool:
 
 
 def install_origin_guard(app: FastAPI, settings: Settings) -> None:
-    """Register `OriginGuard` with the page's origins (call before `install_cors`)."""
+    """Register `OriginGuard` with the page's origins (call before `install_cors`).
+
+    Its 403 is declared on every unsafe operation, so the OpenAPI document says what the
+    service can answer.
+    """
     app.add_middleware(OriginGuard, origins=page_origins(settings))
+    build = app.openapi
+    refused = {
+        "description": "a cookie-authenticated request from another origin",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        if "ErrorBody" not in schema.get("components", {}).get("schemas", {}):
+            return schema
+        for operations in schema.get("paths", {}).values():
+            for method, operation in operations.items():
+                if method.upper() in UNSAFE_METHODS:
+                    operation.setdefault("responses", {}).setdefault("403", refused)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

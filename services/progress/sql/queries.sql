@@ -102,16 +102,21 @@ SELECT EXISTS (SELECT 1 FROM file_events WHERE id = $1)
 -- $1 user id (NULL = every user), $2 file id (NULL = every file), $3 limit. The current
 -- records of the most recently changed files, each with the id of its newest event, oldest
 -- change first: a client that drops mid-snapshot resumes from the last id it got, and the
--- replay after it holds exactly the files it has not seen yet.
-WITH latest AS (
-    SELECT file_id, max(id) AS event_id FROM file_events
-    WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR file_id = $2)
-    GROUP BY file_id
-    ORDER BY event_id DESC
+-- replay after it holds exactly the files it has not seen yet. One index probe per file
+-- (file_events_file_idx, newest first), however long each file's event log is.
+SELECT * FROM (
+    SELECT r.*, l.event_id
+    FROM (
+        SELECT f.id, (SELECT max(e.id) FROM file_events e WHERE e.file_id = f.id) AS event_id
+        FROM imu_data_files f
+        WHERE ($1::uuid IS NULL OR f.user_id = $1) AND ($2::uuid IS NULL OR f.id = $2)
+    ) l
+    JOIN file_records r ON r.id = l.id
+    WHERE l.event_id IS NOT NULL
+    ORDER BY l.event_id DESC
     LIMIT $3
-)
-SELECT r.*, l.event_id FROM latest l JOIN file_records r ON r.id = l.file_id
-ORDER BY l.event_id;
+) newest
+ORDER BY event_id;
 
 -- name: prune_events
 -- $1 retention (seconds), $2 batch size. Deletes events of finished files older than the
