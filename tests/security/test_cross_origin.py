@@ -156,9 +156,16 @@ async def test_secure_cookie_only_behind_a_trusted_proxy(
         test_settings, {"IMUFLOW_TRUSTED_PROXIES": "127.0.0.1/32,::1"}, services=("progress",)
     )
     async with httpx.AsyncClient(timeout=30) as client:
-        behind = _cookie_line(
-            await client.post(f"{trusted.progress_url}/api/session", headers=https, json={"token": token})
+        signed_in = await client.post(
+            f"{trusted.progress_url}/api/session", headers=https, json={"token": token}
         )
+        behind = _cookie_line(signed_in)
         assert "secure" in behind and "httponly" in behind and "samesite=strict" in behind
+        # Signing out clears it with the same attributes (only a secure answer may clear a Secure cookie).
+        session = {"Cookie": f"{SESSION_COOKIE}={signed_in.cookies[SESSION_COOKIE]}"}
+        cleared = _cookie_line(
+            await client.delete(f"{trusted.progress_url}/api/session", headers={**https, **session})
+        )
+        assert "secure" in cleared and "max-age=0" in cleared
         direct = _cookie_line(await client.post(f"{trusted.progress_url}/api/session", json={"token": token}))
         assert "secure" not in direct, "plain HTTP from the proxy itself must not get a Secure cookie"
