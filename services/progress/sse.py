@@ -4,9 +4,10 @@ Event ids are `file_events` ids. A new connection gets the current record of eac
 covers, each with the id of that file's newest event, oldest change first: ids are
 distinct and a client that drops mid-snapshot resumes from the last one it got, since the
 replay after it holds exactly the files it has not seen yet (and their changes since). A
-reconnect with a Last-Event-ID the log still holds is replayed from Postgres, coalesced:
-every state change, and of progress only each file's latest. Any other Last-Event-ID
-(pruned past, garbage, from another stack) gets the full current state again. The live
+reconnect with a Last-Event-ID that is a position of the log (not beyond its newest id, not
+before what was pruned) is replayed from Postgres, coalesced: every state change, and of
+progress only each file's latest. Any other Last-Event-ID (pruned past, garbage, from
+another stack that is ahead) gets the full current state again. The live
 queue is subscribed to before either, and events at or below the last id sent are
 dropped, so nothing falls in the gap and nothing repeats.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -104,8 +106,8 @@ async def _events(
             sent = event.id
             yield _sse(event)
     else:
-        for row in await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT):
-            event_id = int(row.pop("event_id"))
+        rows = await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT)
+        for row, event_id in zip(rows, _snapshot_ids(rows), strict=True):
             record = FileRecord.model_validate(row)
             sent = max(sent, event_id)
             yield ServerSentEvent(
@@ -128,6 +130,18 @@ async def _events(
             yield _sse(event)
     # A client that fell too far behind is let go; it reconnects and is replayed. A stream
     # whose session ended is closed; the browser's reconnect then gets its 401.
+
+
+def _snapshot_ids(rows: list[dict[str, Any]]) -> list[int]:
+    """The SSE id of each snapshot row: its file's newest event id.
+
+    Files with no event at all (rows made by hand; every service records one) come first
+    and share the id just below the first logged file's (or the log's newest id), so a
+    resume from it replays every logged file of the snapshot.
+    """
+    logged = [int(r["event_id"]) for r in rows if r["event_id"] is not None]
+    unlogged = logged[0] - 1 if logged else int(rows[0]["newest_id"]) if rows else 0
+    return [unlogged if r["event_id"] is None else int(r["event_id"]) for r in rows]
 
 
 async def _replay(

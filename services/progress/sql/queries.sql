@@ -93,30 +93,31 @@ FROM (
 ORDER BY e.id;
 
 -- name: resumable
--- $1 a client's Last-Event-ID. True when the log still holds that event and nothing after it
--- was pruned, so a replay from it misses nothing.
-SELECT EXISTS (SELECT 1 FROM file_events WHERE id = $1)
-       AND $1 >= COALESCE((SELECT pruned_through FROM file_events_retention), 0);
+-- $1 a client's Last-Event-ID. True when it is a position of this log (not past its newest
+-- id) after which nothing was pruned, so a replay from it misses nothing.
+SELECT $1 >= COALESCE((SELECT pruned_through FROM file_events_retention), 0)
+       AND $1 <= (SELECT COALESCE(max(id), 0) FROM file_events);
 
 -- name: snapshot
 -- $1 user id (NULL = every user), $2 file id (NULL = every file), $3 limit. The current
 -- records of the most recently changed files, each with the id of its newest event, oldest
 -- change first: a client that drops mid-snapshot resumes from the last id it got, and the
 -- replay after it holds exactly the files it has not seen yet. One index probe per file
--- (file_events_file_idx, newest first), however long each file's event log is.
+-- (file_events_file_idx, newest first), however long each file's event log is. Files with
+-- no event at all (only rows made by hand: every service records one) come first with a
+-- NULL event_id; `newest_id` is the log's newest id in the same snapshot.
 SELECT * FROM (
-    SELECT r.*, l.event_id
+    SELECT r.*, l.event_id, (SELECT COALESCE(max(id), 0) FROM file_events) AS newest_id
     FROM (
         SELECT f.id, (SELECT max(e.id) FROM file_events e WHERE e.file_id = f.id) AS event_id
         FROM imu_data_files f
         WHERE ($1::uuid IS NULL OR f.user_id = $1) AND ($2::uuid IS NULL OR f.id = $2)
     ) l
     JOIN file_records r ON r.id = l.id
-    WHERE l.event_id IS NOT NULL
-    ORDER BY l.event_id DESC
+    ORDER BY l.event_id DESC NULLS LAST
     LIMIT $3
 ) newest
-ORDER BY event_id;
+ORDER BY event_id NULLS FIRST;
 
 -- name: prune_events
 -- $1 retention (seconds), $2 batch size. Deletes events of finished files older than the
