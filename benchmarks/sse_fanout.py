@@ -155,7 +155,8 @@ async def _measure(stack: EmbeddedStack, url: str, file_id: uuid.UUID, n: int) -
 async def _run() -> list[Table]:
     raise_nofile()
     async with EmbeddedStack() as stack:
-        await stack.start("front", services=("progress",))
+        # Every client is the one bench user: lift the per-user stream limit (50) for them.
+        await stack.start("front", services=("progress",), env={"IMUFLOW_MAX_STREAMS_PER_USER": "20000"})
         assert stack.pg is not None
         url = stack.pg.url
         conn = await asyncpg.connect(url)

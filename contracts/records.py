@@ -52,6 +52,8 @@ class FileList(BaseModel):
     """A page of the caller's files, newest first."""
 
     items: list[FileRecord]
+    # Opaque cursor of the next page (`?cursor=`), null on the last page.
+    next: str | None = None
 
 
 class FileProgress(BaseModel):

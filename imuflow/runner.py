@@ -27,10 +27,15 @@ def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None
     """Run a web service with uvicorn (which handles SIGTERM/SIGINT gracefully)."""
     logs.configure(service, settings.log_level)
     metrics.touch_consumer_groups(settings)
+    proxies = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=port,
+        # X-Forwarded-Proto/-For only from IMUFLOW_TRUSTED_PROXIES (uvicorn's default trusts
+        # 127.0.0.1, so any local process could make the session cookie `Secure` or not).
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     ingest_url: str = ""
     progress_url: str = ""
     cors_origins: str = ""  # comma-separated; empty = the progress URL only
+    # Every progress replica's URL (comma-separated, written by `imuflow up`); each is a page origin.
+    progress_urls: str = ""
+    # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-Proto/-For are believed:
+    # they decide whether the session cookie is `Secure`. Empty = believe nobody.
+    trusted_proxies: str = ""
     # What the CLI authenticates with (written to stack.env by `imuflow up`).
     token: str = ""
     admin_token: str = ""
@@ -89,6 +94,15 @@ class Settings(BaseSettings):
     progress_tracking: bool = True
     log_level: str = "INFO"
     sse_ping_seconds: float = Field(15.0, gt=0)
+    # Per-user limits of the progress service (429 with Retry-After beyond them). SSE streams
+    # count together across /api/events, /api/files/{id}/events and /api/admin/events.
+    max_concurrent_exports: int = Field(4, ge=1)
+    max_streams_per_user: int = Field(50, ge=1)
+    # Connections of the exports' own pool, so exports never starve the rest of the service.
+    export_pool_size: int = Field(8, ge=1)
+    # Seconds the event log keeps the superseded events of finished files (each file's newest
+    # event is kept for good); a client resuming from an id older than that gets a snapshot.
+    event_retention: float = Field(86_400.0, ge=1)
 
     @field_validator("smtp_starttls", mode="before")
     @classmethod

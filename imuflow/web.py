@@ -1,4 +1,4 @@
-"""HTTP pieces both web services share: auth, health, metrics, error shape, CORS."""
+"""HTTP pieces both web services share: auth, health, metrics, error shape, CORS, origins."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imuflow import dberrors
 from imuflow.auth import SESSION_COOKIE, User, resolve_token
@@ -29,6 +32,11 @@ def settings_of(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+def token_of(request: Request) -> str | None:
+    """The credential a request carries: its bearer token, else its session cookie."""
+    return _token_of(request)
 
 
 def _token_of(request: Request) -> str | None:
@@ -144,16 +152,100 @@ def _declare_error_shape(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def page_origins(settings: Settings) -> set[str]:
+    """Origins the page is served from (every progress URL) plus `IMUFLOW_CORS_ORIGINS`."""
+    origins = [o.strip() for o in settings.cors_origins.split(",")]
+    origins += [settings.progress_url, *settings.progress_urls.split(",")]
+    origins += [f"http://127.0.0.1:{settings.progress_port}", f"http://localhost:{settings.progress_port}"]
+    return {o.strip().rstrip("/").lower() for o in origins if o.strip()}
+
+
 def install_cors(app: FastAPI, settings: Settings) -> None:
     """Let the page (served by progress) call ingest with its session cookie."""
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    if settings.progress_url:
-        origins.append(settings.progress_url.rstrip("/"))
-    origins += [f"http://127.0.0.1:{settings.progress_port}", f"http://localhost:{settings.progress_port}"]
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=sorted(set(origins)),
+        allow_origins=sorted(page_origins(settings)),
         allow_credentials=True,
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
     )
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SAFE_FETCH_SITES = frozenset({"same-origin", "none"})
+SESSION_PATH = "/api/session"
+
+
+class OriginGuard:
+    """Refuse cookie-authenticated unsafe requests that a page of another origin sent (CSRF).
+
+    `SameSite=Strict` keeps the cookie from other *sites* only; a page on another port of the
+    same host is same-site and gets it. So an unsafe request (POST, PUT, PATCH, DELETE) that
+    would be authenticated by the session cookie (it has the cookie and no bearer token) must
+    come from one of the page's origins or from the service's own origin; without `Origin`
+    (old browsers), `Sec-Fetch-Site` must say same-origin or none; a request with neither
+    header is not from a browser and passes. Signing in and out (`/api/session`) is checked
+    even without a cookie, so no other page can sign the browser in as someone else.
+    """
+
+    def __init__(self, app: ASGIApp, origins: set[str]) -> None:
+        self.app = app
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            problem = self._refusal(scope)
+            if problem is not None:
+                await JSONResponse({"detail": problem}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> str | None:
+        headers = Headers(scope=scope)
+        if not (_by_cookie(headers) or scope["path"] == SESSION_PATH):
+            return None
+        origin = headers.get("origin")
+        if origin is not None:
+            origin = origin.strip().rstrip("/").lower()
+            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+            if origin in self.origins or origin == own:
+                return None
+            return "cross-origin request refused: this origin may not use the session cookie"
+        site = headers.get("sec-fetch-site")
+        if site is not None and site.strip().lower() not in SAFE_FETCH_SITES:
+            return "cross-site request refused: this page may not use the session cookie"
+        return None
+
+
+def _by_cookie(headers: Headers) -> bool:
+    """Whether the request would be authenticated by its session cookie (see `_token_of`)."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return False
+    return bool(cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE))
+
+
+def install_origin_guard(app: FastAPI, settings: Settings) -> None:
+    """Register `OriginGuard` with the page's origins (call before `install_cors`).
+
+    Its 403 is declared on every unsafe operation, so the OpenAPI document says what the
+    service can answer.
+    """
+    app.add_middleware(OriginGuard, origins=page_origins(settings))
+    build = app.openapi
+    refused = {
+        "description": "a cookie-authenticated request from another origin",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        if "ErrorBody" not in schema.get("components", {}).get("schemas", {}):
+            return schema
+        for operations in schema.get("paths", {}).values():
+            for method, operation in operations.items():
+                if method.upper() in UNSAFE_METHODS:
+                    operation.setdefault("responses", {}).setdefault("403", refused)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

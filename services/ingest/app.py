@@ -32,6 +32,7 @@ from imuflow.web import (
     health_router,
     install_cors,
     install_error_shape,
+    install_origin_guard,
 )
 from services.ingest import archive, repository
 from services.ingest.limits import LimitExceeded, UploadLimiter
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
     install_error_shape(app)
+    install_origin_guard(app, settings)
     install_cors(app, settings)
     app.include_router(health_router(database_ready))
 

@@ -34,7 +34,7 @@ from contracts.records import (
 )
 from imuflow import metrics
 from imuflow.web import AppSettings, CurrentAdmin
-from services.progress.api import Mux, Repo
+from services.progress.api import TOO_MANY, Mux, Repo
 from services.progress.dashboard import DashboardRepository
 from services.progress.operations import OperationsRepository
 from services.progress.repository import Unavailable
@@ -90,13 +90,17 @@ async def list_jobs(
 
 
 @router.get(
-    "/events", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}}}
+    "/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **TOO_MANY},
 )
 async def admin_events(
-    request: Request, _: CurrentAdmin, repo: Repo, mux: Mux, cfg: AppSettings
+    request: Request, admin: CurrentAdmin, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of every user's files (current state first; Last-Event-ID replays)."""
-    return stream_response(request, mux, repo, user_id=None, file_id=None, ping_seconds=cfg.sse_ping_seconds)
+    return stream_response(
+        request, mux, repo, owner=admin.id, user_id=None, file_id=None, ping_seconds=cfg.sse_ping_seconds
+    )
 
 
 @router.get("/stuck", response_model=StuckJobList)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -31,6 +33,9 @@ def mux_of(request: Request) -> Multiplexer:
 Repo = Annotated[ProgressRepository, Depends(repo_of)]
 Mux = Annotated[Multiplexer, Depends(mux_of)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "over a per-user limit; see Retry-After"}
+}
 
 router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
 
@@ -49,16 +54,42 @@ async def owned_file(file_id: UUID, user: CurrentUser, repo: Repo) -> FileRecord
 OwnedFile = Annotated[FileRecord, Depends(owned_file)]
 
 
-@router.get("/files", response_model=FileList, responses=NOT_FOUND)
+def encode_cursor(record: FileRecord) -> str:
+    """The opaque cursor after `record`: its (created_at, id), versioned, base64url."""
+    raw = f"1|{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """(created_at, id) of a cursor made by `encode_cursor`; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, at, file_id = raw.split("|")
+        moment = datetime.fromisoformat(at)
+        if version != "1" or moment.tzinfo is None:
+            raise ValueError(version)
+        return moment, UUID(file_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise HTTPException(400, "invalid cursor: pass the `next` of the previous page unchanged") from exc
+
+
+@router.get("/files", response_model=FileList, responses={**NOT_FOUND, 400: {"model": ErrorBody}})
 async def list_files(
     user: CurrentUser,
     repo: Repo,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
     before: datetime | None = None,
 ) -> FileList:
-    """The caller's files, newest first; page with `before` = the last `created_at`."""
-    rows = await repo.list_files(user.id, limit, before)
-    return FileList(items=[FileRecord.model_validate(r) for r in rows])
+    """The caller's files, newest first, a page at a time: follow `next` as `cursor`."""
+    after = decode_cursor(cursor) if cursor else None
+    try:
+        rows = await repo.list_files(user.id, limit + 1, before, after)
+    except Unavailable as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    items = [FileRecord.model_validate(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return FileList(items=items, next=encode_cursor(items[-1]) if more else None)
 
 
 @router.get("/files/{file_id}", response_model=FileRecord, responses=NOT_FOUND)
@@ -105,26 +136,32 @@ async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
 @router.get(
     "/files/{file_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND},
+    responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND, **TOO_MANY},
 )
 async def file_events(
     request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of one file (current state first; Last-Event-ID replays)."""
     return stream_response(
-        request, mux, repo, user_id=user.id, file_id=record.id, ping_seconds=cfg.sse_ping_seconds
+        request,
+        mux,
+        repo,
+        owner=user.id,
+        user_id=user.id,
+        file_id=record.id,
+        ping_seconds=cfg.sse_ping_seconds,
     )
 
 
 @router.get(
     "/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}},
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}, **TOO_MANY},
 )
 async def all_events(
     request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of all the caller's files."""
     return stream_response(
-        request, mux, repo, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds
+        request, mux, repo, owner=user.id, user_id=user.id, file_id=None, ping_seconds=cfg.sse_ping_seconds
     )

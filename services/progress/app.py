@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,11 +16,15 @@ from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
-from imuflow.web import database_ready, health_router, install_error_shape
+from imuflow.web import database_ready, health_router, install_error_shape, install_origin_guard
 from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
 from services.progress.applier import ProgressApplier
+from services.progress.export import EXPORT_RETRY_AFTER
+from services.progress.limits import UserSlots
 from services.progress.multiplexer import Multiplexer
 from services.progress.repository import ProgressRepository
+from services.progress.retention import prune_forever
+from services.progress.sse import STREAM_RETRY_AFTER
 from services.progress.watchdog import start_watchdog
 
 STATIC = Path(__file__).parent / "static"
@@ -33,6 +38,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         pool = await db.create_pool(settings.database_url, max_size=20)
         app.state.pool = pool
+        # Exports hold a connection for as long as a download takes: their own pool, so they
+        # can never take the connections the applier, the relays and the API need.
+        export_pool = await db.create_pool(
+            settings.database_url, min_size=0, max_size=settings.export_pool_size
+        )
+        app.state.export_pool = export_pool
+        app.state.exports = UserSlots(settings.max_concurrent_exports, "exports", EXPORT_RETRY_AFTER)
+        app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
@@ -41,6 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor("progress")
         supervisor.start("event-fanout", app.state.mux.run)
+        supervisor.start("session-check", app.state.mux.watch_sessions)
+        supervisor.start("event-retention", partial(prune_forever, app.state.repo, settings.event_retention))
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
@@ -52,6 +67,10 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await supervisor.stop()
             await producer.stop()
+            try:  # a download still streaming must not hold the shutdown up
+                await asyncio.wait_for(export_pool.close(), 5)
+            except TimeoutError:
+                export_pool.terminate()
             await pool.close()
 
     async def ready(request: Request) -> str | None:
@@ -62,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
     install_error_shape(app)
+    install_origin_guard(app, settings)
     app.include_router(health_router(ready))
     app.include_router(api.router)
     app.include_router(lifecycle.router)

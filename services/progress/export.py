@@ -1,7 +1,10 @@
 """Export a file's samples as CSV or Parquet, streamed with constant memory.
 
-One export = one dedicated Postgres connection and one statement, so it reads one
-consistent snapshot however long the client takes, without holding a pooled connection.
+One export = one connection and one statement, so it reads one consistent snapshot however
+long the client takes. The connection comes from the exports' own bounded pool
+(`IMUFLOW_EXPORT_POOL_SIZE`), never the service's, so slow downloads cannot starve the
+applier, the relays or the API; a user holds at most `IMUFLOW_MAX_CONCURRENT_EXPORTS`
+at once (429 with Retry-After beyond), and both are given back when the response ends.
 CSV is formatted by Postgres itself (`COPY (SELECT ...) TO STDOUT`) and forwarded chunk
 by chunk through a small bounded queue, so a slow client pauses the COPY instead of
 filling memory. Parquet reads a server-side cursor page by page; each page becomes one
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -26,9 +30,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from contracts.records import ErrorBody
-from imuflow import db
-from services.progress.api import NOT_FOUND, OwnedFile, Repo
+from imuflow.web import CurrentUser
+from services.progress.api import NOT_FOUND, TOO_MANY, OwnedFile, Repo
 from services.progress.lifecycle import QUERIES
+from services.progress.limits import ReleasingStream, UserSlots
 
 VALUES = ("ax", "ay", "az", "gx", "gy", "gz", "mx", "my", "mz")
 STORED_UNIT = {"a": "m/s^2", "g": "rad/s", "m": "uT"}  # SPEC §4 canonical units
@@ -38,7 +43,10 @@ QUEUE_CHUNKS = 8  # COPY chunks buffered between Postgres and the client
 FLUSH_BYTES = 256 * 1024
 MAX_BUCKETS = 100_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EXPORT_RETRY_AFTER = 5  # seconds, in the 429/503 of an export that cannot start now
+POOL_WAIT = 5.0  # how long an export waits for a connection of its pool before a 503
 
+log = logging.getLogger("imuflow.progress")
 router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
 
 
@@ -70,11 +78,13 @@ class Layout:
         **NOT_FOUND,
         400: {"model": ErrorBody},
         409: {"model": ErrorBody},
+        **TOO_MANY,
     },
 )
 async def export_samples(
     request: Request,
     record: OwnedFile,
+    user: CurrentUser,
     repo: Repo,
     as_: Annotated[Literal["csv", "parquet"], Query(alias="as")] = "csv",
     start: Annotated[str | None, Query(description="first time (ns since epoch, or ISO-8601)")] = None,
@@ -96,17 +106,55 @@ async def export_samples(
         raise HTTPException(404, "file not found")
     layout = _layout(info, buckets is not None)
     query, args = await _query(repo.pool, record.id, layout, t0, t1, every, buckets)
-    url: str = request.app.state.settings.database_url
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", record.filename.rsplit(".", 1)[0])[:80] or "samples"
     meta = {"file_id": str(record.id), "filename": record.filename, "units": layout.units}
-    if as_ == "csv":
-        body = _csv(url, query, args, layout)
-        media, suffix = "text/csv; charset=utf-8", "csv"
-    else:
-        body = _parquet(url, query, args, layout, meta | {"every": every, "buckets": buckets})
-        media, suffix = "application/vnd.apache.parquet", "parquet"
-    disposition = f'attachment; filename="{stem}.{suffix}"'
-    return StreamingResponse(body, media_type=media, headers={"Content-Disposition": disposition})
+    conn, release = await _admit(request, user.id)
+    try:
+        if as_ == "csv":
+            body = _csv(conn, query, args, layout)
+            media, suffix = "text/csv; charset=utf-8", "csv"
+        else:
+            body = _parquet(conn, query, args, layout, meta | {"every": every, "buckets": buckets})
+            media, suffix = "application/vnd.apache.parquet", "parquet"
+        disposition = f'attachment; filename="{stem}.{suffix}"'
+        return ReleasingStream(body, release, media_type=media, headers={"Content-Disposition": disposition})
+    except BaseException:
+        await release()
+        raise
+
+
+async def _admit(request: Request, user_id: Any) -> tuple[asyncpg.Connection, Callable[[], Awaitable[None]]]:
+    """The user's export slot and a connection of the export pool, and how to give both back."""
+    slots: UserSlots = request.app.state.exports
+    pool: asyncpg.Pool = request.app.state.export_pool
+    slots.take(user_id)
+    try:
+        conn: asyncpg.Connection = await pool.acquire(timeout=POOL_WAIT)
+    except TimeoutError as exc:
+        slots.give_back(user_id)
+        raise HTTPException(
+            503,
+            "every export connection is busy; try again shortly",
+            {"Retry-After": str(EXPORT_RETRY_AFTER)},
+        ) from exc
+    except BaseException:
+        slots.give_back(user_id)
+        raise
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        try:
+            await pool.release(conn, timeout=5)
+        except Exception:  # a connection that cannot be reset is closed by asyncpg; carry on
+            log.warning("export connection not reusable; closed", exc_info=True)
+        finally:
+            slots.give_back(user_id)
+
+    return conn, release
 
 
 def _time_arg(value: str | None, name: str) -> int | None:
@@ -171,10 +219,11 @@ async def _query(
     return f"SELECT {cols}, {aggs} FROM imu_samples WHERE {where} GROUP BY {group} ORDER BY {group}", args
 
 
-async def _csv(url: str, query: str, args: list[Any], layout: Layout) -> AsyncIterator[bytes]:
+async def _csv(
+    conn: asyncpg.Connection, query: str, args: list[Any], layout: Layout
+) -> AsyncGenerator[bytes, None]:
     """The CSV: our header line, then Postgres' own CSV of the rows."""
     yield (",".join(layout.header()) + "\n").encode()
-    conn = await db.connect(url)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
 
     async def forward(chunk: bytes) -> None:
@@ -203,7 +252,6 @@ async def _csv(url: str, query: str, args: list[Any], layout: Layout) -> AsyncIt
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await conn.close()
 
 
 class _Drain:
@@ -269,19 +317,15 @@ def _row_group(writer: pq.ParquetWriter, drain: _Drain, schema: pa.Schema, rows:
 
 
 async def _parquet(
-    url: str, query: str, args: list[Any], layout: Layout, meta: dict[str, Any]
-) -> AsyncIterator[bytes]:
+    conn: asyncpg.Connection, query: str, args: list[Any], layout: Layout, meta: dict[str, Any]
+) -> AsyncGenerator[bytes, None]:
     """The Parquet file: one row group per cursor page, drained to the client as it is written."""
     schema = _schema(layout, meta)
     drain = _Drain()
     writer = pq.ParquetWriter(pa.PythonFile(drain, mode="w"), schema, compression="zstd")
-    conn = await db.connect(url)
-    try:
-        async with conn.transaction(readonly=True):
-            cursor = await conn.cursor(query, *args)
-            while rows := await cursor.fetch(PAGE_ROWS):
-                yield await asyncio.to_thread(_row_group, writer, drain, schema, rows)
-        writer.close()
-        yield drain.take()
-    finally:
-        await conn.close()
+    async with conn.transaction(readonly=True):
+        cursor = await conn.cursor(query, *args)
+        while rows := await cursor.fetch(PAGE_ROWS):
+            yield await asyncio.to_thread(_row_group, writer, drain, schema, rows)
+    writer.close()
+    yield drain.take()

@@ -6,6 +6,10 @@ a bounded, coalescing queue: a newer progress event of a file replaces that file
 pending progress event (moved to the back, so ids stay in order), state changes
 (completed, failed, cancelled) are never dropped, and a client that still falls too far
 behind is disconnected; its EventSource reconnects with Last-Event-ID and is replayed.
+
+Each subscription remembers the digest of the token (API token or session cookie) its
+stream was opened with; every SESSION_CHECK_SECONDS one query checks all of them at once,
+and the streams of a token that was signed out, revoked or has expired are ended.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
 MAX_PENDING = 2_000
 FETCH_LIMIT = 1_000
 POLL_SECONDS = 2.0  # fallback when a NOTIFY is missed (listener reconnecting)
+SESSION_CHECK_SECONDS = 10.0  # a stream outlives its session by at most this (+ one query)
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,12 @@ class Subscription:
 
     user_id: UUID | None
     file_id: UUID | None
+    token_hash: bytes | None = None
     _pending: dict[int, FileEvent] = field(default_factory=dict)
     _progress_of: dict[UUID, int] = field(default_factory=dict)
     _waiter: asyncio.Future[None] | None = None
     overflowed: bool = False
+    ended: bool = False
 
     def wants(self, event: FileEvent) -> bool:
         """Whether this client may and wants to see the event."""
@@ -75,6 +82,12 @@ class Subscription:
         self._pending[event.id] = event
         if len(self._pending) > MAX_PENDING:
             self.overflowed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def end(self) -> None:
+        """End the stream (its credential is no longer valid); wakes a waiting `get`."""
+        self.ended = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -113,9 +126,11 @@ class Multiplexer:
         self._wake = asyncio.Event()
         self.started = asyncio.Event()
 
-    def subscribe(self, user_id: UUID | None, file_id: UUID | None) -> Subscription:
+    def subscribe(
+        self, user_id: UUID | None, file_id: UUID | None, token_hash: bytes | None = None
+    ) -> Subscription:
         """A new client queue; call `unsubscribe` in a `finally`."""
-        sub = Subscription(user_id, file_id)
+        sub = Subscription(user_id, file_id, token_hash)
         self.subscriptions.add(sub)
         return sub
 
@@ -141,6 +156,23 @@ class Multiplexer:
         finally:
             if listener is not None and not listener.is_closed():
                 await listener.close()
+
+    async def watch_sessions(self, stop: asyncio.Event) -> None:
+        """End the streams whose token is no longer live, checked for all at once, until `stop`."""
+        while not await wait_any(stop, timeout=SESSION_CHECK_SECONDS):
+            subs = [s for s in self.subscriptions if s.token_hash is not None and not s.ended]
+            if not subs:
+                continue
+            digests = list({s.token_hash for s in subs if s.token_hash is not None})
+            try:
+                rows = await self.pool.fetch(QUERIES["live_tokens"], digests)
+            except dberrors.DRIVER as exc:
+                log.warning("session check skipped: %s", exc)
+                continue
+            live = {bytes(r["token_hash"]) for r in rows}
+            for sub in subs:
+                if sub.token_hash not in live:
+                    sub.end()
 
     async def _drain(self) -> None:
         while True:

@@ -31,9 +31,16 @@ class ProgressRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def list_files(self, user_id: UUID, limit: int, before: datetime | None) -> list[dict[str, Any]]:
-        """The user's files, newest first."""
-        return [dict(r) for r in await self._fetch(QUERIES["list_files"], user_id, limit, before)]
+    async def list_files(
+        self,
+        user_id: UUID,
+        limit: int,
+        before: datetime | None,
+        after: tuple[datetime, UUID] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The user's files, newest first, older than `before` and past the (created_at, id) `after`."""
+        at, last = after if after else (None, None)
+        return [dict(r) for r in await self._fetch(QUERIES["list_files"], user_id, limit, before, at, last)]
 
     async def get_file(self, file_id: UUID, user_id: UUID | None) -> dict[str, Any] | None:
         """One file record (None when absent or another user's)."""
@@ -71,20 +78,25 @@ class ProgressRepository:
         rows = await self._fetch(QUERIES["max_event_id"])
         return int(rows[0][0])
 
-    async def oldest_event_id(self) -> int:
-        """The oldest event id still kept (0 when there is none)."""
-        rows = await self._fetch(QUERIES["oldest_event_id"])
-        return int(rows[0][0])
+    async def resumable(self, after: int) -> bool:
+        """Whether a replay after this Last-Event-ID misses nothing (known, not pruned past)."""
+        rows = await self._fetch(QUERIES["resumable"], after)
+        return bool(rows[0][0])
 
     async def replay(
         self, after: int, user_id: UUID | None, file_id: UUID | None, limit: int
     ) -> list[asyncpg.Record]:
-        """Events after `after`, in order, scoped to a user and optionally one file."""
+        """Events after `after`, in order, scoped; superseded progress events come without data."""
         return await self._fetch(QUERIES["replay"], after, user_id, file_id, limit)
 
     async def snapshot(self, user_id: UUID | None, file_id: UUID | None, limit: int) -> list[dict[str, Any]]:
-        """Current records of the files a stream covers, newest first."""
+        """Current records of the most recently changed files a stream covers, with `event_id`."""
         return [dict(r) for r in await self._fetch(QUERIES["snapshot"], user_id, file_id, limit)]
+
+    async def prune_events(self, retention_seconds: float, batch: int) -> int:
+        """Delete a batch of finished files' superseded events older than the retention."""
+        rows = await self._fetch(QUERIES["prune_events"], retention_seconds, batch)
+        return int(rows[0][0])
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:

@@ -3,7 +3,9 @@
 EventSource cannot send headers, so the page signs in once and the browser sends the
 cookie with every request and stream. The cookie holds a separate session token
 (stored hashed like any token, revoked by `DELETE /api/session`), never the long-lived
-API token, and it is HttpOnly and SameSite=Strict.
+API token, and it is HttpOnly and SameSite=Strict. It is Secure when the request came over
+HTTPS: uvicorn takes the scheme from X-Forwarded-Proto only from IMUFLOW_TRUSTED_PROXIES
+(imuflow/runner.py), so nobody else can switch it on or off.
 """
 
 from __future__ import annotations
@@ -51,5 +53,8 @@ async def sign_out(request: Request, pool: Pool) -> Response:
             hash_token(token),
         )
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    # The same attributes as when it was set: browsers let only a secure answer clear a Secure cookie.
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
     return response

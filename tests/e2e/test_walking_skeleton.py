@@ -105,7 +105,8 @@ async def test_upload_is_parsed_with_live_progress(
             denied = await client.get(f"{stack.progress_url}{path}", headers=bearer(other))
             assert denied.status_code == 404, path
         assert (await client.get(f"{stack.progress_url}/api/files", headers=bearer(other))).json() == {
-            "items": []
+            "items": [],
+            "next": None,
         }
         assert (await client.get(f"{stack.progress_url}/api/files/{file_id}")).status_code == 401
 

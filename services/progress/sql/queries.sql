@@ -48,9 +48,11 @@ ON CONFLICT (file_id, run, batch_number) DO NOTHING;
 SELECT record_file_event($1);
 
 -- name: list_files
--- $1 user id, $2 limit, $3 before (created_at cursor, NULL = newest)
+-- $1 user id, $2 limit, $3 before (created_at, NULL = newest), $4 and $5 the cursor's
+-- (created_at, id) (NULL = first page). Ordered by both: a ZIP's streams share one created_at.
 SELECT * FROM file_records
 WHERE user_id = $1 AND ($3::timestamptz IS NULL OR created_at < $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $2;
 
@@ -75,20 +77,73 @@ SELECT id, file_id, user_id, event_type, data FROM file_events
 WHERE id > $1 ORDER BY id LIMIT $2;
 
 -- name: replay
--- $1 after id, $2 user id (NULL = every user), $3 file id (NULL = every file), $4 limit
-SELECT id, file_id, user_id, event_type, data FROM file_events
-WHERE id > $1 AND ($2::uuid IS NULL OR user_id = $2) AND ($3::uuid IS NULL OR file_id = $3)
-ORDER BY id LIMIT $4;
+-- $1 after id, $2 user id (NULL = every user), $3 file id (NULL = every file), $4 limit.
+-- The log after $1 in id order. A progress event that a later event of its file supersedes
+-- comes without its data: replay sends every state change and only the latest progress.
+SELECT e.id, e.file_id, e.user_id, e.event_type, e.superseded,
+       CASE WHEN e.superseded THEN NULL ELSE e.data END AS data
+FROM (
+    SELECT p.*, p.event_type = 'progress' AND EXISTS (
+               SELECT 1 FROM file_events l WHERE l.file_id = p.file_id AND l.id > p.id) AS superseded
+    FROM file_events p
+    WHERE p.id > $1 AND ($2::uuid IS NULL OR p.user_id = $2) AND ($3::uuid IS NULL OR p.file_id = $3)
+    ORDER BY p.id
+    LIMIT $4
+) e
+ORDER BY e.id;
 
--- name: oldest_event_id
-SELECT COALESCE(min(id), 0) FROM file_events;
+-- name: resumable
+-- $1 a client's Last-Event-ID. True when it is a position of this log (not past its newest
+-- id) after which nothing was pruned, so a replay from it misses nothing.
+SELECT $1 >= COALESCE((SELECT pruned_through FROM file_events_retention), 0)
+       AND $1 <= (SELECT COALESCE(max(id), 0) FROM file_events);
 
 -- name: snapshot
--- $1 user id (NULL = every user), $2 file id (NULL = every file), $3 limit
-SELECT * FROM file_records
-WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR id = $2)
-ORDER BY created_at DESC, id DESC
-LIMIT $3;
+-- $1 user id (NULL = every user), $2 file id (NULL = every file), $3 limit. The current
+-- records of the most recently changed files, each with the id of its newest event, oldest
+-- change first: a client that drops mid-snapshot resumes from the last id it got, and the
+-- replay after it holds exactly the files it has not seen yet. One index probe per file
+-- (file_events_file_idx, newest first), however long each file's event log is. Files with
+-- no event at all (only rows made by hand: every service records one) come first with a
+-- NULL event_id; `newest_id` is the log's newest id in the same snapshot.
+SELECT * FROM (
+    SELECT r.*, l.event_id, (SELECT COALESCE(max(id), 0) FROM file_events) AS newest_id
+    FROM (
+        SELECT f.id, (SELECT max(e.id) FROM file_events e WHERE e.file_id = f.id) AS event_id
+        FROM imu_data_files f
+        WHERE ($1::uuid IS NULL OR f.user_id = $1) AND ($2::uuid IS NULL OR f.id = $2)
+    ) l
+    JOIN file_records r ON r.id = l.id
+    ORDER BY l.event_id DESC NULLS LAST
+    LIMIT $3
+) newest
+ORDER BY event_id NULLS FIRST;
+
+-- name: prune_events
+-- $1 retention (seconds), $2 batch size. Deletes events of finished files older than the
+-- retention, except each file's newest, and raises the pruned-through mark; returns how many.
+WITH doomed AS (
+    SELECT e.id FROM file_events e JOIN imu_data_files f ON f.id = e.file_id
+    WHERE e.created_at < now() - make_interval(secs => $1)
+      AND f.status IN ('completed', 'failed', 'cancelled')
+      AND EXISTS (SELECT 1 FROM file_events l WHERE l.file_id = e.file_id AND l.id > e.id)
+    ORDER BY e.id
+    LIMIT $2
+), gone AS (
+    DELETE FROM file_events e USING doomed d WHERE e.id = d.id RETURNING e.id
+), mark AS (
+    UPDATE file_events_retention
+    SET pruned_through = GREATEST(pruned_through, (SELECT max(id) FROM gone)), pruned_at = now()
+    WHERE EXISTS (SELECT 1 FROM gone)
+)
+SELECT count(*) FROM gone;
+
+-- name: live_tokens
+-- $1 token digests. Those still live (not revoked, not expired): streams opened with the
+-- others are ended.
+SELECT token_hash FROM api_tokens
+WHERE token_hash = ANY($1::bytea[]) AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now());
 
 -- name: progress_row
 -- $1 file id

@@ -30,7 +30,21 @@ export async function request(method, path, body) {
 }
 
 export const getConfig = () => request("GET", "/api/config");
-export const listFiles = () => request("GET", "/api/files?limit=500");
+const PAGE = 500;
+export const listFiles = (cursor = null, limit = PAGE) =>
+  request("GET", `/api/files?limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+
+// Every file, a page at a time (the cursor is opaque: pass `next` back unchanged).
+export async function allFiles() {
+  const items = [];
+  let cursor = null;
+  do {
+    const page = await listFiles(cursor);
+    items.push(...page.items);
+    cursor = page.next;
+  } while (cursor);
+  return items;
+}
 export const signIn = (token) => request("POST", "/api/session", { token });
 export const signOut = () => request("DELETE", "/api/session");
 export const batches = (id) => request("GET", `/api/files/${id}/batches`);

@@ -50,7 +50,7 @@ function showSignIn(message) {
 }
 
 async function showWorkspace() {
-  const { items } = await api.listFiles();
+  const items = await api.allFiles();
   $("sign-in").hidden = true;
   $("workspace").hidden = false;
   $("session-bar").hidden = false;
@@ -131,7 +131,7 @@ function startStream() {
     setLive("offline", "Offline");
     state.retryTimer = setTimeout(async () => {
       try {
-        await api.listFiles();
+        await api.listFiles(null, 1); // only: is the session still good?
         startStream();
       } catch (err) {
         if (err.status === 401) showSignIn("Your session has ended; sign in again.");
