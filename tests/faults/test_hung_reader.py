@@ -34,9 +34,7 @@ async def test_a_hung_reader_does_not_pin_its_slot_or_partition(
     token = await make_token(database_url, "alice")
     hung = (await upload(stack.ingest_url, token, synth_csv(tmp_path / "hung.csv", 5_000))).json()["id"]
     uri = await fetchval(database_url, "SELECT storage_uri FROM imu_data_files WHERE id = $1::uuid", hung)
-    stored = Path(uri.removeprefix("file://"))
-    stored.unlink()
-    os.mkfifo(stored)  # open() blocks until a writer comes; none ever does
+    _replace_with_fifo(Path(uri.removeprefix("file://")))
     behind = [
         (await upload(stack.ingest_url, token, synth_csv(tmp_path / f"ok{i}.csv", 20_000 + i))).json()["id"]
         for i in range(2)
@@ -58,3 +56,9 @@ async def test_a_hung_reader_does_not_pin_its_slot_or_partition(
     # Two threads are still blocked in open(); they must not hold the process up.
     assert parser.supervisor.services["parser"].process is not None
     assert parser.supervisor.services["parser"].process.returncode != -signal.SIGKILL
+
+
+def _replace_with_fifo(path: Path) -> None:
+    """The stored upload becomes a FIFO: open() blocks until a writer comes; none ever does."""
+    path.unlink()
+    os.mkfifo(path)

@@ -42,7 +42,9 @@ async def test_set_format_of_an_old_run_is_fenced_off_by_a_reparse(pool: asyncpg
     # The old run's parser, late, records what it detected: it must not land.
     with pytest.raises(Fenced):
         await repo.set_format(old, "euroc", {"ax": "m/s^2"}, ["old run's warning"])
-    row = await pool.fetchrow("SELECT format, units, warnings, run FROM imu_data_files WHERE id = $1", file_id)
+    row = await pool.fetchrow(
+        "SELECT format, units, warnings, run FROM imu_data_files WHERE id = $1", file_id
+    )
     assert (row["format"], row["units"], row["warnings"], row["run"]) == (None, {}, [], 2)
     # The new run's claim writes it.
     new = await repo.claim(file_id, 2)
