@@ -161,7 +161,8 @@ class FileJob:
 
     async def _parse(self, claim: Claim, thread: JobThread) -> Outcome:
         path = storage_path(claim.storage_uri)
-        if not path.exists():
+        # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
+        if not await thread.submit(_is_stored, path):
             raise FormatError("the stored upload is missing; upload the file again")
         f = await thread.submit(open, path, "rb")
         try:
@@ -394,6 +395,12 @@ def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | N
     if batch is None:
         return None
     return batch, pgcopy.encode_parts(file_id, batch), started
+
+
+def _is_stored(path: Path) -> bool:
+    # Not `is_file()`: only a missing upload (or a directory) is the user's to fix; any
+    # other file is read, and a read that blocks is the job's timer's business.
+    return path.exists() and not path.is_dir()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
