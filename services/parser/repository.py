@@ -24,6 +24,7 @@ from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
 DRIVER_ERRORS = dberrors.DRIVER
+MAX_DEFERRALS = 3  # fair share: times a job is put back unclaimed between two claims
 
 
 class ParserError(Exception):
@@ -215,9 +216,9 @@ class ParserRepository:
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["behind_in_fair_order"], file_id):
                     return False
-                row = await conn.fetchrow(QUERIES["defer"], file_id, run)
+                row = await conn.fetchrow(QUERIES["defer"], file_id, run, MAX_DEFERRALS)
                 if row is None:
-                    return False  # not queued (any more): the claim decides
+                    return False  # deferred enough, or not queued (any more): the claim decides
                 await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row)))
         except DRIVER_ERRORS as exc:
             raise TransientError(f"defer: {exc}") from exc

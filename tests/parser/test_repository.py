@@ -71,3 +71,28 @@ async def test_a_yield_is_not_an_attempt_but_takes_a_new_lease(pool: asyncpg.Poo
         await repo.set_format(first, "euroc", {}, [])
     again = await repo.claim(file_id, 1)  # a redelivery (a crash) counts
     assert again is not None and again.attempt == 2
+
+
+async def test_defer_puts_a_job_back_while_another_user_comes_first_a_bounded_number_of_times(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        alice = await make_user(conn, "alice")
+        bob = await make_user(conn, "bob")
+        await make_job(conn, alice, status="parsing", checkpoint_ago=1, claimed_ago=20)
+        mine = await make_job(conn, alice, status="queued", claimed_ago=None, attempts=0)
+    repo = ParserRepository(pool)
+    assert not await repo.defer_if_behind(mine, 1)  # nobody else waits
+    async with pool.acquire() as conn:
+        theirs = await make_job(conn, bob, status="queued", claimed_ago=None, attempts=0)
+    assert not await repo.defer_if_behind(theirs, 1)  # bob runs nothing: he comes first
+    # Alice already runs a job and bob waits: her next file goes back, unclaimed ...
+    assert [await repo.defer_if_behind(mine, 1) for _ in range(4)] == [True, True, True, False]
+    row = await pool.fetchrow("SELECT status, attempts, lease FROM imu_data_files WHERE id = $1", mine)
+    assert (row["status"], row["attempts"], row["lease"]) == ("queued", 0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE key = $1", str(mine)) == 3
+    # ... a bounded number of times (bob's work may be out of this parser's reach): then
+    # it is claimed, which starts the count again.
+    claim = await repo.claim(mine, 1)
+    assert claim is not None and claim.attempt == 1
+    assert await pool.fetchval("SELECT deferrals FROM imu_data_files WHERE id = $1", mine) == 0

@@ -13,7 +13,10 @@
 
 ALTER TABLE imu_data_files
     ADD COLUMN IF NOT EXISTS lease bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS yielded_at timestamptz;
+    ADD COLUMN IF NOT EXISTS yielded_at timestamptz,
+    -- How often the job was deferred unclaimed since its last claim (fair share): bounded,
+    -- so work that waits out of reach (its event lost) cannot starve it.
+    ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0;
 UPDATE imu_data_files SET lease = attempts WHERE lease < attempts;
 
 -- The backend (if any) whose transaction holds the row lock of file `file_uuid`, with how

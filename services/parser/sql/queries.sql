@@ -9,6 +9,7 @@ UPDATE imu_data_files
 SET attempts = attempts + CASE WHEN yielded_at IS NULL THEN 1 ELSE 0 END,
     lease = lease + 1,
     yielded_at = NULL,
+    deferrals = 0,
     status = 'parsing',
     claimed_at = now(),
     processing_started_at = COALESCE(processing_started_at, now()),
@@ -133,11 +134,13 @@ SELECT EXISTS (
 );
 
 -- name: defer
--- $1 file id, $2 run. Back of the queue without being claimed (no attempt, no lease); the
--- caller republishes its event in the same transaction.
+-- $1 file id, $2 run, $3 most deferrals between two claims. Back of the queue without
+-- being claimed (no attempt, no lease); the caller republishes its event in the same
+-- transaction. Past the limit the job is claimed: the work it deferred to may be out of
+-- this parser's reach (another parser's busy partition) or lost.
 UPDATE imu_data_files
-SET status = 'queued', queued_at = now(), updated_at = now()
-WHERE id = $1 AND run = $2 AND status IN ('uploaded', 'queued')
+SET status = 'queued', queued_at = now(), updated_at = now(), deferrals = deferrals + 1
+WHERE id = $1 AND run = $2 AND status IN ('uploaded', 'queued') AND deferrals < $3
 RETURNING id, user_id, storage_uri, filename, size_bytes, format, sensor, timezone, run;
 
 -- name: yield_job
