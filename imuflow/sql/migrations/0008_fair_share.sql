@@ -21,8 +21,9 @@ UPDATE imu_data_files SET lease = attempts WHERE lease < attempts;
 
 -- The backend (if any) whose transaction holds the row lock of file `file_uuid`, with how
 -- long its transaction has been open. The row's xmax names the locking transaction; its
--- granted transactionid lock names the backend (a lock shared by several transactions, a
--- multixact, matches nothing and is left alone).
+-- granted transactionid lock names the backend, which must also hold a row-level table
+-- lock on imu_data_files (a lock shared by several transactions has a multixact as xmax,
+-- a number that could equal an unrelated xid: that backend would hold no such lock).
 CREATE OR REPLACE FUNCTION imuflow_row_lock_holder(file_uuid uuid)
 RETURNS TABLE (pid integer, held_seconds double precision)
 LANGUAGE sql STABLE AS $$
@@ -31,7 +32,13 @@ LANGUAGE sql STABLE AS $$
     JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = f.xmax
                     AND l.mode = 'ExclusiveLock' AND l.granted
     JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE f.id = file_uuid AND a.pid <> pg_backend_pid();
+    WHERE f.id = file_uuid AND a.pid <> pg_backend_pid()
+      AND EXISTS (
+          SELECT 1 FROM pg_locks t
+          WHERE t.pid = l.pid AND t.locktype = 'relation' AND t.granted
+            AND t.relation = 'imu_data_files'::regclass
+            AND t.mode IN ('RowShareLock', 'RowExclusiveLock')
+      );
 $$;
 
 CREATE OR REPLACE FUNCTION reset_stuck_streaming_processes(threshold interval DEFAULT NULL)
