@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     parser_group_id: str = "imuflow-parser"
     progress_group_id: str = "imuflow-progress"
     parser_concurrency: int = Field(2, ge=1)  # files one parser process works on at once
+    # Fair share (SPEC §7): after this many seconds a job yields its parser at a batch
+    # boundary when another user with fewer running jobs has work waiting. 0 = off.
+    fair_share_slice: float = Field(10.0, ge=0)
 
     # Benchmark-only switch: with False the parser emits no progress events and no checkpoint.
     progress_tracking: bool = True

@@ -7,7 +7,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,8 +27,10 @@ from services.parser.batching import BatchSizer
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
+from services.parser.threads import JobThread
 
 log = logging.getLogger("imuflow.parser")
+ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
 
 
 class Outcome(enum.Enum):
@@ -37,6 +39,12 @@ class Outcome(enum.Enum):
     DONE = "done"  # finished, failed for good, cancelled or not ours: commit the offset
     RETRY = "retry"  # transient trouble: try again after a backoff (counts an attempt)
     ABANDONED = "abandoned"  # stopping or partition revoked: leave it uncommitted
+    YIELDED = "yielded"  # fair share: requeued behind other users' work; commit the offset
+
+
+def fence_interval(stuck_after: float) -> float:
+    """Seconds between a running job's checks that it is still its own (1-15 s)."""
+    return min(max(stuck_after / 10.0, 1.0), 15.0)
 
 
 def storage_path(uri: str) -> Path:
@@ -68,6 +76,11 @@ class FileJob:
         """Process the delivery and say what to do with its message."""
         with context(file_id=str(self.event.file_id)):
             try:
+                if self.settings.fair_share_slice > 0 and await self.repo.defer_if_behind(
+                    self.event.file_id, self.event.run
+                ):
+                    log.info("deferred behind other users' work", extra=fields(action="defer"))
+                    return Outcome.YIELDED
                 claim = await self.repo.claim(self.event.file_id, self.event.run)
             except TransientError as exc:
                 log.warning("cannot claim job: %s", exc, extra=fields(action="claim"))
@@ -84,15 +97,13 @@ class FileJob:
             message = f"gave up after {tried} attempts"
             if claim.last_error:
                 message += f"; last error: {claim.last_error}"
-            await self._fail(claim, "attempts", message, final=True)
-            return Outcome.DONE
+            return await self._fail(claim, "attempts", message, final=True)
         metrics.FILES_IN_FLIGHT.inc()
+        thread = JobThread(f"reader:{claim.file_id}")
         try:
-            await self._parse(claim)
-            return Outcome.DONE
+            return await self._guarded(claim, self._parse(claim, thread))
         except FormatError as exc:
-            await self._fail(claim, "format", str(exc))
-            return Outcome.DONE
+            return await self._fail(claim, "format", str(exc))
         except Fenced:
             return await self._on_fenced(claim)
         except _Abandoned:
@@ -107,15 +118,54 @@ class FileJob:
             await self.repo.note_transient_error(claim, f"internal error: {exc!r}")
             return Outcome.RETRY
         finally:
+            thread.close()
             metrics.FILES_IN_FLIGHT.dec()
 
-    async def _parse(self, claim: Claim) -> None:
-        path = storage_path(claim.storage_uri)
-        if not path.is_file():
-            raise FormatError("the stored upload is missing; upload the file again")
-        f = await asyncio.to_thread(open, path, "rb")
+    async def _guarded(self, claim: Claim, work: Coroutine[Any, Any, Outcome]) -> Outcome:
+        """Run the parse while checking, on a timer, that the job is still this claim's.
+
+        A reader that never returns reaches no batch boundary, where fencing is noticed:
+        its partition stayed paused and the watchdog's requeue (keyed to that partition)
+        was never consumed. Once the job was taken away (requeued, cancelled, deleted,
+        claimed again) the parse is cancelled, whatever its thread is doing, and the slot
+        and partition are free.
+        """
+        parse = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(self._watch(claim))
+        for task in (parse, watch):
+            task.add_done_callback(_retrieve)
         try:
-            reader, info = await asyncio.to_thread(self._open_reader, f, claim)
+            await asyncio.wait({parse, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if parse.done():
+                return parse.result()
+            log.warning("job taken away while working; stopping it", extra=fields(action="fenced"))
+            parse.cancel()
+            await asyncio.wait({parse}, timeout=ABANDON_WAIT)  # its thread is not waited for
+            raise Fenced("taken away while working")
+        finally:
+            parse.cancel()
+            watch.cancel()
+
+    async def _watch(self, claim: Claim) -> None:
+        """Return once the job is no longer this claim's (checked every few seconds)."""
+        interval = fence_interval(self.settings.stuck_after)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                state = await self.repo.status_of(claim.file_id)
+            except TransientError:
+                continue  # Postgres away: the batch writes notice on their own
+            if state is None or state["status"] != "parsing" or state["lease"] != claim.lease:
+                return
+
+    async def _parse(self, claim: Claim, thread: JobThread) -> Outcome:
+        path = storage_path(claim.storage_uri)
+        # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
+        if not await thread.submit(_is_stored, path):
+            raise FormatError("the stored upload is missing; upload the file again")
+        f = await thread.submit(open, path, "rb")
+        try:
+            reader, info = await thread.submit(self._open_reader, f, claim)
             warnings = _merge(claim.warnings, list(info.warnings))
             await self.repo.set_format(claim, info.format_id, dict(info.units), warnings)
             await self._publish(
@@ -129,9 +179,10 @@ class FileJob:
                     started_at=datetime.now(UTC),
                 )
             )
-            await self._batches(claim, reader, info, warnings)
+            return await self._batches(claim, reader, info, warnings, thread)
         finally:
-            await asyncio.to_thread(f.close)
+            # After whatever the thread still does (a read-ahead); not waited for.
+            thread.submit(f.close).add_done_callback(_retrieve)
 
     def _open_reader(self, f: BinaryIO, claim: Claim) -> tuple[Reader, FileInfo]:
         format_id = claim.format or registry.detect_file(f, claim.filename)
@@ -145,8 +196,11 @@ class FileJob:
         )
         return reader, reader.open(f, options, resume)
 
-    async def _batches(self, claim: Claim, reader: Reader, info: FileInfo, warnings: list[str]) -> None:
+    async def _batches(
+        self, claim: Claim, reader: Reader, info: FileInfo, warnings: list[str], thread: JobThread
+    ) -> Outcome:
         sizer = BatchSizer(self.settings.batch_size, adaptive=self.settings.adaptive_batching)
+        share = _FairShare(self.settings.fair_share_slice)
         batches: Iterator[SampleBatch] = reader.batches(sizer)
         batch_number = claim.resume_batch_number
         samples_done = claim.resume_samples
@@ -154,7 +208,7 @@ class FileJob:
         # Pipelining: a thread reads and encodes batch N+1 while batch N is copied into
         # Postgres (another process, so the two use both cores). Checkpoints stay exact:
         # batch N's transaction (samples + checkpoint N) commits before N+1 is stored.
-        pending = self._read_ahead(batches, claim)
+        pending = self._read_ahead(batches, claim, thread)
         t0 = time.perf_counter()  # a batch's time runs from the previous commit to its own
         try:
             while True:
@@ -164,7 +218,7 @@ class FileJob:
                 if item is None:
                     break
                 batch, payload, started = item
-                pending = self._read_ahead(batches, claim)
+                pending = self._read_ahead(batches, claim, thread)
                 samples_done += len(batch)
                 rows_skipped += batch.rows_skipped
                 warnings = _merge(warnings, batch.warnings)
@@ -195,12 +249,11 @@ class FileJob:
                     sizer.observe(len(batch), seconds)
                     metrics.BATCH_DURATION.observe(seconds)
                     metrics.SAMPLES_PARSED.inc(len(batch))
+                    if share.due() and await self._yield(claim, batch_number):
+                        return Outcome.YIELDED
         finally:
-            # The reader thread cannot be interrupted: let it finish before the file closes.
-            if not pending.done():
-                await asyncio.wait([pending])
-            if not pending.cancelled():
-                pending.exception()  # retrieved: an error after ours is not worth a log
+            # The job's thread closes the file after the read-ahead: nothing to wait for.
+            pending.add_done_callback(_retrieve)
         if samples_done == 0:
             raise FormatError("the file holds no readable IMU samples")
         if not await self.repo.complete(claim, samples_done):
@@ -218,10 +271,29 @@ class FileJob:
                 completed_at=datetime.now(UTC),
             )
         )
+        return Outcome.DONE
 
-    def _read_ahead(self, batches: Iterator[SampleBatch], claim: Claim) -> asyncio.Future[_Encoded | None]:
-        """Start reading and encoding the next batch in a thread."""
-        return asyncio.ensure_future(asyncio.to_thread(_next_encoded, batches, claim.file_id))
+    async def _yield(self, claim: Claim, batch_number: int) -> bool:
+        """Fair share: give the parser to another user's waiting work at this boundary.
+
+        The checkpoint of `batch_number` is committed; the job goes back to queued with its
+        event republished behind the waiting work. The resuming claim counts no attempt.
+        """
+        if not await self.repo.others_waiting(claim):
+            return False
+        if not await self.repo.yield_job(claim, batch_number):
+            raise Fenced("yield matched no row")
+        log.info(
+            "yielding to other users' work at a batch boundary",
+            extra=fields(action="yield", batch_number=batch_number),
+        )
+        return True
+
+    def _read_ahead(
+        self, batches: Iterator[SampleBatch], claim: Claim, thread: JobThread
+    ) -> asyncio.Future[_Encoded | None]:
+        """Start reading and encoding the next batch in the job's thread."""
+        return thread.submit(_next_encoded, batches, claim.file_id)
 
     def _progress_payload(
         self,
@@ -259,7 +331,7 @@ class FileJob:
 
     async def _on_fenced(self, claim: Claim) -> Outcome:
         state = await self.repo.status_of(claim.file_id)
-        if state is not None and state["status"] == "cancelled" and state["attempts"] == claim.attempt:
+        if state is not None and state["status"] == "cancelled" and state["lease"] == claim.lease:
             log.info("cancelled; stopped at a batch boundary", extra=fields(action="cancelled"))
             await self._publish(
                 events.ParseCancelled(
@@ -272,16 +344,21 @@ class FileJob:
             log.info("job taken over or deleted; stopping", extra=fields(action="fenced"))
         return Outcome.DONE
 
-    async def _fail(self, claim: Claim, reason: str, message: str, *, final: bool = False) -> None:
+    async def _fail(self, claim: Claim, reason: str, message: str, *, final: bool = False) -> Outcome:
+        """Mark the job failed; RETRY (the offset stays uncommitted) if that cannot be written.
+
+        Committing the offset of a job left `parsing` would leave it to the watchdog.
+        """
         log.warning("parse failed: %s", message, extra=fields(action="failed", reason=reason))
         dead_letter = self.event.model_dump(mode="json") if final else None
         try:
-            changed = await self.repo.fail(claim.file_id, claim.attempt, claim.run, message, dead_letter)
+            changed = await self.repo.fail(claim.file_id, claim.lease, claim.run, message, dead_letter)
         except TransientError as exc:
-            log.warning("could not record the failure: %s", exc)
-            return
+            log.warning("could not record the failure; will retry: %s", exc, extra=fields(action="retry"))
+            await self.repo.note_transient_error(claim, f"could not record a failure: {exc}")
+            return Outcome.RETRY
         if not changed:
-            return
+            return Outcome.DONE
         metrics.PARSE_FAILURES.labels(reason).inc()
         sentry.capture_job_failure(reason, message, str(claim.file_id))  # not for "format"
         failed = events.ParseFailed(
@@ -292,6 +369,7 @@ class FileJob:
             failed_at=datetime.now(UTC),
         )
         await self._publish(failed)
+        return Outcome.DONE
 
     async def _publish(self, event: BaseModel, base: str = topics.PROGRESS) -> None:
         """Send without waiting for the broker; the Postgres state is already committed."""
@@ -318,6 +396,34 @@ def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | N
     if batch is None:
         return None
     return batch, pgcopy.encode_parts(file_id, batch), started
+
+
+def _is_stored(path: Path) -> bool:
+    # Not `is_file()`: only a missing upload (or a directory) is the user's to fix; any
+    # other file is read, and a read that blocks is the job's timer's business.
+    return path.exists() and not path.is_dir()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Retrieve a read-ahead's error nobody awaits any more (an error after ours)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _FairShare:
+    """When a running job asks whether to yield: after its slice, at most once a second."""
+
+    CHECK_EVERY = 1.0
+
+    def __init__(self, slice_seconds: float) -> None:
+        self.slice = slice_seconds
+        self.next_check = time.monotonic() + slice_seconds
+
+    def due(self) -> bool:
+        if self.slice <= 0 or time.monotonic() < self.next_check:
+            return False
+        self.next_check = time.monotonic() + self.CHECK_EVERY
+        return True
 
 
 def _log_send_failure(future: asyncio.Future[object]) -> None:

@@ -10,19 +10,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from contracts import topics
+from contracts import events, topics
 from imuflow import db, dberrors, outbox
 from services.parser import pgcopy
 from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
 DRIVER_ERRORS = dberrors.DRIVER
+MAX_DEFERRALS = 3  # fair share: times a job is put back unclaimed between two claims
 
 
 class ParserError(Exception):
@@ -50,7 +52,8 @@ class Claim:
     timezone: str
     storage_uri: str
     run: int
-    attempt: int
+    attempt: int  # the attempt count (what users and MAX_ATTEMPTS see)
+    lease: int  # the fencing token: every write of this claim requires it
     attempts_base: int
     resume_offset: int
     resume_samples: int
@@ -96,8 +99,12 @@ class ParserRepository:
     async def set_format(
         self, claim: Claim, format_id: str, units: dict[str, str], warnings: list[str]
     ) -> None:
-        """Record the detected format, its source units and header warnings."""
-        await self._execute(QUERIES["set_format"], claim.file_id, claim.attempt, format_id, units, warnings)
+        """Record the detected format, its source units and header warnings; Fenced if not ours."""
+        status = await self._execute(
+            QUERIES["set_format"], claim.file_id, claim.lease, claim.run, format_id, units, warnings
+        )
+        if status != "UPDATE 1":
+            raise Fenced("set_format matched no row")
 
     async def store_batch(
         self,
@@ -131,7 +138,7 @@ class ParserRepository:
                     status = await conn.execute(
                         QUERIES["checkpoint"],
                         claim.file_id,
-                        claim.attempt,
+                        claim.lease,
                         claim.run,
                         previous_batch,
                         previous_batch + 1,
@@ -151,19 +158,22 @@ class ParserRepository:
                         format="binary",
                     )
                 if progress is not None:
-                    await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, progress())
+                    event = progress()
+                    if checkpoint:
+                        await conn.execute(QUERIES["insert_batch_log"], *_log_row(event))
+                    await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, event)
         except DRIVER_ERRORS as exc:
             raise TransientError(f"store batch: {exc}") from exc
 
     async def complete(self, claim: Claim, total_samples: int) -> bool:
         """Mark the job completed with its exact count; False if fenced."""
-        rows = await self._fetch(QUERIES["complete"], claim.file_id, claim.attempt, claim.run, total_samples)
+        rows = await self._fetch(QUERIES["complete"], claim.file_id, claim.lease, claim.run, total_samples)
         return bool(rows)
 
     async def fail(
         self,
         file_id: UUID,
-        attempt: int | None,
+        lease: int | None,
         run: int,
         message: str,
         dead_letter: dict[str, Any] | None = None,
@@ -175,7 +185,7 @@ class ParserRepository:
         """
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(QUERIES["fail"], file_id, attempt, run, message)
+                rows = await conn.fetch(QUERIES["fail"], file_id, lease, run, message)
                 if rows and dead_letter is not None:
                     await outbox.enqueue(conn, topics.FILES_DEAD_LETTER, file_id, dead_letter)
         except DRIVER_ERRORS as exc:
@@ -183,7 +193,7 @@ class ParserRepository:
         return bool(rows)
 
     async def status_of(self, file_id: UUID) -> dict[str, Any] | None:
-        """The job's status, run and attempt count (None once deleted)."""
+        """The job's status, run, attempt count and lease (None once deleted)."""
         try:
             return db.record(await self.pool.fetchrow(QUERIES["status_of"], file_id))
         except DRIVER_ERRORS as exc:
@@ -193,8 +203,52 @@ class ParserRepository:
         """Keep the last transient error on the job for operators (best effort)."""
         with contextlib.suppress(*DRIVER_ERRORS):
             await self.pool.execute(
-                QUERIES["note_transient_error"], claim.file_id, claim.attempt, message[:500]
+                QUERIES["note_transient_error"], claim.file_id, claim.lease, message[:500]
             )
+
+    async def defer_if_behind(self, file_id: UUID, run: int) -> bool:
+        """Fair share at claim time: requeue the file unclaimed if another user comes first.
+
+        Its event goes to the back of its partition through the outbox, in the same
+        transaction; no attempt is counted. True when deferred.
+        """
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval(QUERIES["behind_in_fair_order"], file_id):
+                    return False
+                row = await conn.fetchrow(QUERIES["defer"], file_id, run, MAX_DEFERRALS)
+                if row is None:
+                    return False  # deferred enough, or not queued (any more): the claim decides
+                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row)))
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"defer: {exc}") from exc
+        return True
+
+    async def others_waiting(self, claim: Claim) -> bool:
+        """Whether another user with fewer running jobs has queued work (fair share)."""
+        try:
+            return bool(await self.pool.fetchval(QUERIES["others_waiting"], claim.user_id))
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"fair share: {exc}") from exc
+
+    async def yield_job(self, claim: Claim, batch_number: int) -> bool:
+        """Give the parser back at a batch boundary: queued again from the checkpoint.
+
+        The event that resumes it is republished through the outbox in the same
+        transaction (behind the waiting work); False if the job was no longer ours.
+        """
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    QUERIES["yield_job"], claim.file_id, claim.lease, claim.run, batch_number
+                )
+                if row is None:
+                    return False
+                await outbox.enqueue(conn, topics.FILES, claim.file_id, queued_event(dict(row)))
+                await conn.fetchval("SELECT record_file_event($1)", claim.file_id)
+        except DRIVER_ERRORS as exc:
+            raise TransientError(f"yield: {exc}") from exc
+        return True
 
     async def _execute(self, query: str, *args: Any) -> str:
         try:
@@ -212,6 +266,40 @@ class ParserRepository:
 
 
 COPY_CHUNK = 4 * 1024 * 1024
+
+
+def queued_event(row: dict[str, Any]) -> dict[str, Any]:
+    """The `files.v1` event (as JSON) that requeues the job of an `imu_data_files` row."""
+    event = events.FileQueued(
+        file_id=row["id"],
+        user_id=row["user_id"],
+        reason="requeue",
+        run=row["run"],
+        storage_uri=row["storage_uri"],
+        filename=row["filename"],
+        size_bytes=row["size_bytes"],
+        format=row["format"],
+        sensor=row["sensor"],
+        timezone=row["timezone"],
+        queued_at=datetime.now(UTC),
+    )
+    return event.model_dump(mode="json")
+
+
+def _log_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The batch log row of a batch's progress event (as JSON)."""
+    return (
+        UUID(event["file_id"]),
+        UUID(event["user_id"]),
+        event["run"],
+        event["batch_number"],
+        event["samples_in_batch"],
+        event["total_samples_processed"],
+        event["batch_processing_time_ms"],
+        datetime.fromisoformat(event["started_at"]),
+        datetime.fromisoformat(event["completed_at"]),
+        event["attempt"],
+    )
 
 
 async def _chunks(parts: Sequence[memoryview]) -> AsyncIterator[memoryview]:

@@ -5,7 +5,12 @@ So a partition with a job in progress is paused, the loop keeps polling (heartbe
 group membership stay healthy), and the job's offset is committed only once the job is
 done (at-least-once delivery). A crashed worker's uncommitted message is delivered to
 another member, which resumes from the Postgres checkpoint; a fencing token (the
-attempt number) keeps a slow former owner from writing.
+claim's lease) keeps a slow former owner from writing.
+
+A paused partition holds up every later message of it, so a slot must always come free:
+a job checks on a timer that it is still its own (a hung reader is left behind in its
+thread once the watchdog requeued the job), and a job that has run its fair-share slice
+yields at a batch boundary when another user's work waits (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ from services.parser.repository import ParserRepository
 log = logging.getLogger("imuflow.parser")
 ABANDON_GRACE_SECONDS = 10.0
 FAILED_WORKER_PAUSE = 5.0  # seconds before a message whose handling crashed is fetched again
+# Fair share defers a job (back of its partition) while another user's work waits. When
+# that work is out of this worker's reach (another parser's busy partition, a lost event)
+# every message fetched here is deferred: past this many in a row, pause between them.
+DEFER_RUN = 16
+DEFER_PAUSE = 1.0
 
 
 @dataclass
@@ -58,6 +68,7 @@ class ParserWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self._slots: dict[TopicPartition, _Slot] = {}
         self._freed = asyncio.Event()
+        self._yields_in_row = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then abandon in-flight jobs within a grace period."""
@@ -113,6 +124,12 @@ class ParserWorker:
                 if outcome is Outcome.ABANDONED:
                     return
                 await self._commit(tp, record.offset + 1)
+                if outcome is Outcome.YIELDED:
+                    self._yields_in_row += 1
+                    if self._yields_in_row > DEFER_RUN and await wait_any(slot.abandon, timeout=DEFER_PAUSE):
+                        return
+                else:
+                    self._yields_in_row = 0
         except asyncio.CancelledError:
             raise
         except Exception:

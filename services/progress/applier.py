@@ -2,7 +2,10 @@
 
 Events arrive at least once and, across attempts, possibly late. An event moves the
 displayed progress only forward (more samples, same run, job still parsing), so a
-duplicate or a straggler is a no-op. The batch log is keyed by (file, run, batch), so a
+duplicate or a straggler is a no-op. The batch log (`streaming_processing_logs`) is the
+parser's: each row commits in its batch's transaction, so events the broker loses leave
+no hole. The row an event would insert here is keyed by (file, run, batch) and inserted
+only where none exists (a producer that writes no log), so the two never conflict and a
 repeated batch inserts nothing. Malformed or forged events (unknown file, wrong user)
 are logged, counted and skipped; they never stop the consumer.
 """

@@ -1,8 +1,10 @@
-"""The stuck rule and the operations views of migration 0002, on a real Postgres."""
+"""The stuck rule and the operations views (migrations 0002, 0007, 0008), on a real Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from uuid import UUID
@@ -13,7 +15,7 @@ import pytest
 
 from contracts import topics
 from contracts.events import FILE_EVENT
-from imuflow import db
+from imuflow import db, dberrors
 from tests.ops.jobs import add_batches, make_job, make_user
 
 pytestmark = pytest.mark.integration
@@ -177,3 +179,33 @@ async def test_a_queued_job_behind_busy_parsers_is_waiting_not_stuck(conn: async
         "UPDATE imu_data_files SET queued_at = now() - interval '1900 seconds' WHERE id = $1", waiting
     )
     assert await stuck_ids(conn) == {waiting}
+
+
+async def test_reset_ends_a_backend_holding_a_stuck_rows_lock_past_the_hold_timeout(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    # Hold timeout = 2 x STUCK_AFTER, at least 10 s (what the parser bounds its own batch
+    # transactions by): a lock held longer is nobody's work in progress.
+    await conn.execute("UPDATE imuflow_config SET stuck_after = interval '1 second'")
+    user = await make_user(conn)
+    job = await make_job(conn, user, checkpoint_ago=400, claimed_ago=500)
+    holder = await db.connect(database_url)  # an operator's forgotten SELECT ... FOR UPDATE
+    try:
+        pid = await holder.fetchval("SELECT pg_backend_pid()")
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1 FROM imu_data_files WHERE id = $1 FOR UPDATE", job)
+        started = time.monotonic()
+        # Held for less than the hold timeout: it may be a parser writing; skipped.
+        assert await conn.fetch("SELECT * FROM reset_stuck_streaming_processes()") == []
+        assert await stuck_ids(conn) == {job}
+        await asyncio.sleep(max(0.0, 10.5 - (time.monotonic() - started)))
+        rows = await conn.fetch("SELECT * FROM reset_stuck_streaming_processes()")
+        assert [(r["file_id"], r["action"]) for r in rows] == [(job, "requeued")]
+        assert f"ended backend {pid}" in rows[0]["reason"]
+        assert await conn.fetchval("SELECT status FROM imu_data_files WHERE id = $1", job) == "queued"
+        assert await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) == 0
+        with pytest.raises(dberrors.DRIVER):
+            await holder.fetchval("SELECT 1")
+    finally:
+        if not holder.is_closed():
+            holder.terminate()

@@ -36,7 +36,8 @@ UPDATE imu_data_files SET eta_state = $2 WHERE id = $1;
 -- name: insert_batch_log
 -- $1 file_id, $2 user_id, $3 run, $4 batch_number, $5 samples_in_batch,
 -- $6 total_samples_processed, $7 batch_processing_time_ms, $8 started_at, $9 completed_at,
--- $10 attempt
+-- $10 attempt. The parser writes the row in the batch's own transaction (before the event
+-- exists); this only fills in for a producer that does not, and never overwrites.
 INSERT INTO streaming_processing_logs
     (file_id, user_id, run, batch_number, samples_in_batch, total_samples_processed,
      batch_processing_time_ms, started_at, completed_at, attempt)
