@@ -281,3 +281,28 @@ def test_memory_flat_reads_forward_in_blocks() -> None:
     reader.open(Counting(data), ReadOptions(filename="d.csv"), None)
     assert sum(len(b) for b in reader.batches(lambda: 1000)) == 20000
     assert Counting.largest < 100_000 < len(data)
+
+
+def _as_space_export(name: str, sep: str) -> bytes:
+    """The MT Manager export `name` re-written as its SPACE option does: empty fields stay
+    empty, so a run of k+1 spaces stands for k empty fields (NaN cells become empty)."""
+    out = []
+    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+        out.append(line if line.startswith("//") else " ".join("" if f == "NaN" else f for f in line.split(sep)))
+    return ("\n".join(out) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "sep", "count"),
+    [
+        ("opensim_MT2022_ACC_GYRO_ROT_MAT_COMMA_00B42D4B.txt", ",", 5),
+        ("opensim_MT2022_ACC_GYRO_ROT_ALL_TAB_NAN_00B42D4B.txt", "\t", 5),
+        ("opensim_MT_012005D6_009-001_00B421E6.txt", "\t", 2432),
+    ],
+)
+def test_xsens_space_export_with_runs_of_spaces(name: str, sep: str, count: int) -> None:
+    original = read_path(DATA / name)
+    spaced = read_bytes(_as_space_export(name, sep), name.replace(".txt", "_space.txt"), target=700)
+    assert (spaced.format_id, spaced.n, spaced.rows_skipped) == ("xsens", count, 0)
+    np.testing.assert_array_equal(spaced.values, original.values)
+    np.testing.assert_array_equal(spaced.t_ns, original.t_ns)
