@@ -18,7 +18,7 @@ import asyncpg
 
 from contracts import topics
 from imuflow import db, dberrors, outbox
-from services.parser import pgcopy
+from services.parser import pgcopy, preview_blocks
 from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
@@ -150,6 +150,7 @@ class ParserRepository:
                         columns=list(pgcopy.COLUMNS),
                         format="binary",
                     )
+                await preview_blocks.store(conn, claim.file_id, batch)  # the preview pyramid (0014)
                 if progress is not None:
                     await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, progress())
         except DRIVER_ERRORS as exc:

@@ -109,6 +109,18 @@ def decode_block_values(rec: npt.NDArray[Any], layout: int) -> npt.NDArray[np.fl
     return out
 
 
+def _ranges(rec: npt.NDArray[Any]) -> dict[str, float] | None:
+    """Full scale of the first good block: accel 16 >> (rate >> 6) g; AX6 gyro from `light`."""
+    if rec.shape[0] == 0:
+        return None
+    accel = float((16 >> (int(rec["rate"][0]) >> 6)) * STANDARD_GRAVITY)
+    out = dict.fromkeys(("ax", "ay", "az"), accel)
+    if int(rec["layout"][0]) in (0x62, 0x92):
+        dps = 8000 >> ((int(rec["light"][0]) >> 10) & 7)
+        out.update(dict.fromkeys(("gx", "gy", "gz"), float(np.deg2rad(dps))))
+    return out
+
+
 class CwaReader:
     """Streams samples from an Axivity .cwa file in runs of whole 512-byte blocks."""
 
@@ -241,6 +253,7 @@ class CwaReader:
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
         self._samples_done += total
         return SampleBatch(
+            ranges=_ranges(rec[good]),
             sample_index=index,
             t_ns=local_to_utc_ns(t_ns, self._tz),
             values=values,

@@ -169,6 +169,7 @@ class Gt3xReader:
         self._zip_error = ""
         self._warned: set[str] = set()
         self._legacy: LegacyActivity | None = None
+        self._ranges: dict[str, float] | None = None
 
     def open(self, f: BinaryIO, options: ReadOptions, resume: ResumePoint | None) -> FileInfo:
         """Read info.txt (rate, scale, time zone) and open log.bin at `resume.offset`."""
@@ -179,7 +180,9 @@ class Gt3xReader:
             names = set(zf.namelist())
             stream = "log.bin" if "log.bin" in names else "activity.bin"
             if stream not in names:
-                raise FormatError("not an ActiGraph .gt3x: the ZIP has no log.bin (nor a legacy activity.bin)")
+                raise FormatError(
+                    "not an ActiGraph .gt3x: the ZIP has no log.bin (nor a legacy activity.bin)"
+                )
             if "info.txt" not in names:
                 raise FormatError("not an ActiGraph .gt3x: the ZIP has no info.txt")
             # Everything the container unpacks to counts against the upload limit.
@@ -200,7 +203,11 @@ class Gt3xReader:
                 limits.max_content_bytes - info_member.file_size, limits.max_inflate_ratio,
             )  # fmt: skip
             if resume is not None:
-                aligned = stream == "log.bin" or resume.offset % PAIR_BYTES == 0 or resume.offset == log_info.file_size
+                aligned = (
+                    stream == "log.bin"
+                    or resume.offset % PAIR_BYTES == 0
+                    or resume.offset == log_info.file_size
+                )
                 if not (0 <= resume.offset <= log_info.file_size and aligned):
                     raise FormatError(f"cannot resume this .gt3x at {stream} byte {resume.offset}")
                 log.seek(resume.offset)
@@ -222,6 +229,11 @@ class Gt3xReader:
             # ACTIVITY2 devices write 256 counts per g, the 12-bit generation 341.
             warnings.append("info.txt gives no 'Acceleration Scale'; assumed 256 counts per g "
                             "(341 for 12-bit samples)")  # fmt: skip
+        peak = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Max", ""))
+        self._ranges = (
+            dict.fromkeys(("ax", "ay", "az"), float(peak.group()) * STANDARD_GRAVITY)
+            if peak and float(peak.group()) > 0 else None
+        )  # fmt: skip
         file_tz = parse_gmt_offset(info.get("TimeZone", ""))
         self._tz = file_tz if file_tz is not None else load_zone(options.timezone)
         self._log, self._size = log, log_info.file_size
@@ -242,8 +254,10 @@ class Gt3xReader:
             # activity.bin is nothing but 36-bit samples: its size gives the exact count.
             sample_count=self._size * 8 // 36 if self._legacy else None,
             sample_count_estimate=self._estimate(info),
-            units={c: f"1/{self._scale or (TWELVE_BIT_SCALE if self._legacy else 256):g} g"
-                   for c in ("ax", "ay", "az")},  # fmt: skip
+            units={
+                c: f"1/{self._scale or (TWELVE_BIT_SCALE if self._legacy else 256):g} g"
+                for c in ("ax", "ay", "az")
+            },
             warnings=tuple(warnings),
             time_base="epoch",
         )
@@ -360,6 +374,7 @@ class Gt3xReader:
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
         self._samples_done += total
         return SampleBatch(
+            ranges=self._ranges,
             sample_index=index,
             t_ns=local_to_utc_ns(t_local, self._tz),
             values=values,

@@ -9,11 +9,11 @@ not copied). Counts are 1/`Acceleration Scale` g; 12-bit devices use 341 per g.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
+from imuflow.archives import BoundedMember
 from services.parser.formats.base import STANDARD_GRAVITY, SampleBatch
 
 PAIR_BYTES = 9  # two samples of 36 bits
@@ -47,7 +47,7 @@ class LegacyActivity:
 
     YXZ = (1, 0, 2)  # stored y, x, z: pick x, y, z
 
-    def __init__(self, member: BinaryIO, size: int, start_local_ns: int, rate: float, scale: float,
+    def __init__(self, member: BoundedMember, size: int, start_local_ns: int, rate: float, scale: float,
                  to_utc: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]) -> None:  # fmt: skip
         self._f, self._size = member, size
         self._start, self._rate, self._scale, self._to_utc = start_local_ns, rate, scale, to_utc

@@ -288,7 +288,9 @@ def _as_space_export(name: str, sep: str) -> bytes:
     empty, so a run of k+1 spaces stands for k empty fields (NaN cells become empty)."""
     out = []
     for line in (DATA / name).read_text(encoding="utf-8").splitlines():
-        out.append(line if line.startswith("//") else " ".join("" if f == "NaN" else f for f in line.split(sep)))
+        out.append(
+            line if line.startswith("//") else " ".join("" if f == "NaN" else f for f in line.split(sep))
+        )
     return ("\n".join(out) + "\n").encode()
 
 
