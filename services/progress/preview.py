@@ -77,6 +77,8 @@ async def file_preview(
 ) -> FilePreview:
     """Min and max per bucket of each axis the file has, over the range asked (default: all
     stored so far). Where the file has no time, `start_ns`/`end_ns` are sample indexes."""
+    if record.samples_processed == 0:  # nothing yet (or a re-parse whose old blocks still wait)
+        return FilePreview(points=0, t_start_ns=None, t_end_ns=None, axes={})
     try:
         async with pool.acquire() as conn:
             return await build_preview(conn, record.id, points, start_ns, end_ns, sensor)
