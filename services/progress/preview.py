@@ -1,6 +1,6 @@
 """`GET /api/files/{id}/preview`: per-bucket min/max of a file's signal, fast at any size.
 
-The parser keeps a pyramid of blocks (migration 0014: 16384 and 256 samples, per-axis
+The parser keeps a pyramid of blocks (migration 0014: 16384, 2048 and 256 samples, per-axis
 min/max). A request picks the coarsest level whose blocks are much narrower than a
 bucket, aggregates the blocks wholly inside the range in SQL, and answers each block that
 straddles an edge of the range from the next finer level, down to an exact scan of
@@ -28,7 +28,7 @@ from services.progress.repository import DRIVER_ERRORS
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "preview.sql")
 AXES = ("ax", "ay", "az", "gx", "gy", "gz", "mx", "my", "mz")
-LEVELS = (256, 16384)  # as services/parser/preview_blocks.py writes them
+LEVELS = (256, 2048, 16384)  # as services/parser/preview_blocks.py writes them
 # Samples per bucket a level needs (its blocks at most half a bucket wide); below the
 # finest, the range is few enough samples to scan exactly.
 _PER_BUCKET = 2

@@ -88,4 +88,6 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await expect(zoomed).not_to_have_attribute("aria-label", label or "")
     await screenshot(page, "detail-signal-zoomed")
     await reset.click()
-    await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).to_have_attribute("aria-label", label or "")
+    await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).to_have_attribute(
+        "aria-label", label or ""
+    )

@@ -33,6 +33,7 @@ def test_blocks_of_both_levels_cover_the_batch_and_keep_a_one_sample_spike() -> 
     fine = [r for r in rows if r["level"] == 256]
     coarse = [r for r in rows if r["level"] == 16384]
     assert [r["n"] for r in coarse] == [16384, 20_000 - 16384]
+    assert sum(r["n"] for r in rows if r["level"] == 2048) == 20_000
     assert sum(r["n"] for r in fine) == 20_000 and len(fine) == 79  # 78 full + 32
     assert fine[0]["first_index"] == 40_000 and fine[-1]["first_index"] == 40_000 + 78 * 256
     spiked = [r for r in fine if r["maxs"][0] == 80.0]

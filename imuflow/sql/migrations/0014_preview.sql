@@ -3,7 +3,7 @@
 --
 -- Why blocks: a whole-file preview of a 60M-sample file must answer in well under a
 -- second, so it cannot scan imu_samples. The parser writes, in each batch's transaction,
--- one row per block of `level` samples (256 or 16384, cut from the batch's first sample,
+-- one row per block of `level` samples (256, 2048 or 16384, cut from the batch's first sample,
 -- the batch's last block shorter) per sensor: its first sample_index, count, first and
 -- last t_ns, per axis min/max/sum/non-NULL count, and clipped counts where the reader
 -- knows the device's range. The preview buckets blocks in SQL and scans imu_samples only
@@ -11,7 +11,7 @@
 CREATE TABLE IF NOT EXISTS imu_preview_blocks (
     file_id      uuid NOT NULL REFERENCES imu_data_files (id) ON DELETE CASCADE,
     sensor       text NOT NULL DEFAULT '',  -- '' where the file names no sensor
-    level        integer NOT NULL,          -- samples per (full) block: 256 or 16384
+    level        integer NOT NULL,          -- samples per (full) block: 256, 2048 or 16384
     first_index  bigint NOT NULL,           -- sample_index of the block's first sample
     n            integer NOT NULL,
     t_first      bigint,                    -- NULL where the file has no time base
