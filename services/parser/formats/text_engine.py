@@ -40,6 +40,8 @@ from services.parser.formats.timebase import (
     rate_from_preamble,
     start_from_preamble,
     time_values,
+    utc_columns_filled,
+    utc_times,
 )
 
 _FIELD_TYPES = {
@@ -98,6 +100,8 @@ class TextReader:
         self._types = {c.field: pa.float32() for c in cmap.imu}
         if time_field is not None:
             self._types[time_field] = _FIELD_TYPES[plan.kind]
+        if plan.kind == "utc":
+            self._types.update(dict.fromkeys(cmap.utc_fields.values(), pa.float64()))
         start = layout.data_offset
         self._state: dict[str, Any] = {
             "row": 0,
@@ -128,6 +132,8 @@ class TextReader:
         self, layout: Layout, cmap: ColumnMap, options: ReadOptions
     ) -> tuple[TimePlan, int | None, list[str]]:
         rows, pre = layout.sample_rows, layout.preamble
+        if utc_columns_filled(rows, cmap.utc_fields):  # Xsens UTC output: absolute time
+            return TimePlan("utc", epoch=True), None, []
         values = time_values(rows, cmap.time_field, layout.decimal_comma)
         if numeric := mostly_numeric(values):
             plan, warnings = plan_numeric_time(numeric, cmap.time_unit, self._preset.time_unit)
@@ -182,7 +188,10 @@ class TextReader:
         blk = parse_block(data, len(layout.names), layout.delimiter, layout.quoted_data, self._types)
         n, n_groups = blk.n_rows, len(cmap.groups)
         col = blk.columns.get(self._time_field) if self._time_field is not None else None
-        t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
+        if self._plan.kind == "utc":
+            t, t_ok = utc_times(blk.columns, cmap.utc_fields, n)
+        else:
+            t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
         state["row"] += n
         vals = np.full((n, n_groups, len(VALUE_COLUMNS)), np.nan, dtype=np.float32)
         for c in cmap.imu:
