@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
 from typing import Any, BinaryIO
@@ -53,6 +54,9 @@ _FIELD_TYPES = {
     "fine": pa.float64(),
 }
 _MAX_EXAMPLE = 60
+# Written by ingest above each stream of a phyphox / Sensor Logger ZIP (services/ingest/
+# timeanchors.py): "relative ns=Unix ns" pairs, each valid from its relative time on.
+_ANCHORS = re.compile(r"^# imuflow time anchors \(([^)]*)\): ((?:-?\d+=\d+ ?)+)$")
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -96,6 +100,7 @@ class TextReader:
             reason = None if options.sensor else _not_imu_file(options.filename)
             raise FormatError(reason or str(exc)) from exc
         plan, time_field, time_warnings = self._plan_time(layout, cmap, options)
+        self._anchors = None if plan.epoch or plan.kind == "none" else _anchors(layout.preamble)
         self._layout, self._cmap, self._plan, self._time_field = layout, cmap, plan, time_field
         self._types = {c.field: pa.float32() for c in cmap.imu}
         if time_field is not None:
@@ -125,7 +130,7 @@ class TextReader:
             sample_count=None,
             units=units,
             warnings=tuple(cmap.warnings + time_warnings),
-            time_base=plan.time_base,
+            time_base="epoch" if self._anchors is not None else plan.time_base,
         )
 
     def _plan_time(
@@ -192,6 +197,8 @@ class TextReader:
             t, t_ok = utc_times(blk.columns, cmap.utc_fields, n)
         else:
             t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
+        if self._anchors is not None:
+            t = _anchored(t, t_ok, self._anchors)
         state["row"] += n
         vals = np.full((n, n_groups, len(VALUE_COLUMNS)), np.nan, dtype=np.float32)
         for c in cmap.imu:
@@ -262,6 +269,27 @@ class TextReader:
                 warnings,
             )
         return int(empty_rows.size) + len(blk.bad_rows)
+
+
+def _anchors(preamble: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+    """The time anchors line of a phone-app stream, as (relative ns, Unix ns) arrays."""
+    for line in preamble:
+        if m := _ANCHORS.match(line.strip()):
+            pairs = sorted(tuple(int(x) for x in p.split("=")) for p in m.group(2).split())
+            return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+    return None
+
+
+def _anchored(
+    t: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
+    anchors: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> npt.NDArray[np.int64]:
+    """Relative times made absolute: each from the latest START at or before it (a pause
+    in phyphox leaves the relative column running on, the absolute one jumps)."""
+    rel, unix = anchors
+    k = np.clip(np.searchsorted(rel, t, side="right") - 1, 0, rel.size - 1)
+    return np.where(ok, unix[k] + (t - rel[k]), t).astype(np.int64)
 
 
 def _row_line(data: bytes, row: int, blk: Block, line0: int) -> tuple[int, str]:
