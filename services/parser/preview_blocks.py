@@ -23,6 +23,9 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "preview.sql")
 LEVELS = (256, 2048, 16384)
 FINE = LEVELS[0]
 GAP_FACTOR = 5  # an interval longer than 5 sample periods is a gap (SPEC §7)
+# A sample within 0.3 % of the device's full scale counts as clipped: packed .cwa values
+# lose their low bits near the top (2044/256 g at an 8 g range), a 12-bit count is 0.05 %.
+CLIP_FRACTION = 0.997
 COLUMNS = ("file_id", "sensor", "level", "first_index", "n", "t_first", "t_last", "dt_median",
            "dt_max", "gaps", "mins", "maxs", "sums", "counts", "clipped")  # fmt: skip
 
@@ -113,7 +116,7 @@ def _fine_blocks(
     if ranges:
         limit = np.array([ranges.get(c, np.inf) for c in VALUE_COLUMNS], dtype=np.float32)
         with np.errstate(invalid="ignore"):
-            at_range = np.abs(columns) >= (limit * np.float32(0.999))[:, None]
+            at_range = np.abs(columns) >= (limit * np.float32(CLIP_FRACTION))[:, None]
         blocks.clipped = _by_block(at_range, np.add.reduce, dtype=np.int64)
     if bool((t != NULL_TIME).all()):
         blocks.intervals = _intervals(t)

@@ -7,8 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from services.parser.formats.base import NULL_TIME, SampleBatch
+from services.parser.formats.base import NULL_TIME, STANDARD_GRAVITY, SampleBatch
+from services.parser.formats.cwa import CwaReader
+from services.parser.formats.geneactiv import GeneactivReader, clip_limits, decode_hex_samples
+from services.parser.formats.gt3x import Gt3xReader
 from services.parser.preview_blocks import COLUMNS, block_rows
+from tests.parser.formats.binary_helpers import DATA, read_all
+from tests.parser.formats.test_gt3x import make_gt3x, synthetic_log
 
 FILE = uuid.uuid4()
 
@@ -67,3 +72,24 @@ def test_no_time_base_and_several_sensors() -> None:
         ("left", 5, None, None),
         ("right", 5, None, None),
     ]
+
+
+def test_readers_that_know_the_device_range_say_so() -> None:
+    """.cwa (rate byte), GENEActiv (calibrated 12-bit extremes), .gt3x (Acceleration Max)."""
+    _, cwa = read_all(CwaReader(), (DATA / "ggirread_ax3_testfile.cwa").read_bytes())
+    assert cwa[0].ranges is not None
+    assert cwa[0].ranges["ax"] / STANDARD_GRAVITY in (2, 4, 8, 16) and "gx" not in cwa[0].ranges
+    _, gene = read_all(GeneactivReader(), (DATA / "ggirread_GENEActiv_testfile.bin").read_bytes())
+    assert gene[0].ranges is not None and set(gene[0].ranges) == {"ax", "ay", "az"}
+    # A sample at the 12-bit end of scale is counted as clipped, one 15 counts inside is not.
+    gains, offsets = np.array([25875.0, 25734, 25538]), np.array([140.0, -300, 20])
+    limits = clip_limits(gains, offsets)
+    values, _ = decode_hex_samples(b"800" + b"7FF" + b"7F0" + b"000", gains, offsets)
+    b = batch(1)
+    b.values[0, :3] = values[0]
+    b.ranges = limits
+    (fine,) = [r for r in as_dicts(b) if r["level"] == 256]
+    assert fine["clipped"][:3] == [1, 1, 0]
+    log, _ = synthetic_log(2)
+    _, gt3x = read_all(Gt3xReader(), make_gt3x(log, info_extra="Acceleration Max: 8.0\r\n"))
+    assert gt3x[0].ranges == dict.fromkeys(("ax", "ay", "az"), 8 * STANDARD_GRAVITY)
