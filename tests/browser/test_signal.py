@@ -6,9 +6,11 @@ bars, whose fill must match their number the moment the number shows.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.async_api import Page, expect
 
@@ -91,3 +93,47 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).to_have_attribute(
         "aria-label", label or ""
     )
+
+
+def paused_walk(path: Path, rows: int) -> Path:
+    """A 100 Hz recording (s, g, rad/s) with three 2 s pauses, written like a logger does."""
+    i = np.arange(rows)
+    t = i * 0.01 + 2.0 * sum((i >= k * rows // 4) for k in (1, 2, 3))
+    acc = np.column_stack([np.sin(i / 40), np.cos(i / 90), 1 + 0.1 * np.sin(i / 7)])
+    body = np.column_stack([t, acc, 0.1 * acc])
+    header = ",".join(
+        ["Time (s)", *(f"Accelerometer {a} (g)" for a in "XYZ"), *(f"Gyroscope {a} (rad/s)" for a in "XYZ")]
+    )
+    np.savetxt(path, body, fmt=["%.2f"] + ["%.5f"] * 6, delimiter=",", header=header, comments="")
+    return path
+
+
+async def test_the_signal_refreshes_while_parsing_and_notes_the_gaps(
+    test_settings: Settings, service_stack: StartStack, database_url: str, page: Page, tmp_path: Path
+) -> None:
+    walk = await asyncio.to_thread(paused_walk, tmp_path / "paused-walk.csv", 200_000)
+    stack = await service_stack(test_settings, env={**SMALL_BATCHES, "IMUFLOW_BATCH_SIZE": "1000"})
+    token = await make_token(database_url, "researcher")
+    await sign_in(page, stack.progress_url, token)
+    await page.set_input_files("#file-input", str(walk))
+    row = page.locator("li.file", has=page.locator(".file-name", has_text=walk.name))
+    bar = row.get_by_role("progressbar")
+    await page.wait_for_function(
+        "el => Number(el.getAttribute('aria-valuenow')) >= 2", arg=await bar.element_handle(), timeout=120_000
+    )
+    await row.locator(".file-name").click()
+    dialog = page.locator("#detail")
+    figure = dialog.get_by_role("img", name=re.compile(r"^Signal preview: accelerometer"))
+    await expect(figure).to_be_visible()
+    first = await figure.get_attribute("aria-label")
+    # While batches land the figure is redrawn over the longer span stored by then.
+    await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).not_to_have_attribute(
+        "aria-label", first or "", timeout=30_000
+    )
+    assert int(await bar.get_attribute("aria-valuenow") or "0") < 100, "finished before a redraw was seen"
+    await expect(row.locator(".badge")).to_have_text("Completed", timeout=120_000)
+    await expect(dialog.locator(".gap-note")).to_have_text(
+        re.compile(r"^This recording has 3 gaps longer than 5 sample periods \(longest 2 s\)"), timeout=10_000
+    )
+    await expect(dialog.locator(".signal-side")).to_contain_text("100 Hz")
+    await screenshot(page, "detail-signal-gaps")
