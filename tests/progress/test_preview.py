@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imuflow.settings import Settings
-from tests.e2e.helpers import bearer, follow_until_done, make_token, upload
+from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token, upload
 from tests.stack import ServiceStack, StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -120,7 +120,7 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
             assert (await client.get(f"{url}/{path}", headers=bearer(other))).status_code == 404
 
 
-async def test_preview_of_a_file_without_time_uses_sample_indexes(
+async def test_preview_by_sample_index_without_time_and_by_sensor(
     test_settings: Settings, service_stack: StartStack, database_url: str, tmp_path: Path
 ) -> None:
     stack = await service_stack(test_settings)
@@ -136,3 +136,16 @@ async def test_preview_of_a_file_without_time_uses_sample_indexes(
         assert p["axes"]["ax"]["max"][:3] == [1.0, 3.0, 5.0]  # indexes 0-1, 2-3, 4-5
         s = (await client.get(f"{stack.progress_url}/api/files/{record['id']}/summary")).json()
         assert s["samples"] == 40 and s["sample_rate_hz"] is None and s["gaps"] is None
+
+        # A file of several sensors: one at a time, the first unless `sensor` names another.
+        apdm = await _parsed(stack, token, DATA / "opensim_imuData01.csv")
+        url = f"{stack.progress_url}/api/files/{apdm['id']}"
+        sensors = [x["sensor"] for x in (await client.get(f"{url}/summary")).json()["sensors"]]
+        assert len(sensors) == 4
+        default = (await client.get(f"{url}/preview", params={"points": 10})).json()
+        first = (await client.get(f"{url}/preview", params={"points": 10, "sensor": sensors[0]})).json()
+        last = (await client.get(f"{url}/preview", params={"points": 10, "sensor": sensors[-1]})).json()
+        assert default == first != last and first["points"] == 10
+        assert set(first["axes"]) == {"ax", "ay", "az", "gx", "gy", "gz", "mx", "my", "mz"}
+        missing = await client.get(f"{url}/preview", params={"sensor": "no-such-sensor"})
+        assert missing.status_code == 404
