@@ -9,7 +9,10 @@ import { gapNote, shortDuration, signalFigure } from "./signal.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFETCH_MS = 1000; // at most one batch-log fetch a second per open file
-const SIGNAL_MS = 1500; // and one preview + summary fetch every 1.5 s
+const SIGNAL_MS = 1500; // and one preview fetch every 1.5 s
+// The summary of a file still parsing is computed afresh on every request (a long file's
+// reads its whole pyramid), so while parsing it is refetched at most every 10 s.
+const SUMMARY_WHILE_PARSING_MS = 10000;
 const UNITS = { a: "m/s²", g: "rad/s", m: "µT" };
 
 function el(tag, className, text) {
@@ -171,6 +174,9 @@ export class DetailView {
     this.lastFetch = 0;
     this.summaryShown = false;
     this.zoom = null;
+    this.status = null;
+    this.lastSummary = null;
+    this.summaryAt = 0;
     this.signalTimer = null;
     this.lastSignal = 0;
     dialog.addEventListener("close", () => this.closed());
@@ -181,6 +187,9 @@ export class DetailView {
     this.opener = opener;
     this.summaryShown = false;
     this.zoom = null;
+    this.lastSummary = null;
+    this.summaryAt = 0;
+    this.status = record.status;
     this.title.textContent = record.filename;
     this.body.replaceChildren(
       el("div", "facts-slot"),
@@ -199,6 +208,7 @@ export class DetailView {
   // A new state of the open file: redraw the facts, refetch the batch log (throttled).
   update(record) {
     if (record.id !== this.id) return;
+    this.status = record.status;
     this.body.querySelector(".facts-slot").replaceChildren(facts(record));
     if (record.status === "parsing") {
       this.scheduleBatches();
@@ -250,7 +260,12 @@ export class DetailView {
     this.lastSignal = Date.now();
     const slot = this.body.querySelector(".signal-slot");
     try {
-      const [preview, summary] = await Promise.all([api.preview(id, zoom), api.summary(id)]);
+      const fresh = this.status !== "parsing" || Date.now() - this.summaryAt >= SUMMARY_WHILE_PARSING_MS;
+      const [preview, summary] = await Promise.all([
+        api.preview(id, zoom),
+        fresh || !this.lastSummary ? api.summary(id) : Promise.resolve(this.lastSummary),
+      ]);
+      if (summary !== this.lastSummary) [this.lastSummary, this.summaryAt] = [summary, Date.now()];
       if (id !== this.id || zoom !== this.zoom) return;
       const row = el("div", "signal-row");
       const figure = signalFigure(preview, summary, (lo, hi) => {
