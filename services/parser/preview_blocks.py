@@ -31,15 +31,16 @@ COLUMNS = ("file_id", "sensor", "level", "first_index", "n", "t_first", "t_last"
 
 
 async def store(conn: asyncpg.Connection, file_id: uuid.UUID, batch: SampleBatch) -> None:
-    """Write the batch's blocks (inside the caller's transaction); a run's first batch
-    first drops the blocks and cached summary of any earlier run."""
+    """Write the batch's blocks (inside the caller's transaction), first dropping blocks an
+    earlier run left where this batch starts (per sensor: one may first appear late)."""
     if len(batch) == 0:
         return
-    if int(batch.sample_index.min()) == 0:
-        await conn.execute(QUERIES["forget_file"], file_id)
     rows = block_rows(file_id, batch)
-    if rows:
-        await conn.copy_records_to_table("imu_preview_blocks", records=rows, columns=list(COLUMNS))
+    firsts = {r[1]: r[3] for r in reversed(rows) if r[2] == FINE}  # sensor -> first index
+    await conn.execute(QUERIES["forget_from"], file_id, list(firsts), list(firsts.values()))
+    if min(firsts.values()) == 0:
+        await conn.execute(QUERIES["forget_summary"], file_id)
+    await conn.copy_records_to_table("imu_preview_blocks", records=rows, columns=list(COLUMNS))
 
 
 def block_rows(file_id: uuid.UUID, batch: SampleBatch) -> list[tuple[Any, ...]]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -149,3 +151,24 @@ async def test_preview_by_sample_index_without_time_and_by_sensor(
         assert set(first["axes"]) == {"ax", "ay", "az", "gx", "gy", "gz", "mx", "my", "mz"}
         missing = await client.get(f"{url}/preview", params={"sensor": "no-such-sensor"})
         assert missing.status_code == 404
+
+        # A re-parse from scratch replaces the pyramid and the kept summary (no duplicates).
+        summary = (await client.get(f"{url}/summary")).json()
+        again = await client.post(f"{url}/reparse", json={})
+        assert again.status_code == 200, again.text
+        seen = await asyncio.wait_for(follow_until_done(f"{url}/events", token), 120)
+        assert seen[-1].type == "completed" and seen[-1].record["run"] == 2
+        assert (await client.get(f"{url}/preview", params={"points": 10})).json() == default
+        assert (await client.get(f"{url}/summary")).json() == summary
+    conn = await asyncpg.connect(database_url)
+    try:
+        blocks = await conn.fetchval(
+            "SELECT count(*) FROM imu_preview_blocks WHERE file_id = $1 AND level = 256",
+            uuid.UUID(apdm["id"]),
+        )
+        kept = await conn.fetchval(
+            "SELECT run FROM imu_file_summaries WHERE file_id = $1", uuid.UUID(apdm["id"])
+        )
+    finally:
+        await conn.close()
+    assert (blocks, kept) == (16, 2)  # 4 sensors x 1,024 samples = 4 x 4 fine blocks, once
