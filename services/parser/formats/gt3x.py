@@ -225,8 +225,9 @@ class Gt3xReader:
         warnings: list[str] = []
         scale = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Scale", ""))
         self._scale = float(scale.group()) if scale and float(scale.group()) > 0 else 0.0
-        if not self._scale:
-            # ACTIVITY2 devices write 256 counts per g, the 12-bit generation 341.
+        if not self._scale and stream == "log.bin":
+            # ACTIVITY2 devices write 256 counts per g, the 12-bit generation 341. Legacy
+            # activity.bin files never say (they are all 12-bit, 341): no warning for them.
             warnings.append("info.txt gives no 'Acceleration Scale'; assumed 256 counts per g "
                             "(341 for 12-bit samples)")  # fmt: skip
         peak = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Max", ""))

@@ -247,7 +247,7 @@ def test_legacy_activity_bin_is_timed_from_start_date_at_341_per_g() -> None:
     xyz = rng.integers(-2048, 2048, size=(301, 3))  # odd: the last sample ends mid-byte
     data = make_gt3x(pack12(xyz, (1, 0, 2)), member="activity.bin", scale=None)  # as NEO files
     info, batches = read_all(Gt3xReader(), data, target=40)
-    assert info.sample_count == 301 and info.units["ax"] == "1/341 g"
+    assert info.sample_count == 301 and info.units["ax"] == "1/341 g" and info.warnings == ()
     t_ns, values = concat(batches)
     assert len(t_ns) == 301 and sum(b.rows_skipped for b in batches) == 0
     np.testing.assert_allclose(values[:, :3], xyz / 341 * STANDARD_GRAVITY, rtol=1e-6)
