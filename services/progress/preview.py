@@ -6,8 +6,9 @@ bucket, aggregates the blocks wholly inside the range in SQL, and answers each b
 straddles an edge of the range from the next finer level, down to an exact scan of
 `imu_samples` for the finest edge blocks. So every bucket's min and max are true values
 (a one-sample spike survives), and a whole-file preview of 60M samples reads ~4,000 rows.
-A block is placed in the bucket of its middle; blocks are at most half a bucket wide, so
-a value lands at most a quarter of a bucket away from where it was recorded.
+A block is placed in the bucket of its middle; blocks are at most half a bucket wide (one
+that spans a gap in time is wider, and is answered from the level below, like an edge),
+so a value lands at most a quarter of a bucket away from where it was recorded.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ async def _collect(
     """Buckets of x in [a, b] from blocks of LEVELS[level], edges from the level below."""
     size = LEVELS[level]
     args = (file_id, ext.sensor, size, a, b)
-    rows = await conn.fetch(QUERIES["inner_buckets"], *args, frame.lo, frame.hi, frame.n, frame.timed)
+    widest = (frame.hi - frame.lo + 1) // (2 * frame.n)
+    rows = await conn.fetch(QUERIES["inner_buckets"], *args, frame.lo, frame.hi, frame.n, frame.timed, widest)
     _merge(out, rows)
-    for edge in await conn.fetch(QUERIES["edge_blocks"], *args, frame.timed):
+    for edge in await conn.fetch(QUERIES["edge_blocks"], *args, frame.timed, widest):
         sub_a, sub_b = max(a, edge["x0"]), min(b, edge["x1"])
         if level > 0:
             await _collect(conn, file_id, ext, frame, level - 1, sub_a, sub_b, out)

@@ -121,6 +121,25 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
         for path in ("preview", "summary"):
             assert (await client.get(f"{url}/{path}", headers=bearer(other))).status_code == 404
 
+        # A pause far longer than a bucket inside one block: those buckets stay empty (the
+        # block is refined down to its samples instead of being placed in the middle).
+        pause = tmp_path / "pause.csv"
+        t_s = np.arange(20_000) * 0.01 + (np.arange(20_000) >= 10_100) * 600.0
+        pause.write_text("Time (s),ax,ay,az\n" + "".join(f"{x:.2f},1,2,{k % 5}\n" for k, x in enumerate(t_s)))
+        paused = await _parsed(stack, token, pause)
+        p = (
+            await client.get(f"{stack.progress_url}/api/files/{paused['id']}/preview", params={"points": 10})
+        ).json()
+        expected_min, expected_max = expected_buckets(
+            np.round(t_s * 100).astype(np.int64) * 10_000_000,
+            np.arange(20_000) % 5,
+            p["t_start_ns"],
+            p["t_end_ns"],
+            10,
+        )
+        assert p["axes"]["az"]["min"] == expected_min and p["axes"]["az"]["max"] == expected_max
+        assert expected_max.count(None) >= 6
+
 
 async def test_preview_by_sample_index_without_time_and_by_sensor(
     test_settings: Settings, service_stack: StartStack, database_url: str, tmp_path: Path

@@ -14,8 +14,9 @@ GROUP BY sensor
 ORDER BY sensor;
 
 -- name: inner_buckets
--- $1 file id, $2 sensor, $3 level, $4 a, $5 b (the sub-range), $6 lo, $7 hi, $8 n, $9 timed.
--- Blocks wholly inside [a, b], aggregated per bucket.
+-- $1 file id, $2 sensor, $3 level, $4 a, $5 b (the sub-range), $6 lo, $7 hi, $8 n, $9 timed,
+-- $10 widest block. Blocks wholly inside [a, b] and at most $10 wide (half a bucket: a block
+-- spanning a gap in time is wider, and is refined instead), aggregated per bucket.
 WITH x AS (
     SELECT CASE WHEN $9 THEN t_first ELSE first_index END AS x0,
            CASE WHEN $9 THEN t_last ELSE first_index + n - 1 END AS x1, mins, maxs
@@ -33,11 +34,12 @@ SELECT least($8 - 1, floor(((x0 / 2 + x1 / 2) - $6)::float8 * $8 / ($7 - $6 + 1)
        min(mins[8]) AS my_min, max(maxs[8]) AS my_max,
        min(mins[9]) AS mz_min, max(maxs[9]) AS mz_max
 FROM x
-WHERE x0 >= $4 AND x1 <= $5
+WHERE x0 >= $4 AND x1 <= $5 AND x1 - x0 <= $10
 GROUP BY 1;
 
 -- name: edge_blocks
--- $1 file id, $2 sensor, $3 level, $4 a, $5 b, $6 timed. Blocks that straddle a or b.
+-- $1 file id, $2 sensor, $3 level, $4 a, $5 b, $6 timed, $7 widest block. Blocks that
+-- straddle a or b, or inside but wider than $7.
 SELECT * FROM (
     SELECT first_index, n,
            CASE WHEN $6 THEN t_first ELSE first_index END AS x0,
@@ -45,7 +47,7 @@ SELECT * FROM (
     FROM imu_preview_blocks
     WHERE file_id = $1 AND sensor = $2 AND level = $3
 ) e
-WHERE x0 <= $5 AND x1 >= $4 AND (x0 < $4 OR x1 > $5)
+WHERE x0 <= $5 AND x1 >= $4 AND (x0 < $4 OR x1 > $5 OR x1 - x0 > $7)
 ORDER BY first_index;
 
 -- name: index_span
