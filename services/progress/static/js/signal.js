@@ -14,7 +14,9 @@ const PANELS = [
 const COLOURS = { x: "var(--axis-x)", y: "var(--axis-y)", z: "var(--axis-z)" };
 const WIDTH = 640;
 const HEIGHT = 150;
-const PAD = { left: 56, right: 12, top: 10, bottom: 24 };
+const PAD = { left: 56, right: 12, top: 22, bottom: 24 };
+// t_ns before 2000 is time since the recording's start (the file gave no absolute time).
+const EPOCH_FROM_NS = 946_684_800e9;
 
 function svg(tag, attrs) {
   const node = document.createElementNS(SVG, tag);
@@ -98,7 +100,7 @@ function panel(preview, spec, axes, onZoom) {
     label.textContent = xLabel(preview, lo + fraction * (hi - lo));
     root.append(label);
   }
-  const title = svg("text", { x: PAD.left + 4, y: PAD.top + 12, class: "axis panel-title" });
+  const title = svg("text", { x: PAD.left, y: 14, class: "axis panel-title" });
   title.textContent = `${spec.name} (${spec.unit}): ${axes.join(", ")}`;
   root.append(title);
   const selection = svg("rect", { y: PAD.top, height: plotH, class: "zoom-selection", visibility: "hidden" });
@@ -168,7 +170,9 @@ export function signalFigure(preview, summary, onZoom) {
     document.createTextNode(
       preview.t_start_ns == null
         ? " · no time in the file: x is the sample index · drag to zoom"
-        : ` · from ${new Date(preview.t_start_ns / 1e6).toISOString().replace("T", " ").slice(0, 23)} UTC · drag to zoom`,
+        : preview.t_start_ns < EPOCH_FROM_NS
+          ? " · time since the start of the recording · drag to zoom"
+          : ` · from ${new Date(preview.t_start_ns / 1e6).toISOString().replace("T", " ").slice(0, 23)} UTC · drag to zoom`,
     ),
   );
   figure.append(legend);
@@ -188,6 +192,6 @@ export function gapNote(summary) {
     "gap-note",
     `This recording has ${fmt.count(summary.gaps)} gap${summary.gaps === 1 ? "" : "s"} longer than 5 sample periods` +
       (summary.longest_gap_seconds != null ? ` (longest ${shortDuration(summary.longest_gap_seconds)})` : "") +
-      "; the plot leaves them empty.",
+      "; where a gap is wider than a plotted point the plot leaves it empty.",
   );
 }
