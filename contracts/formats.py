@@ -14,8 +14,8 @@ FORMATS: dict[str, str] = {
     "xsens": "Xsens MT Manager text export: '//' preamble, PacketCounter, Acc/Gyr/Mag columns",
     "actilife_csv": "ActiLife RAW CSV export: 10-line preamble, Accelerometer X/Y/Z in g",
     "apdm": "APDM Motion Studio CSV: several sensors side by side (Format=7 or units row)",
-    "cwa": "Axivity AX3/AX6 .cwa binary (512-byte checksummed blocks)",
+    "cwa": "Axivity AX3/AX6 .cwa binary (512-byte checksummed blocks; 3, 6 or 9 axes)",
     "geneactiv": "GENEActiv .bin (text header + hex-encoded pages)",
-    "gt3x": "ActiGraph .gt3x (ZIP with log.bin records)",
+    "gt3x": "ActiGraph .gt3x (ZIP with log.bin records or legacy activity.bin)",
     "axivity_wav": "Axivity OMGUI WAV export (int16 frames, INFO metadata)",
 }

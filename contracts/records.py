@@ -118,10 +118,13 @@ class PageConfig(BaseModel):
 
 
 class AxisRange(BaseModel):
-    """Smallest and largest stored value of one axis (m/s², rad/s or µT)."""
+    """Smallest and largest stored value of one axis (m/s², rad/s or µT), and more."""
 
     min: float
     max: float
+    mean: float | None = None
+    # Samples at the device's full scale, where the format gives it (.cwa, .gt3x); else None.
+    clipped: int | None = None
 
 
 class SensorSummary(BaseModel):
@@ -132,8 +135,12 @@ class SensorSummary(BaseModel):
     start_ns: int | None
     end_ns: int | None
     duration_seconds: float | None
-    sample_rate_hz: float | None
+    sample_rate_hz: float | None  # from the median interval between samples
     ranges: dict[str, AxisRange]
+    # The longest interval between two consecutive samples, and how many intervals are
+    # longer than 5 sample periods (None where the file has no time base).
+    longest_gap_seconds: float | None = None
+    gaps: int | None = None
 
 
 class FileSummary(BaseModel):
@@ -145,6 +152,25 @@ class FileSummary(BaseModel):
     duration_seconds: float | None
     sample_rate_hz: float | None
     sensors: list[SensorSummary]
+    longest_gap_seconds: float | None = None  # over every sensor
+    gaps: int | None = None
+
+
+class AxisPreview(BaseModel):
+    """Per bucket, the smallest and largest stored value (None: the bucket holds no sample)."""
+
+    min: list[float | None]
+    max: list[float | None]
+
+
+class FilePreview(BaseModel):
+    """`GET /api/files/{id}/preview`: equal-width buckets over [t_start_ns, t_end_ns]
+    (or over sample indexes where the file has no time: then both are None)."""
+
+    points: int
+    t_start_ns: int | None
+    t_end_ns: int | None
+    axes: dict[str, AxisPreview]
 
 
 class AdminJob(FileRecord):

@@ -9,6 +9,8 @@ names are never used as paths. Device containers that are ZIPs themselves (ActiG
 
 Which members are streams: text files (.csv, .txt, .tsv) outside `meta/` whose name
 names an IMU sensor (accelerometer, gyroscope, magnetometer, phyphox `Raw Data`, ...).
+A stream of a ZIP with a phyphox `meta/time.csv` or a Sensor Logger `Metadata.csv` starts
+with one `# imuflow time anchors` line (timeanchors.py): its absolute start time(s).
 Skipped and named in the record's warnings: sidecars (`Metadata.csv`, `meta/*`), derived
 or non-IMU streams (`Gravity.csv`, `Orientation.csv`, `Location.csv`, `Barometer.csv`,
 ...), empty members. A ZIP with no text member naming a sensor but some other text
@@ -33,6 +35,7 @@ from imuflow.settings import Settings
 from services.ingest import repository
 from services.ingest.multipart import UploadRejected
 from services.ingest.storage import UploadSink, sanitize_filename
+from services.ingest.timeanchors import anchor_line
 
 MAX_MEMBERS = 2000  # central-directory entries we are willing to look at
 MAX_DIRECTORY_BYTES = 1 << 20  # and the bytes of that directory (checked before zipfile reads it)
@@ -171,10 +174,14 @@ def extract(
     total = 0
     try:
         with zipfile.ZipFile(path) as zf:
+            # phyphox / Sensor Logger sidecars: each stream starts with its time anchors.
+            anchors = anchor_line(zf)
             for info in plan.streams:
                 file_id = uuid.uuid4()
                 sink = UploadSink(directory, file_id, max_bytes)
                 try:
+                    if anchors:
+                        sink.write(anchors)
                     with zf.open(info) as raw:
                         # Headers can lie: the inflated bytes themselves count, and stop us.
                         member = BoundedMember(

@@ -19,7 +19,7 @@ import asyncpg
 
 from contracts import events, topics
 from imuflow import db, dberrors, outbox
-from services.parser import pgcopy
+from services.parser import pgcopy, preview_blocks
 from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
@@ -157,6 +157,7 @@ class ParserRepository:
                         columns=list(pgcopy.COLUMNS),
                         format="binary",
                     )
+                await preview_blocks.store(conn, claim.file_id, batch)  # the preview pyramid (0014)
                 if progress is not None:
                     event = progress()
                     if checkpoint:

@@ -17,7 +17,7 @@ from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import database_ready, health_router, install_error_shape, install_origin_guard
-from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
+from services.progress import admin, api, export, lifecycle, pageconfig, preview, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.export import EXPORT_RETRY_AFTER
 from services.progress.limits import UserSlots
@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(session.router)
     app.include_router(pageconfig.router)
     app.include_router(summary.router)
+    app.include_router(preview.router)
     app.include_router(admin.router)
     app.include_router(admin.page_router)
     if (STATIC / "index.html").is_file():

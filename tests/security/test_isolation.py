@@ -176,8 +176,9 @@ async def test_every_route_isolates_users(
 
 
 def _names_the_file(route: Route) -> bool:
-    """Owner reads whose body must mention the file (exports and reports carry samples)."""
-    return not route.is_admin and not route.path.endswith(("/samples", "/batches"))
+    """Owner reads whose body must mention the file (exports, reports and the preview, whose
+    shape SPEC §7 fixes without an id, carry samples)."""
+    return not route.is_admin and not route.path.endswith(("/samples", "/batches", "/preview"))
 
 
 def _service_logs(stack: ServiceStack) -> str:

@@ -78,6 +78,9 @@ class SampleBatch:
     rows_skipped: int = 0  # rows/blocks skipped in this batch (bad time and values, checksum)
     warnings: list[str] = field(default_factory=list)  # new, user-readable, deduplicated
     state: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable, to resume here
+    # The device's full scale per canonical column in stored units, where the reader knows
+    # it (.cwa, .gt3x, GENEActiv): samples at it are counted as clipped in the summary.
+    ranges: dict[str, float] | None = None
 
     def __len__(self) -> int:
         return int(self.sample_index.shape[0])

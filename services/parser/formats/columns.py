@@ -62,6 +62,7 @@ class ColumnMap:
     time_unit: str | None = None
     counter_field: int | None = None  # Xsens PacketCounter
     fine_field: int | None = None  # Xsens SampleTimeFine (10 kHz ticks)
+    utc_fields: dict[str, int] = field(default_factory=dict)  # Xsens UTC_Year .. UTC_Nano, UTC_Valid
     warnings: list[str] = field(default_factory=list)
 
 
@@ -105,6 +106,10 @@ def _classify(toks: list[str]) -> tuple[str | None, int | None, bool]:
     return quantity, axis, False
 
 
+# Xsens MT Manager's UTC output: one column per calendar field, nanoseconds, a valid flag.
+UTC_PARTS = ("year", "month", "day", "hour", "minute", "second", "nano", "valid")
+
+
 def _is_time(toks: list[str]) -> int | None:
     """Priority of a time column name (lower is better), None if not a time column."""
     if not toks or toks[0] not in _TIME_WORDS or any(sensor_of_word(t) for t in toks):
@@ -130,6 +135,9 @@ def map_columns(
         base, unit = split_unit(rest)
         unit = unit or units_row[i]
         toks = tokens(base)
+        if len(toks) == 2 and toks[0] == "utc" and toks[1] in UTC_PARTS and not group:
+            cmap.utc_fields[toks[1]] = i
+            continue
         if (prio := _is_time(toks)) is not None and not group:
             if best_time is None or prio < best_time[0]:
                 best_time, cmap.time_unit = (prio, i), unit

@@ -39,7 +39,10 @@ _MAGIC_BLOCK = 0x5841  # "AX" read as a little-endian u16
 _MAX_BLOCKS_PER_READ = 16384  # 8 MiB: keeps memory flat whatever `target_samples` says
 
 # Layout byte (offset 25) = axes << 4 | bytes per sample; value = samples per block.
-_LAYOUTS = {0x30: 120, 0x32: 80, 0x62: 40}
+# 0x92 (AX6 with a magnetometer) holds 26 samples of gx..gz, ax..az, mx..mz in 480 bytes.
+_LAYOUTS = {0x30: 120, 0x32: 80, 0x62: 40, 0x92: 26}
+# Magnetometer LSB of 9-axis blocks: 16 per µT (OpenMovement's cwa_metadata.py `magUnit`).
+_MAG_PER_UT = 16.0
 
 BLOCK_DTYPE = np.dtype(
     {
@@ -93,13 +96,28 @@ def decode_block_values(rec: npt.NDArray[Any], layout: int) -> npt.NDArray[np.fl
     elif layout == 0x32:
         raw = rec["i16"][:, :240].reshape(nb, spb, 3)
         out[:, :, :3] = raw.astype(np.float32) * (g / 256)
-    else:  # 0x62: gx, gy, gz, ax, ay, az with the scales in the top bits of `light`
-        raw = rec["i16"].reshape(nb, spb, 6).astype(np.float32)
+    else:  # 0x62 / 0x92: gx, gy, gz, ax, ay, az[, mx, my, mz], scales in the top bits of `light`
+        axes = layout >> 4
+        raw = rec["i16"][:, : spb * axes].reshape(nb, spb, axes).astype(np.float32)
         light = rec["light"].astype(np.int64)
         accel_lsb = np.float32(1) / (1 << (8 + ((light >> 13) & 7))).astype(np.float32)
         gyro_dps = (8000 >> ((light >> 10) & 7)).astype(np.float32) / np.float32(32768)
-        out[:, :, :3] = raw[:, :, 3:] * (accel_lsb * g)[:, None, None]
+        out[:, :, :3] = raw[:, :, 3:6] * (accel_lsb * g)[:, None, None]
         out[:, :, 3:6] = raw[:, :, :3] * (gyro_dps * np.float32(np.pi / 180))[:, None, None]
+        if axes == 9:
+            out[:, :, 6:9] = raw[:, :, 6:9] / np.float32(_MAG_PER_UT)
+    return out
+
+
+def _ranges(rec: npt.NDArray[Any]) -> dict[str, float] | None:
+    """Full scale of the first good block: accel 16 >> (rate >> 6) g; AX6 gyro from `light`."""
+    if rec.shape[0] == 0:
+        return None
+    accel = float((16 >> (int(rec["rate"][0]) >> 6)) * STANDARD_GRAVITY)
+    out = dict.fromkeys(("ax", "ay", "az"), accel)
+    if int(rec["layout"][0]) in (0x62, 0x92):
+        dps = 8000 >> ((int(rec["light"][0]) >> 10) & 7)
+        out.update(dict.fromkeys(("gx", "gy", "gz"), float(np.deg2rad(dps))))
     return out
 
 
@@ -130,9 +148,11 @@ class CwaReader:
         units = {c: "1/256 g" for c in ("ax", "ay", "az")}
         if len(head) == HEADER_BYTES + BLOCK_BYTES and head[HEADER_BYTES:][25] in _LAYOUTS:
             self._spb = _LAYOUTS[head[HEADER_BYTES:][25]]
-            if head[HEADER_BYTES:][25] == 0x62:
+            if head[HEADER_BYTES:][25] in (0x62, 0x92):
                 units = {c: "AX6 accel LSB" for c in ("ax", "ay", "az")}
                 units.update({c: "AX6 gyro LSB" for c in ("gx", "gy", "gz")})
+            if head[HEADER_BYTES:][25] == 0x92:
+                units.update({c: "1/16 uT" for c in ("mx", "my", "mz")})
         self._f = f
         self._offset, self._samples_done = HEADER_BYTES, 0
         if resume is not None:
@@ -233,6 +253,7 @@ class CwaReader:
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
         self._samples_done += total
         return SampleBatch(
+            ranges=_ranges(rec[good]),
             sample_index=index,
             t_ns=local_to_utc_ns(t_ns, self._tz),
             values=values,

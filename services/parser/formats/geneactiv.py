@@ -92,10 +92,22 @@ def decode_hex_samples(
     return (g * STANDARD_GRAVITY).astype(np.float32), ok
 
 
+def clip_limits(gains: npt.NDArray[np.float64], offsets: npt.NDArray[np.float64]) -> dict[str, float]:
+    """Per axis, the smaller magnitude of the calibrated 12-bit extremes (-2048, 2047), m/s²:
+    a sample there is at the sensor's end of scale (counted as clipped in the summary)."""
+    low = np.abs((-2048 * 100.0 - offsets) / gains)
+    high = np.abs((2047 * 100.0 - offsets) / gains)
+    limits = np.minimum(low, high) * STANDARD_GRAVITY
+    return {axis: float(v) for axis, v in zip(("ax", "ay", "az"), limits.tolist(), strict=True)}
+
+
 class GeneactivReader:
     """Streams samples from a GENEActiv .bin file page by page."""
 
     format_id = FORMAT_ID
+
+    def _ranges(self) -> dict[str, float]:
+        return clip_limits(self._gains, self._offsets)
 
     def __init__(self) -> None:
         self._f: BinaryIO | None = None
@@ -269,6 +281,7 @@ class GeneactivReader:
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
         self._samples_done += total
         return SampleBatch(
+            ranges=self._ranges(),
             sample_index=index,
             t_ns=local_to_utc_ns(local[ok], self._tz),
             values=values,

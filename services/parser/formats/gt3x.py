@@ -10,9 +10,10 @@ A record is `0x1E, type u8, timestamp u32 (Unix seconds, device local), size u16
 payload, checksum u8` where the checksum is the one's complement of the XOR of every byte
 before it. ACTIVITY2 (0x1A) payloads are int16 x, y, z per sample in units of
 1/`Acceleration Scale` g, spaced 1/`Sample Rate` s from the record's second. Idle-sleep
-gaps are simply missing seconds. Legacy 12-bit ACTIVITY (0x00) records and the older
-`activity.bin` layout are not decoded (their bit packing is unverified); they are
-counted and reported. Time zone: `info.txt`'s `TimeZone` wins over the upload's, as for
+gaps are simply missing seconds. 12-bit ACTIVITY (0x00, y,x,z) and ACTIVITY3 (0x1B)
+records, and the legacy `activity.bin` member (packed samples, no records, timed from
+`Start Date`), are decoded by `gt3x_packed.py`; a 1-byte ACTIVITY record is a docking
+marker, not a sample. Time zone: `info.txt`'s `TimeZone` wins over the upload's, as for
 GENEActiv.
 
 Bounds (SPEC §7): the ZIP's directory is checked before zipfile reads it, the members'
@@ -44,11 +45,18 @@ from services.parser.formats.base import (
     ResumePoint,
     SampleBatch,
 )
+from services.parser.formats.gt3x_packed import (
+    PAIR_BYTES,
+    TWELVE_BIT_SCALE,
+    LegacyActivity,
+    ticks_to_unix_ns,
+    unpack12,
+)
 from services.parser.formats.localtime import load_zone, local_to_utc_ns, parse_gmt_offset
 
 FORMAT_ID = "gt3x"
 _SEP = 0x1E
-_ACTIVITY, _ACTIVITY2 = 0x00, 0x1A
+_ACTIVITY, _ACTIVITY2, _ACTIVITY3 = 0x00, 0x1A, 0x1B
 _HEAD = 8  # separator, type, u32 timestamp, u16 size
 _CHUNK = 1 << 18
 _TICKS_PER_S = 10_000_000  # .NET ticks in info.txt dates
@@ -160,6 +168,8 @@ class Gt3xReader:
         self._samples_done = 0
         self._zip_error = ""
         self._warned: set[str] = set()
+        self._legacy: LegacyActivity | None = None
+        self._ranges: dict[str, float] | None = None
 
     def open(self, f: BinaryIO, options: ReadOptions, resume: ResumePoint | None) -> FileInfo:
         """Read info.txt (rate, scale, time zone) and open log.bin at `resume.offset`."""
@@ -168,13 +178,11 @@ class Gt3xReader:
             check_directory(f, _MAX_MEMBERS, _MAX_DIRECTORY)
             zf = zipfile.ZipFile(f)
             names = set(zf.namelist())
-            if "log.bin" not in names:
-                if "activity.bin" in names:
-                    raise FormatError(
-                        "this is a legacy .gt3x (activity.bin), which is not supported yet: "
-                        "export a RAW CSV from ActiLife and upload that"
-                    )
-                raise FormatError("not an ActiGraph .gt3x: the ZIP has no log.bin")
+            stream = "log.bin" if "log.bin" in names else "activity.bin"
+            if stream not in names:
+                raise FormatError(
+                    "not an ActiGraph .gt3x: the ZIP has no log.bin (nor a legacy activity.bin)"
+                )
             if "info.txt" not in names:
                 raise FormatError("not an ActiGraph .gt3x: the ZIP has no info.txt")
             # Everything the container unpacks to counts against the upload limit.
@@ -189,14 +197,19 @@ class Gt3xReader:
                     fh, "info.txt", info_member.compress_size, _MAX_INFO, limits.max_inflate_ratio
                 ).read(_MAX_INFO)
             info = _info_fields(info_bytes.decode("utf-8-sig", "replace"))
-            log_info = zf.getinfo("log.bin")
+            log_info = zf.getinfo(stream)
             log = BoundedMember(
-                zf.open(log_info), "log.bin", log_info.compress_size,
+                zf.open(log_info), stream, log_info.compress_size,
                 limits.max_content_bytes - info_member.file_size, limits.max_inflate_ratio,
             )  # fmt: skip
             if resume is not None:
-                if not 0 <= resume.offset <= log_info.file_size:
-                    raise FormatError(f"cannot resume this .gt3x at log.bin byte {resume.offset}")
+                aligned = (
+                    stream == "log.bin"
+                    or resume.offset % PAIR_BYTES == 0
+                    or resume.offset == log_info.file_size
+                )
+                if not (0 <= resume.offset <= log_info.file_size and aligned):
+                    raise FormatError(f"cannot resume this .gt3x at {stream} byte {resume.offset}")
                 log.seek(resume.offset)
         except ArchiveRefused as exc:
             raise FormatError(f"this .gt3x was refused: {exc}") from exc
@@ -211,19 +224,41 @@ class Gt3xReader:
         self._rate = float(rate.group())
         warnings: list[str] = []
         scale = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Scale", ""))
-        self._scale = float(scale.group()) if scale and float(scale.group()) > 0 else 256.0
-        if scale is None:
-            warnings.append("info.txt gives no 'Acceleration Scale'; assumed 256 counts per g")
+        self._scale = float(scale.group()) if scale and float(scale.group()) > 0 else 0.0
+        if not self._scale and stream == "log.bin":
+            # ACTIVITY2 devices write 256 counts per g, the 12-bit generation 341. Legacy
+            # activity.bin files never say (they are all 12-bit, 341): no warning for them.
+            warnings.append("info.txt gives no 'Acceleration Scale'; assumed 256 counts per g "
+                            "(341 for 12-bit samples)")  # fmt: skip
+        peak = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Max", ""))
+        self._ranges = (
+            dict.fromkeys(("ax", "ay", "az"), float(peak.group()) * STANDARD_GRAVITY)
+            if peak and float(peak.group()) > 0 else None
+        )  # fmt: skip
         file_tz = parse_gmt_offset(info.get("TimeZone", ""))
         self._tz = file_tz if file_tz is not None else load_zone(options.timezone)
         self._log, self._size = log, log_info.file_size
+        self._legacy = None
+        if stream == "activity.bin":
+            try:
+                start = ticks_to_unix_ns(int(info["Start Date"]))
+            except (KeyError, ValueError) as exc:
+                raise FormatError("the legacy .gt3x info.txt has no usable 'Start Date'") from exc
+            tz = self._tz
+            self._legacy = LegacyActivity(log, self._size, start, self._rate, self._scale or TWELVE_BIT_SCALE,
+                                          lambda t: local_to_utc_ns(t, tz))  # fmt: skip
         self._offset, self._samples_done = (0, 0) if resume is None else (
             resume.offset, resume.samples_done)  # fmt: skip
         return FileInfo(
             format_id=FORMAT_ID,
             bytes_total=self._size,  # of the uncompressed log.bin, like every offset here
+            # activity.bin is nothing but 36-bit samples: its size gives the exact count.
+            sample_count=self._size * 8 // 36 if self._legacy else None,
             sample_count_estimate=self._estimate(info),
-            units={c: f"1/{self._scale:g} g" for c in ("ax", "ay", "az")},
+            units={
+                c: f"1/{self._scale or (TWELVE_BIT_SCALE if self._legacy else 256):g} g"
+                for c in ("ax", "ay", "az")
+            },
             warnings=tuple(warnings),
             time_base="epoch",
         )
@@ -240,12 +275,15 @@ class Gt3xReader:
         """Yield whole records, about `target_samples()` samples (or 16 MiB of log.bin) per batch."""
         if self._log is None:
             raise RuntimeError("open() first")
+        if self._legacy is not None:
+            yield from self._legacy.batches(self._offset, self._samples_done, target_samples)
+            return
         scan, base, pos = _Scan(b"", eof=False), self._offset, 0  # scan.buf[0] is log.bin `base`
         finished = False
         while not finished:
             target, batch_start = max(1, target_samples()), base + pos
-            parts: list[tuple[int, npt.NDArray[np.int16]]] = []
-            counts = dict.fromkeys(("bad checksum", "garbage", "legacy", "truncated", "zip damage"), 0)
+            parts: list[tuple[int, npt.NDArray[np.float32]]] = []
+            counts = dict.fromkeys(("bad checksum", "garbage", "truncated", "zip damage"), 0)
             n = 0
             while n < target and base + pos - batch_start < MAX_BATCH_INPUT_BYTES:
                 stop, kind = scan.next_stop(pos)
@@ -288,29 +326,31 @@ class Gt3xReader:
             self._zip_error = f"log.bin is damaged after byte {at} ({e}); the rest was skipped"
             return b""
 
-    @staticmethod
     def _record(
-        buf: bytes, pos: int, end: int, counts: dict[str, int]
-    ) -> tuple[int, tuple[int, npt.NDArray[np.int16]] | None]:
-        """Decode the checksum-valid record at `pos` (checksum byte at `end`)."""
+        self, buf: bytes, pos: int, end: int, counts: dict[str, int]
+    ) -> tuple[int, tuple[int, npt.NDArray[np.float32]] | None]:
+        """Decode the checksum-valid record at `pos` (checksum byte at `end`) to m/s²."""
         rtype, ts = buf[pos + 1], int.from_bytes(buf[pos + 2 : pos + 6], "little")
         if rtype == _ACTIVITY2:
             n = (end - pos - _HEAD) // 6
             raw = np.frombuffer(buf, "<i2", n * 3, pos + _HEAD).reshape(n, 3)
-            return end + 1, (ts, raw)
-        if rtype == _ACTIVITY and end > pos + _HEAD:
-            counts["legacy"] += 1
+            return end + 1, (ts, raw.astype(np.float32) * np.float32(STANDARD_GRAVITY / (self._scale or 256)))
+        # A 1-byte ACTIVITY payload marks docking (no samples).
+        if rtype in (_ACTIVITY, _ACTIVITY3) and end > pos + _HEAD + 1:
+            order = (1, 0, 2) if rtype == _ACTIVITY else (0, 1, 2)
+            raw = unpack12(buf[pos + _HEAD : end], order)
+            g = np.float32(STANDARD_GRAVITY / (self._scale or TWELVE_BIT_SCALE))
+            return end + 1, (ts, raw.astype(np.float32) * g)
         return end + 1, None
 
     def _make_batch(
-        self, parts: list[tuple[int, npt.NDArray[np.int16]]], counts: dict[str, int]
+        self, parts: list[tuple[int, npt.NDArray[np.float32]]], counts: dict[str, int]
     ) -> SampleBatch:
         total = sum(len(p[1]) for p in parts)
         values = np.full((total, 9), np.nan, dtype=np.float32)
         t_local = np.empty(total, dtype=np.int64)
         if parts:
-            raw = np.concatenate([p[1] for p in parts])
-            values[:, :3] = raw.astype(np.float32) * np.float32(STANDARD_GRAVITY / self._scale)
+            values[:, :3] = np.concatenate([p[1] for p in parts])
             per = np.array([len(p[1]) for p in parts], dtype=np.int64)
             sec = np.repeat(np.array([p[0] for p in parts], dtype=np.int64), per)
             i = np.arange(total) - np.repeat(np.cumsum(per) - per, per)
@@ -318,7 +358,6 @@ class Gt3xReader:
         labels = {
             "bad checksum": "records failed their checksum and were skipped",
             "garbage": "stretches of bytes between records were skipped",
-            "legacy": "legacy 12-bit ACTIVITY records were not decoded",
             "truncated": "record at the end of log.bin is incomplete (truncated file)",
         }
         # Each kind is described once per file (where it first happened); later ones are
@@ -336,6 +375,7 @@ class Gt3xReader:
         index = np.arange(self._samples_done, self._samples_done + total, dtype=np.int64)
         self._samples_done += total
         return SampleBatch(
+            ranges=self._ranges,
             sample_index=index,
             t_ns=local_to_utc_ns(t_local, self._tz),
             values=values,

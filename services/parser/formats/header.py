@@ -115,13 +115,21 @@ def _is_data(fields: list[str], width: int, decimal_comma: bool) -> bool:
     return numeric >= 2 and numeric * 2 > nonempty
 
 
+def _looks_numeric(fields: list[str]) -> bool:
+    numeric, nonempty = _numeric_count(fields, False)
+    return numeric >= 2 and numeric * 2 > nonempty
+
+
 def _choose_delimiter(lines: list[str]) -> tuple[str, int, bool]:
     best: tuple[int, str, int, bool] | None = None
     for delim in DELIMITERS:
         rows = [split_fields(ln, delim) for ln in lines if ln.strip() and delim in ln]
         if not rows:
             continue
-        width = Counter(len(r) for r in rows).most_common(1)[0][0]
+        # The width is that of the rows that look like data: a long preamble of
+        # space-separated words (Xsens' 12 `//` lines) must not outvote five data rows.
+        datalike = [r for r in rows if _looks_numeric(r)]
+        width = Counter(len(r) for r in (datalike or rows)).most_common(1)[0][0]
         if width < 2:
             continue
         dec = delim != "," and any(_DECIMAL_COMMA.match(f) for r in rows[-20:] for f in r)

@@ -28,7 +28,7 @@ class BinaryFormat(NamedTuple):
 
 FORMAT_IDS: dict[str, str] = {
     **{pid: p.description for pid, p in TEXT_PRESETS.items()},
-    "cwa": "Axivity AX3/AX6 .cwa binary (512-byte checksummed blocks)",
+    "cwa": "Axivity AX3/AX6 .cwa binary (512-byte checksummed blocks; 3, 6 or 9 axes)",
     "geneactiv": "GENEActiv .bin (text header + hex-encoded pages)",
     "gt3x": "ActiGraph .gt3x (ZIP with log.bin records or legacy activity.bin)",
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
 from typing import Any, BinaryIO
@@ -40,6 +41,8 @@ from services.parser.formats.timebase import (
     rate_from_preamble,
     start_from_preamble,
     time_values,
+    utc_columns_filled,
+    utc_times,
 )
 
 _FIELD_TYPES = {
@@ -51,6 +54,9 @@ _FIELD_TYPES = {
     "fine": pa.float64(),
 }
 _MAX_EXAMPLE = 60
+# Written by ingest above each stream of a phyphox / Sensor Logger ZIP (services/ingest/
+# timeanchors.py): "relative ns=Unix ns" pairs, each valid from its relative time on.
+_ANCHORS = re.compile(r"^# imuflow time anchors \(([^)]*)\): ((?:-?\d+=\d+ ?)+)$")
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -94,10 +100,13 @@ class TextReader:
             reason = None if options.sensor else _not_imu_file(options.filename)
             raise FormatError(reason or str(exc)) from exc
         plan, time_field, time_warnings = self._plan_time(layout, cmap, options)
+        self._anchors = None if plan.epoch or plan.kind == "none" else _anchors(layout.preamble)
         self._layout, self._cmap, self._plan, self._time_field = layout, cmap, plan, time_field
         self._types = {c.field: pa.float32() for c in cmap.imu}
         if time_field is not None:
             self._types[time_field] = _FIELD_TYPES[plan.kind]
+        if plan.kind == "utc":
+            self._types.update(dict.fromkeys(cmap.utc_fields.values(), pa.float64()))
         start = layout.data_offset
         self._state: dict[str, Any] = {
             "row": 0,
@@ -121,13 +130,15 @@ class TextReader:
             sample_count=None,
             units=units,
             warnings=tuple(cmap.warnings + time_warnings),
-            time_base=plan.time_base,
+            time_base="epoch" if self._anchors is not None else plan.time_base,
         )
 
     def _plan_time(
         self, layout: Layout, cmap: ColumnMap, options: ReadOptions
     ) -> tuple[TimePlan, int | None, list[str]]:
         rows, pre = layout.sample_rows, layout.preamble
+        if utc_columns_filled(rows, cmap.utc_fields):  # Xsens UTC output: absolute time
+            return TimePlan("utc", epoch=True), None, []
         values = time_values(rows, cmap.time_field, layout.decimal_comma)
         if numeric := mostly_numeric(values):
             plan, warnings = plan_numeric_time(numeric, cmap.time_unit, self._preset.time_unit)
@@ -182,7 +193,12 @@ class TextReader:
         blk = parse_block(data, len(layout.names), layout.delimiter, layout.quoted_data, self._types)
         n, n_groups = blk.n_rows, len(cmap.groups)
         col = blk.columns.get(self._time_field) if self._time_field is not None else None
-        t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
+        if self._plan.kind == "utc":
+            t, t_ok = utc_times(blk.columns, cmap.utc_fields, n)
+        else:
+            t, t_ok = chunk_times(self._plan, col, state["row"], n, state["clock"])
+        if self._anchors is not None:
+            t = _anchored(t, t_ok, self._anchors)
         state["row"] += n
         vals = np.full((n, n_groups, len(VALUE_COLUMNS)), np.nan, dtype=np.float32)
         for c in cmap.imu:
@@ -253,6 +269,27 @@ class TextReader:
                 warnings,
             )
         return int(empty_rows.size) + len(blk.bad_rows)
+
+
+def _anchors(preamble: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+    """The time anchors line of a phone-app stream, as (relative ns, Unix ns) arrays."""
+    for line in preamble:
+        if m := _ANCHORS.match(line.strip()):
+            pairs = sorted(tuple(int(x) for x in p.split("=")) for p in m.group(2).split())
+            return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+    return None
+
+
+def _anchored(
+    t: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
+    anchors: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> npt.NDArray[np.int64]:
+    """Relative times made absolute: each from the latest START at or before it (a pause
+    in phyphox leaves the relative column running on, the absolute one jumps)."""
+    rel, unix = anchors
+    k = np.clip(np.searchsorted(rel, t, side="right") - 1, 0, rel.size - 1)
+    return np.where(ok, unix[k] + (t - rel[k]), t).astype(np.int64)
 
 
 def _row_line(data: bytes, row: int, blk: Block, line0: int) -> tuple[int, str]:

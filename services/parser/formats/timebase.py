@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from services.parser.formats.base import NULL_TIME
 from services.parser.formats.header import is_number
-from services.parser.formats.localtime import load_zone, local_to_utc_ns
+from services.parser.formats.localtime import fields_to_local_ns, load_zone, local_to_utc_ns
 from services.parser.formats.units import time_scale
 
 I64 = npt.NDArray[np.int64]
@@ -34,7 +34,7 @@ _MAX_NS = 9.2e18
 class TimePlan:
     """How to get t_ns for each row."""
 
-    kind: str  # int | float | decimal | text | counter | fine | synth | none
+    kind: str  # int | float | decimal | text | counter | fine | synth | utc | none
     scale: int = 1  # ns per unit of the time field
     epoch: bool = False
     rate_hz: float | None = None
@@ -241,3 +241,37 @@ def chunk_times(
         step = 1e9 / float(plan.rate_hz or 1) if plan.kind == "counter" else 1e5
         ns = np.rint(ticks * step).astype(np.int64)
     return np.where(ok, ns, NULL_TIME).astype(np.int64), ok
+
+
+def utc_columns_filled(rows: list[list[str]], fields: dict[str, int]) -> bool:
+    """True when Xsens UTC columns are present and hold a plausible year in the head's rows."""
+    if not {"year", "month", "day", "hour", "minute", "second"} <= set(fields):
+        return False
+    years = [v for v in time_values(rows, fields["year"]) if re.fullmatch(r"\d{4}", v)]
+    return bool(years) and len(years) * 2 > len(rows) and all(1970 <= int(y) < 2200 for y in years)
+
+
+def utc_times(
+    columns: dict[int, pa.Array], fields: dict[str, int], n: int
+) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """t_ns from Xsens UTC_Year..UTC_Second + UTC_Nano (UTC already); rows the device
+    flags invalid (UTC_Valid 0) or with a field missing get no time."""
+
+    def col(name: str) -> npt.NDArray[np.float64]:
+        if name not in fields:
+            return np.zeros(n)
+        values: npt.NDArray[np.float64] = (
+            columns[fields[name]].to_numpy(zero_copy_only=False).astype(np.float64)
+        )
+        return values
+
+    parts = {name: col(name) for name in ("year", "month", "day", "hour", "minute", "second", "nano")}
+    ok = np.all([np.isfinite(v) for v in parts.values()], axis=0)
+    if "valid" in fields:
+        valid = col("valid")
+        ok &= np.isfinite(valid) & (valid != 0)
+    whole = {k: np.where(ok, v, 0).astype(np.int64) for k, v in parts.items()}
+    seconds = whole["hour"] * 3600 + whole["minute"] * 60 + whole["second"]
+    ns, dates_ok = fields_to_local_ns(whole["year"], whole["month"], whole["day"], seconds)
+    ok &= dates_ok & (whole["nano"] >= 0) & (whole["nano"] < 1_000_000_000)
+    return np.where(ok, ns + whole["nano"], NULL_TIME).astype(np.int64), ok

@@ -195,3 +195,27 @@ def test_randomly_corrupted_real_file_never_crashes(flips: list[tuple[int, int]]
         data[at] = value
     n = read_never_crashes(CwaReader, bytes(data[: max(cut, 1024)]))
     assert n <= 17_400
+
+
+def test_synthesised_9_axis_blocks_decode_magnetometer_in_ut() -> None:
+    """Layout 0x92: 26 samples of gx..gz, ax..az, mx..mz per block; 16 LSB per µT."""
+    rng = np.random.default_rng(9)
+    accel_code, gyro_code = 4, 3  # 1/4096 g per LSB, 1000 dps full scale
+    start = dt.datetime(2024, 3, 1, 12, 0, 0)
+    blocks, raws = [], []
+    for seq in range(4):
+        raw = rng.integers(-20000, 20000, size=(26, 9), dtype=np.int16)
+        raws.append(raw)
+        blocks.append(
+            make_block(seq, start + dt.timedelta(seconds=seq), raw.astype("<i2").tobytes(), 26, 0x92,
+                       light=accel_code << 13 | gyro_code << 10)
+        )  # fmt: skip
+    info, batches = read_all(CwaReader(), make_header() + b"".join(blocks), target=30)
+    assert info.units["mx"] == "1/16 uT" and info.sample_count_estimate == 4 * 26
+    t_ns, values = concat(batches)
+    assert values.shape == (104, 9) and sum(b.rows_skipped for b in batches) == 0
+    raw_all = np.concatenate(raws).astype(np.float64)
+    np.testing.assert_allclose(values[:, :3], raw_all[:, 3:6] / 4096 * STANDARD_GRAVITY, rtol=1e-6)
+    np.testing.assert_allclose(values[:, 3:6], np.deg2rad(raw_all[:, :3] * 1000 / 32768), rtol=1e-6)
+    np.testing.assert_allclose(values[:, 6:9], raw_all[:, 6:9] / 16, rtol=1e-6)
+    assert t_ns[26] - t_ns[0] == 1_000_000_000  # the next block's second

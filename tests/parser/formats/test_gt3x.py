@@ -44,6 +44,7 @@ def make_gt3x(
     info_extra: str = "TimeZone: -05:00:00\r\n",
     member: str = "log.bin",
     compression: int = zipfile.ZIP_DEFLATED,
+    scale: str | None = "256.0",
 ) -> bytes:
     """A .gt3x ZIP with info.txt (30 Hz, scale 256) and the given log.bin."""
 
@@ -53,7 +54,8 @@ def make_gt3x(
     info = (
         "Serial Number: MOS2E00000000\r\nDevice Type: wGT3XBT\r\nSample Rate: 30\r\n"
         f"Start Date: {ticks(START)}\r\nLast Sample Time: {ticks(START) + 12 * 10**7}\r\n"
-        f"Acceleration Scale: 256.0\r\n{info_extra}"
+        + (f"Acceleration Scale: {scale}\r\n" if scale else "")
+        + info_extra
     )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression) as zf:
@@ -126,7 +128,7 @@ def test_resume_from_every_batch_end_gives_identical_samples() -> None:
     ("data", "reason"),
     [
         (b"not a zip at all", "ZIP"),
-        (make_gt3x(b"", member="activity.bin"), "legacy"),
+        (make_gt3x(b"", member="data.bin"), "activity.bin"),
         (make_gt3x(b"", info_extra="Sample Rate: 0\r\n").replace(b"Sample Rate: 30", b"x"), "Rate"),
     ],
 )
@@ -231,3 +233,39 @@ def test_each_kind_of_damage_is_described_once_per_file() -> None:
     warnings = [w for b in batches for w in b.warnings]
     assert len(warnings) == 1 and "failed their checksum" in warnings[0]
     assert sum(b.rows_skipped for b in batches) == 200
+
+
+def pack12(xyz: np.ndarray, order: tuple[int, int, int]) -> bytes:
+    """Samples as ActiGraph's 12-bit packing: values in `order`, MSB first, 36 bits each."""
+    bits = "".join(format(int(v) & 0xFFF, "012b") for row in xyz for v in row[list(order)])
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+
+def test_legacy_activity_bin_is_timed_from_start_date_at_341_per_g() -> None:
+    rng = np.random.default_rng(12)
+    xyz = rng.integers(-2048, 2048, size=(301, 3))  # odd: the last sample ends mid-byte
+    data = make_gt3x(pack12(xyz, (1, 0, 2)), member="activity.bin", scale=None)  # as NEO files
+    info, batches = read_all(Gt3xReader(), data, target=40)
+    assert info.sample_count == 301 and info.units["ax"] == "1/341 g" and info.warnings == ()
+    t_ns, values = concat(batches)
+    assert len(t_ns) == 301 and sum(b.rows_skipped for b in batches) == 0
+    np.testing.assert_allclose(values[:, :3], xyz / 341 * STANDARD_GRAVITY, rtol=1e-6)
+    assert t_ns[0] == (START_S + 5 * 3600) * 10**9  # Start Date, local -05:00
+    assert t_ns[300] - t_ns[0] == round(300 * 1e9 / RATE)
+    assert all(b.end_offset % 9 == 0 for b in batches[:-1])
+    assert check_resume_everywhere(Gt3xReader, data, target=40) == len(batches)
+
+
+def test_12_bit_activity_records_decode_y_x_z_and_a_docking_byte_is_no_sample() -> None:
+    rng = np.random.default_rng(5)
+    xyz = [rng.integers(-2048, 2048, size=(RATE, 3)) for _ in range(3)]
+    log = b"".join(record(0x00, START_S + s, pack12(v, (1, 0, 2))) for s, v in enumerate(xyz))
+    log += record(0x00, START_S + 3, b"\x01")  # docking marker
+    log += record(0x1B, START_S + 4, pack12(xyz[0], (0, 1, 2)))  # ACTIVITY3: x, y, z
+    _, batches = read_all(Gt3xReader(), make_gt3x(log))
+    t_ns, values = concat(batches)
+    expected = np.concatenate([*xyz, xyz[0]]) / 256 * STANDARD_GRAVITY
+    assert len(t_ns) == 4 * RATE and sum(b.rows_skipped for b in batches) == 0
+    np.testing.assert_allclose(values[:, :3], expected, rtol=1e-6)
+    assert t_ns[3 * RATE] - t_ns[0] == 4 * 10**9

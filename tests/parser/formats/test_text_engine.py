@@ -281,3 +281,59 @@ def test_memory_flat_reads_forward_in_blocks() -> None:
     reader.open(Counting(data), ReadOptions(filename="d.csv"), None)
     assert sum(len(b) for b in reader.batches(lambda: 1000)) == 20000
     assert Counting.largest < 100_000 < len(data)
+
+
+def _as_space_export(name: str, sep: str) -> bytes:
+    """The MT Manager export `name` re-written as its SPACE option does: empty fields stay
+    empty, so a run of k+1 spaces stands for k empty fields (NaN cells become empty)."""
+    out = []
+    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+        out.append(
+            line if line.startswith("//") else " ".join("" if f == "NaN" else f for f in line.split(sep))
+        )
+    return ("\n".join(out) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "sep", "count"),
+    [
+        ("opensim_MT2022_ACC_GYRO_ROT_MAT_COMMA_00B42D4B.txt", ",", 5),
+        ("opensim_MT2022_ACC_GYRO_ROT_ALL_TAB_NAN_00B42D4B.txt", "\t", 5),
+        ("opensim_MT_012005D6_009-001_00B421E6.txt", "\t", 2432),
+    ],
+)
+def test_xsens_space_export_with_runs_of_spaces(name: str, sep: str, count: int) -> None:
+    original = read_path(DATA / name)
+    spaced = read_bytes(_as_space_export(name, sep), name.replace(".txt", "_space.txt"), target=700)
+    assert (spaced.format_id, spaced.n, spaced.rows_skipped) == ("xsens", count, 0)
+    np.testing.assert_array_equal(spaced.values, original.values)
+    np.testing.assert_array_equal(spaced.t_ns, original.t_ns)
+
+
+def test_xsens_utc_columns_give_absolute_time() -> None:
+    """The real 2,432-row export with its empty UTC_* columns filled as MT Manager writes them
+    (100 Hz from 2019-12-18 10:00:00 UTC); one row flagged invalid keeps its values, no time."""
+    name = "opensim_MT_012005D6_009-001_00B421E6.txt"
+    lines = (DATA / name).read_text(encoding="utf-8").splitlines()
+    header = lines[5].split("\t")
+    col = {h: header.index(h) for h in header if h.startswith("UTC_")}
+    t0 = 1_576_663_200_000_000_000  # 2019-12-18T10:00:00Z
+    out = lines[:6]
+    for k, line in enumerate(lines[6:]):
+        f = line.split("\t")
+        t = t0 + k * 10_000_000
+        day_ns = t % 86_400_000_000_000
+        f[col["UTC_Nano"]] = str(t % 1_000_000_000)
+        f[col["UTC_Year"]], f[col["UTC_Month"]], f[col["UTC_Day"]] = "2019", "12", "18"
+        f[col["UTC_Hour"]] = str(day_ns // 3_600_000_000_000)
+        f[col["UTC_Minute"]] = str(day_ns // 60_000_000_000 % 60)
+        f[col["UTC_Second"]] = str(day_ns // 1_000_000_000 % 60)
+        f[col["UTC_Valid"]] = "0" if k == 1000 else "7"
+        out.append("\t".join(f))
+    r = read_bytes(("\n".join(out) + "\n").encode(), name, target=700)
+    original = read_path(DATA / name)
+    assert (r.format_id, r.n, r.rows_skipped, r.info.time_base) == ("xsens", 2432, 0, "epoch")
+    expected = t0 + np.arange(2432, dtype=np.int64) * 10_000_000
+    expected[1000] = NULL_TIME
+    np.testing.assert_array_equal(r.t_ns, expected)
+    np.testing.assert_array_equal(r.values, original.values)

@@ -49,6 +49,14 @@ export const signIn = (token) => request("POST", "/api/session", { token });
 export const signOut = () => request("DELETE", "/api/session");
 export const batches = (id) => request("GET", `/api/files/${id}/batches`);
 export const summary = (id) => request("GET", `/api/files/${id}/summary`);
+export function preview(id, range) {
+  const q = new URLSearchParams({ points: "800" });
+  if (range) {
+    q.set("start_ns", String(range[0]));
+    q.set("end_ns", String(range[1]));
+  }
+  return request("GET", `/api/files/${id}/preview?${q}`);
+}
 
 const COMMANDS = {
   cancel: (id) => request("POST", `/api/files/${id}/cancel`),

@@ -1,12 +1,18 @@
-// The detail view of one file: its record, a chart of samples/s per batch (inline SVG,
-// growing live while it parses) and, once complete, the summary of its stored samples.
+// The detail view of one file: its record, the signal preview with the summary beside it
+// (both refreshed as batches land), a chart of samples/s per batch (inline SVG, growing
+// live while it parses) and, once complete, the value ranges of its stored samples.
 
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { samplesText, statusLabel, UNFINISHED } from "./files.js";
+import { gapNote, shortDuration, signalFigure } from "./signal.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFETCH_MS = 1000; // at most one batch-log fetch a second per open file
+const SIGNAL_MS = 1500; // and one preview fetch every 1.5 s
+// The summary of a file still parsing is computed afresh on every request (a long file's
+// reads its whole pyramid), so while parsing it is refetched at most every 10 s.
+const SUMMARY_WHILE_PARSING_MS = 10000;
 const UNITS = { a: "m/s²", g: "rad/s", m: "µT" };
 
 function el(tag, className, text) {
@@ -107,6 +113,22 @@ function facts(record) {
   return dl;
 }
 
+// The summary in words, beside the signal.
+export function summaryFacts(s) {
+  const dl = el("dl", "facts signal-facts");
+  const add = (term, value) => dl.append(el("dt", "", term), el("dd", "", value));
+  add("Stored samples", fmt.count(s.samples));
+  add("Duration", fmt.duration(s.duration_seconds));
+  add("Sample rate", s.sample_rate_hz == null ? "—" : `${fmt.number(s.sample_rate_hz)} Hz`);
+  add("Gaps", s.gaps == null ? "—" : fmt.count(s.gaps));
+  add("Longest gap", s.longest_gap_seconds == null ? "—" : shortDuration(s.longest_gap_seconds));
+  const clipped = s.sensors.flatMap((sensor) =>
+    Object.entries(sensor.ranges).filter(([, r]) => r.clipped).map(([axis, r]) => `${axis} ${fmt.count(r.clipped)}`),
+  );
+  if (clipped.length) add("Clipped", clipped.join(", "));
+  return dl;
+}
+
 export function summaryTable(s) {
   const wrap = el("div", "summary");
   const overall = el("dl", "facts");
@@ -122,7 +144,7 @@ export function summaryTable(s) {
     const caption = sensor.sensor ? `${sensor.sensor}: ` : "";
     table.append(el("caption", "", `${caption}value ranges (${fmt.count(sensor.samples)} samples)`));
     const head = el("tr");
-    for (const h of ["Axis", "Min", "Max", "Unit"]) head.append(el("th", "", h));
+    for (const h of ["Axis", "Min", "Max", "Mean", "Unit"]) head.append(el("th", "", h));
     const thead = el("thead");
     thead.append(head);
     const tbody = el("tbody");
@@ -130,7 +152,8 @@ export function summaryTable(s) {
       const tr = el("tr");
       const th = el("th", "", axis);
       th.scope = "row";
-      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "muted", UNITS[axis[0]] || ""));
+      const mean = range.mean == null ? "—" : fmt.number(range.mean);
+      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "", mean), el("td", "muted", UNITS[axis[0]] || ""));
       tbody.append(tr);
     }
     table.append(thead, tbody);
@@ -150,6 +173,12 @@ export class DetailView {
     this.timer = null;
     this.lastFetch = 0;
     this.summaryShown = false;
+    this.zoom = null;
+    this.status = null;
+    this.lastSummary = null;
+    this.summaryAt = 0;
+    this.signalTimer = null;
+    this.lastSignal = 0;
     dialog.addEventListener("close", () => this.closed());
   }
 
@@ -157,9 +186,15 @@ export class DetailView {
     this.id = record.id;
     this.opener = opener;
     this.summaryShown = false;
+    this.zoom = null;
+    this.lastSummary = null;
+    this.summaryAt = 0;
+    this.status = record.status;
     this.title.textContent = record.filename;
     this.body.replaceChildren(
       el("div", "facts-slot"),
+      el("h3", "", "Signal"),
+      el("div", "signal-slot"),
       el("h3", "", "Processing speed per batch"),
       el("div", "chart-slot"),
       el("div", "summary-slot"),
@@ -167,16 +202,24 @@ export class DetailView {
     this.update(record);
     if (!this.dialog.open) this.dialog.showModal();
     this.fetchBatches();
+    this.fetchSignal();
   }
 
   // A new state of the open file: redraw the facts, refetch the batch log (throttled).
   update(record) {
     if (record.id !== this.id) return;
+    this.status = record.status;
     this.body.querySelector(".facts-slot").replaceChildren(facts(record));
-    if (record.status === "parsing") this.scheduleBatches();
+    if (record.status === "parsing") {
+      this.scheduleBatches();
+      this.scheduleSignal();
+    }
     if (!UNFINISHED.has(record.status)) {
       this.scheduleBatches();
-      if (record.status === "completed" && !this.summaryShown) this.fetchSummary();
+      if (record.status === "completed" && !this.summaryShown) {
+        this.fetchSummary();
+        this.scheduleSignal();
+      }
     }
   }
 
@@ -201,6 +244,53 @@ export class DetailView {
     }
   }
 
+  scheduleSignal() {
+    if (this.signalTimer) return;
+    const wait = Math.max(0, this.lastSignal + SIGNAL_MS - Date.now());
+    this.signalTimer = setTimeout(() => {
+      this.signalTimer = null;
+      this.fetchSignal();
+    }, wait);
+  }
+
+  // The preview (of the zoomed span, if any) and the summary, drawn side by side.
+  async fetchSignal() {
+    const id = this.id;
+    const zoom = this.zoom;
+    this.lastSignal = Date.now();
+    const slot = this.body.querySelector(".signal-slot");
+    try {
+      const fresh = this.status !== "parsing" || Date.now() - this.summaryAt >= SUMMARY_WHILE_PARSING_MS;
+      const [preview, summary] = await Promise.all([
+        api.preview(id, zoom),
+        fresh || !this.lastSummary ? api.summary(id) : Promise.resolve(this.lastSummary),
+      ]);
+      if (summary !== this.lastSummary) [this.lastSummary, this.summaryAt] = [summary, Date.now()];
+      if (id !== this.id || zoom !== this.zoom) return;
+      const row = el("div", "signal-row");
+      const figure = signalFigure(preview, summary, (lo, hi) => {
+        this.zoom = [lo, hi];
+        this.fetchSignal();
+      });
+      const side = el("div", "signal-side");
+      side.append(summaryFacts(summary));
+      if (zoom) {
+        const reset = el("button", "btn ghost", "Whole recording");
+        reset.type = "button";
+        reset.addEventListener("click", () => {
+          this.zoom = null;
+          this.fetchSignal();
+        });
+        side.append(reset);
+      }
+      row.append(figure, side);
+      const note = gapNote(summary);
+      slot.replaceChildren(...(note ? [row, note] : [row]));
+    } catch (err) {
+      if (id === this.id) slot.replaceChildren(el("p", "error", err.message));
+    }
+  }
+
   async fetchSummary() {
     const id = this.id;
     this.summaryShown = true;
@@ -220,7 +310,9 @@ export class DetailView {
 
   closed() {
     clearTimeout(this.timer);
+    clearTimeout(this.signalTimer);
     this.timer = null;
+    this.signalTimer = null;
     this.id = null;
     this.opener?.focus();
   }
