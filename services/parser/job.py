@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from contracts import events, topics
-from imuflow import kafka, metrics
+from imuflow import kafka, metrics, storage
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -110,10 +110,12 @@ class FileJob:
             metrics.FILES_IN_FLIGHT.dec()
 
     async def _parse(self, claim: Claim) -> None:
-        path = storage_path(claim.storage_uri)
-        if not path.is_file():
-            raise FormatError("the stored upload is missing; upload the file again")
-        f = await asyncio.to_thread(open, path, "rb")
+        try:  # a seekable reader: a local file, or ranged GETs with read-ahead on S3
+            f = await storage.open_any(storage.for_process(self.settings), claim.storage_uri)
+        except storage.ObjectMissing as exc:
+            raise FormatError("the stored upload is missing; upload the file again") from exc
+        except storage.StorageError as exc:
+            raise TransientError(f"upload storage: {exc}") from exc
         try:
             reader, info = await asyncio.to_thread(self._open_reader, f, claim)
             warnings = _merge(claim.warnings, list(info.warnings))

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
+from imuflow.storage import open_storage
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import database_ready, health_router, install_error_shape
 from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await db.create_pool(settings.database_url, max_size=20)
         app.state.pool = pool
         app.state.repo = ProgressRepository(pool)
+        app.state.storage = open_storage(settings)
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
         await kafka.retry_forever("kafka", producer.start)
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             await supervisor.stop()
             await producer.stop()
             await pool.close()
+            await app.state.storage.close()
 
     async def ready(request: Request) -> str | None:
         problem = await database_ready(request)
