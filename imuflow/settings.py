@@ -46,15 +46,16 @@ class Settings(BaseSettings):
     stuck_after: float = Field(300.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     # Where uploads live (SPEC §7): file:///absolute/path (default DATA_DIR/uploads) or
-    # s3://bucket[/prefix]; credentials are the standard AWS_* variables (else botocore's chain).
+    # s3://bucket[/prefix]; credentials are the standard AWS_* variables (else botocore's chain);
+    # IMUFLOW_S3_* names are what `imuflow up` hands its children (they win over AWS_*).
     storage_url: str = ""
     s3_endpoint_url: str = ""  # empty = AWS
     s3_region: str = "us-east-1"
     s3_access_key_id: str = Field(
-        "", repr=False, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "IMUFLOW_S3_ACCESS_KEY_ID")
+        "", repr=False, validation_alias=AliasChoices("IMUFLOW_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
     )
     s3_secret_access_key: str = Field(
-        "", repr=False, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "IMUFLOW_S3_SECRET_ACCESS_KEY")
+        "", repr=False, validation_alias=AliasChoices("IMUFLOW_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
     )
     # Alerts from the app (stuck-job actions, failed jobs): a webhook, off when empty.
     alert_webhook_url: str = ""
@@ -168,6 +169,6 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
             field = key.removeprefix("IMUFLOW_").lower()
             if field in Settings.model_fields and field != "data_dir":
                 from_file[field] = value
-        elif key in _AWS_KEYS and key not in os.environ:  # written by `up --object-store`
+        elif key in _AWS_KEYS and not {key, _AWS_KEYS[key]} & os.environ.keys():  # `up --object-store`
             from_file[_AWS_KEYS[key]] = value
     return Settings(**{"data_dir": base.data_dir, **from_file, **overrides})

@@ -28,7 +28,7 @@ class RangedReader(io.RawIOBase):
         self._block = block
         self._pos = 0
         self._blocks: dict[int, Future[bytes]] = {}
-        self._last = -2
+        self._last = -1  # reading from the start counts as sequential
         self.name = name
         self.requests = 0  # ranged GETs issued (for tests and benchmarks)
 
