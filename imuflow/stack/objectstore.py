@@ -14,6 +14,7 @@ in `DIR/credentials` (mode 0600), so clients and restarts agree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,8 +28,10 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+from rich.console import Console
 
 from imuflow.logs import fields
+from imuflow.settings import Settings
 from imuflow.stack.procs import child_preexec, free_port
 
 log = logging.getLogger("imuflow.stack.objectstore")
@@ -252,3 +255,85 @@ async def _wait_ready(store: ObjectStore, within: float) -> str | None:
                     await s3.close()
             await asyncio.sleep(0.1)
     return f"not ready within {within:.0f}s (log: {store.log_path})"
+
+
+class ObjectStoreKeeper:
+    """Keeps the embedded store running: restarts it on the same ports (clients keep their
+    endpoint) with capped backoff, until `stop()`. Its data survives restarts."""
+
+    def __init__(
+        self, store: ObjectStore, *, backoff_initial: float = 0.5, backoff_max: float = 30.0
+    ) -> None:
+        self.store = store
+        self.restarts = 0
+        self._backoff = (backoff_initial, backoff_max)
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Wait for the process to exit; start a new one; repeat."""
+        delay = self._backoff[0]
+        while not self._stopping.is_set():
+            rc = await asyncio.to_thread(self.store.process.wait)
+            if self._stopping.is_set():
+                return
+            log.warning(
+                "object store exited; restarting",
+                extra=fields(action="objectstore_restart", rc=rc, delay=delay),
+            )
+            await asyncio.sleep(delay)
+            old = self.store
+            try:
+                self.store = await start_object_store(
+                    old.directory, bucket=old.bucket, host=old.host, ports=old.ports, log_path=old.log_path
+                )
+            except ObjectStoreError as exc:
+                log.error(
+                    "object store restart failed", extra=fields(action="objectstore_restart", error=str(exc))
+                )
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            self.restarts += 1
+            delay = self._backoff[0]
+
+    def stop(self) -> None:
+        """Stop keeping it, and stop it."""
+        self._stopping.set()
+        self.store.stop()
+
+
+# stack.env key -> the Settings field the services read it into.
+SETTING_OF = {
+    "IMUFLOW_STORAGE_URL": "storage_url",
+    "IMUFLOW_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "IMUFLOW_S3_REGION": "s3_region",
+    "AWS_ACCESS_KEY_ID": "s3_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "s3_secret_access_key",
+}
+
+
+async def start_embedded_object_store(
+    settings: Settings, console: Console, stack: contextlib.AsyncExitStack
+) -> dict[str, str]:
+    """`imuflow up --object-store`: SeaweedFS in DATA_DIR/objectstore, kept running; its settings."""
+    if settings.storage_url:
+        raise ObjectStoreError(
+            f"IMUFLOW_STORAGE_URL is set ({settings.storage_url}); drop it or --object-store"
+        )
+    store = await start_object_store(
+        settings.data_dir / "objectstore", log_path=settings.data_dir / "logs" / "objectstore.log"
+    )
+    keeper = ObjectStoreKeeper(store)
+    task = asyncio.create_task(keeper.run(), name="objectstore-keeper")
+
+    async def stop() -> None:
+        keeper.stop()  # after the services (the exit stack unwinds in reverse)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+    console.print(
+        f"[green]✓[/] object store (embedded SeaweedFS) on {store.endpoint_url}, "
+        f"uploads in {store.storage_url} ({store.started_in:.1f} s)"
+    )
+    return store.env()
