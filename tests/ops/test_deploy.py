@@ -24,7 +24,10 @@ from imuflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-SERVICES = {"kafka", "postgres", "objectstore", "migrate", "ingest", "parser", "progress", "prometheus", "grafana"}
+SERVICES = {
+    *("kafka", "postgres", "objectstore", "migrate"),
+    *("ingest", "parser", "progress", "prometheus", "grafana"),
+}
 METRIC = re.compile(r"\bimuflow_[a-z_]+")
 
 
