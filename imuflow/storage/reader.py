@@ -9,6 +9,7 @@ the fetch run on another thread or event loop than the reader.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,6 +32,7 @@ class RangedReader(io.RawIOBase):
         self._last = -1  # reading from the start counts as sequential
         self.name = name
         self.requests = 0  # ranged GETs issued (for tests and benchmarks)
+        self.timeout = 300.0  # a block's GET retries inside the client; this bounds it all
 
     def readable(self) -> bool:
         return True
@@ -73,7 +75,15 @@ class RangedReader(io.RawIOBase):
         current = self._get(index)
         if sequential and (index + 1) * self._block < self._size:
             self._get(index + 1)
-        return current.result()
+        try:
+            return current.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError as exc:
+            # The loop that fetches is gone or stuck: never leave a parser thread waiting forever.
+            current.cancel()
+            self._blocks.pop(index, None)
+            raise TimeoutError(
+                f"no answer for bytes {index * self._block}+ of {self.name} within {self.timeout:.0f}s"
+            ) from exc
 
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:

@@ -168,7 +168,7 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
     )
     try:
         # A phone app's ZIP export becomes one record per sensor stream (services/ingest/archive.py).
-        record = await archive.accept(pool, new, storage, cfg)
+        record = await archive.accept(pool, new, storage, cfg, sink.first_bytes)
         if record is None:
             record = await repository.record_upload(pool, new)
     except UploadRejected as exc:

@@ -37,6 +37,7 @@ from services.ingest.multipart import UploadRejected
 from services.ingest.storage import UploadSink, sanitize_filename
 
 SEVERAL_SENSORS = "a ZIP of several sensor files cannot take one `sensor`; each file's name says its sensor"
+ZIP_MAGIC = b"PK\x03\x04"
 MAX_MEMBERS = 2000  # central-directory entries we are willing to look at
 MAX_DIRECTORY_BYTES = 1 << 20  # and the bytes of that directory (checked before zipfile reads it)
 MAX_STREAMS = 64  # sensor streams one upload may become
@@ -119,7 +120,7 @@ def plan_archive(
             return plan_archive(opened, filename, max_bytes, max_ratio)
     f = upload
     f.seek(0)
-    if f.read(4) != b"PK\x03\x04":
+    if f.read(4) != ZIP_MAGIC:
         return None
     try:  # before zipfile reads (and trusts) the whole directory
         check_directory(f, MAX_MEMBERS, MAX_DIRECTORY_BYTES)
@@ -230,9 +231,15 @@ async def discard(storage: Storage, extracted: list[Extracted]) -> None:
 
 
 async def accept(
-    pool: asyncpg.Pool, upload: repository.NewFile, storage: Storage, settings: Settings
+    pool: asyncpg.Pool,
+    upload: repository.NewFile,
+    storage: Storage,
+    settings: Settings,
+    first_bytes: bytes | None = None,
 ) -> dict[str, Any] | None:
     """Record a phone-app ZIP as a parent with one child per stream; None if not such a ZIP."""
+    if first_bytes is not None and not first_bytes.startswith(ZIP_MAGIC):
+        return None  # not a ZIP: no need to read the stored object back
     limit, ratio = settings.max_upload_bytes, settings.max_inflate_ratio
     f = await storage.open(upload.storage_uri)
     try:

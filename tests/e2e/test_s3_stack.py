@@ -118,6 +118,11 @@ async def test_files_of_every_kind_parse_from_s3_and_delete_leaves_nothing(
     assert len(objects) == 7
 
     async with httpx.AsyncClient(timeout=30, headers=bearer(token)) as client:
+        # A reparse reads the object again from its first byte.
+        cwa = ids["ggirread_ax3_testfile.cwa"]
+        assert (await client.post(f"{stack.progress_url}/api/files/{cwa}/reparse", json={})).status_code < 300
+        (again,) = await _final(stack, token, [cwa])
+        assert (again["status"], again["samples_processed"]) == ("completed", 17_400), again
         deleted = await client.delete(f"{stack.progress_url}/api/files/{parent['id']}")
         assert deleted.status_code == 204
         objects, _ = await leftovers(s3_store)
