@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ from imuflow.stack.procs import child_preexec, free_port
 log = logging.getLogger("imuflow.stack.objectstore")
 
 REGION = "us-east-1"
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # HTTP and gRPC ports of each component; all set explicitly.
 PORT_FLAGS = (
     "s3.port",
@@ -199,6 +201,8 @@ async def start_object_store(
     ready_timeout: float = 60.0,
 ) -> ObjectStore:
     """Start `weed mini` with data in `directory` on free ports; wait until S3 answers."""
+    if not BUCKET_NAME.match(bucket):
+        raise ObjectStoreError(f"{bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
     binary = weed_binary()
     log_path = log_path or directory / "weed.log"
     chosen = dict(ports) if ports else {}
