@@ -57,6 +57,10 @@ class Storage(Protocol):
     async def delete(self, uris: list[str]) -> None:
         """Remove these objects (missing ones are fine); only keys that are file ids."""
 
+    async def sweep(self, older_than: float) -> int:
+        """Remove unfinished uploads started more than `older_than` seconds ago (a writer
+        that was killed could not abort its own); how many."""
+
     async def check(self) -> str | None:
         """None when the store answers (cheap; for `/readyz`), else why not."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -98,6 +99,18 @@ class LocalStorage:
                 log.warning("not removing an unexpected location", extra=fields(uri=uri, action="delete"))
                 continue
             path.unlink(missing_ok=True)
+
+    async def sweep(self, older_than: float) -> int:
+        """Remove `<id>.part` files not written to for `older_than` seconds."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in self.directory.glob("*.part"):
+            if is_file_id(path.name.removesuffix(".part")) and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     async def check(self) -> str | None:
         """None when the directory exists or can be created."""

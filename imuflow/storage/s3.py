@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
 
@@ -272,6 +273,22 @@ class S3Storage:
                 raise StorageError(f"deleting uploads failed: {exc}") from exc
             if answer.get("Errors"):
                 raise StorageError(f"deleting uploads failed: {answer['Errors'][:3]}")
+
+    async def sweep(self, older_than: float) -> int:
+        """Abort multipart uploads under the prefix initiated more than `older_than` s ago."""
+        client = await self.client()
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        paginator = client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] <= cutoff and is_file_id(upload["Key"].rsplit("/", 1)[-1]):
+                    await client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
 
     async def check(self) -> str | None:
         """None when the bucket answers (HEAD bucket: one cheap request)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -41,6 +42,7 @@ from services.ingest.storage import UploadSink, sanitize_filename
 log = logging.getLogger("imuflow.ingest")
 SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
 TRUE = {"1", "true", "yes", "on"}
+STALE_UPLOAD_SECONDS = 6 * 3600  # a 4 GiB upload takes minutes; any older unfinished one is dead
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -60,9 +62,12 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor = TaskSupervisor("ingest")
         supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        sweeping = asyncio.create_task(_sweep(app.state.storage), name="storage-sweep")
         try:
             yield
         finally:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             await supervisor.stop()
             await producer.stop()
             await app.state.pool.close()
@@ -190,6 +195,17 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
         extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
     )
     return JSONResponse(_dump(record), status_code=202)
+
+
+async def _sweep(storage: Storage) -> None:
+    """Once at start: abort uploads an ingest killed mid-body left (older than any live one)."""
+    try:
+        removed = await storage.sweep(STALE_UPLOAD_SECONDS)
+    except (StorageError, OSError) as exc:
+        log.warning("could not sweep unfinished uploads", extra=fields(error=str(exc), action="sweep"))
+        return
+    if removed:
+        log.info("unfinished uploads removed", extra=fields(count=removed, action="sweep"))
 
 
 @dataclass(frozen=True)

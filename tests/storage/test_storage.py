@@ -144,3 +144,13 @@ async def test_an_unreachable_store_is_not_ready() -> None:
     finally:
         await store.close()
     assert problem is not None and problem.startswith("storage:")
+
+
+async def test_sweep_removes_unfinished_uploads_a_killed_writer_left(storage: Storage) -> None:
+    writer = await storage.create(str(uuid.uuid4()))
+    await writer.write(os.urandom(PART + 1))  # on S3, a multipart upload with one part
+    kept = await _store(storage, b"t,ax\n0,1\n")
+    assert await storage.sweep(3600) == 0  # younger than the limit: may still be alive
+    assert await storage.sweep(0) == 1
+    objects, partial = await stored_names(storage)
+    assert partial == [] and len(objects) == 1 and kept.endswith(objects[0].rsplit("/", 1)[-1])
