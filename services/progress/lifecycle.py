@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -161,11 +160,3 @@ async def remove_stored(store: Storage, uris: list[str], attempts: int = 4) -> N
                 log.error("stored uploads left behind", extra=fields(uris=uris, action="delete"))
                 raise HTTPException(503, "the file is deleted but its upload could not be removed") from exc
             await asyncio.sleep(0.2 * 2**attempt)
-
-
-def _is_uuid(name: str) -> bool:
-    try:
-        uuid.UUID(name)
-    except ValueError:
-        return False
-    return True
