@@ -18,6 +18,7 @@ __all__ = [
     "S3Storage",
     "Storage",
     "StorageError",
+    "close_process",
     "delete_any",
     "for_process",
     "is_file_id",
@@ -54,6 +55,13 @@ def for_process(settings: Settings) -> Storage:
     if key not in _PROCESS:
         _PROCESS[key] = open_storage(settings)
     return _PROCESS[key]
+
+
+async def close_process() -> None:
+    """Close the stores `for_process` opened (at the process's shutdown)."""
+    while _PROCESS:
+        _, store = _PROCESS.popitem()
+        await store.close()
 
 
 async def open_any(storage: Storage, uri: str) -> BinaryIO:
