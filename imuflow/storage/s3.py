@@ -68,13 +68,16 @@ class S3Writer:
     async def _upload_part(self, body: bytes) -> None:
         client = await self._storage.client()
         bucket = self._storage.bucket
-        if self._upload_id is None:
-            created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
-            self._upload_id = str(created["UploadId"])
         number = len(self._parts) + 1
-        answer = await client.upload_part(
-            Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
-        )
+        try:
+            if self._upload_id is None:
+                created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
+                self._upload_id = str(created["UploadId"])
+            answer = await client.upload_part(
+                Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
     async def commit(self) -> None:

@@ -154,3 +154,20 @@ async def test_sweep_removes_unfinished_uploads_a_killed_writer_left(storage: St
     assert await storage.sweep(0) == 1
     objects, partial = await stored_names(storage)
     assert partial == [] and len(objects) == 1 and kept.endswith(objects[0].rsplit("/", 1)[-1])
+
+
+async def test_a_store_that_goes_away_mid_upload_is_a_storage_error(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    from imuflow.storage import StorageError
+
+    store = s3_server.storage(s3_prefix)
+    try:
+        writer = await store.create(str(uuid.uuid4()))  # the bucket answered
+        store._options["endpoint_url"] = "http://127.0.0.1:9"  # then the store is gone
+        await store.close()
+        with pytest.raises(StorageError, match="part 1"):
+            await writer.write(os.urandom(PART))
+        await writer.abort()  # nothing was created: a no-op, not an error
+    finally:
+        await store.close()
