@@ -46,18 +46,21 @@ async def storage_beside(
     kinds: dict[str, dict[str, str]] = {"local disk": {}, "S3 (SeaweedFS)": s3}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     phases: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    cpu: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for _ in range(RUNS):
         for kind, env in kinds.items():
             await _use(stack, env)
             seconds, final = await _one_file(stack, client, path)
             times[kind].append(seconds)
             phases[kind].append(final["phases"])
+            cpu[kind].append(final["cpu"])
     mb = (await asyncio.to_thread(path.stat)).st_size / 1e6
     rows = []
     for kind in kinds:
         median = statistics.median(times[kind])
         upload = statistics.median(p["upload"] for p in phases[kind])
         parse = statistics.median(p["parse+store"] for p in phases[kind])
+        used = [statistics.median(c.get(name, 0.0) for c in cpu[kind]) for name in ("ingest", "parser")]
         rows.append(
             [
                 kind,
@@ -66,18 +69,23 @@ async def storage_beside(
                 upload,
                 mb / upload,
                 parse,
+                *used,
                 " / ".join(f"{t:.2f}" for t in times[kind]),
             ]
         )
     return [
         Table(
             f"End to end through S3 beside local disk: {SAMPLES:,}-sample CSV ({mb:.0f} MB)",
-            ["uploads in", "median s", "samples/s", "upload s", "upload MB/s", "parse+store s", "runs (s)"],
+            [
+                *("uploads in", "median s", "samples/s", "upload s", "upload MB/s", "parse+store s"),
+                *("ingest CPU s", "parser CPU s", "runs (s)"),
+            ],
             rows,
             notes=[
                 "S3: embedded SeaweedFS (weed mini) on the same machine, so its CPU competes with the "
                 "stack's; 8 MiB parts, one in flight; the parser reads 8 MiB ranged GETs with one ahead.",
                 "runs interleaved (local, S3, ...); each run restarts the services with that storage.",
+                "CPU s: user + system of that process in the run (median); the store's own is not counted.",
             ],
         )
     ]
