@@ -191,3 +191,19 @@ async def test_aborted_uploads_leave_no_object_and_no_multipart_upload(
         assert await conn.fetchval("SELECT count(*) FROM imu_data_files") == 0
     finally:
         await conn.close()
+
+
+async def test_an_unreachable_store_answers_503_and_records_nothing(
+    settings_factory: SettingsFactory, service_stack: StartStack, database_url: str, s3_server: S3Server
+) -> None:
+    gone = {**s3_server.settings("gone"), "s3_endpoint_url": "http://127.0.0.1:9"}  # nothing listens
+    stack = await service_stack(settings_factory(**gone), services=("ingest",))
+    token = await make_token(database_url, "alice")
+    response = await upload(stack.ingest_url, token, DATA / "xio_fusion_sensor_data.csv")
+    assert response.status_code == 503, response.text
+    assert "storage" in response.json()["detail"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM imu_data_files") == 0
+    finally:
+        await conn.close()
