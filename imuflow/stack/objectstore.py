@@ -29,15 +29,18 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.stack.procs import child_preexec, free_port
+from imuflow.storage import S3Storage  # the storage client the services use
 
 log = logging.getLogger("imuflow.stack.objectstore")
 
 REGION = "us-east-1"
+PROBE = ".imuflow-ready-probe"  # not a file id: never listed as an upload
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # HTTP and gRPC ports of each component; all set explicitly.
 PORT_FLAGS = (
@@ -233,8 +236,6 @@ async def start_object_store(
 
 async def _wait_ready(store: ObjectStore, within: float) -> str | None:
     """None once the S3 gateway answers and the bucket exists; else why not."""
-    from imuflow.storage import S3Storage  # the storage client the services use
-
     deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
         while time.monotonic() < deadline:
@@ -253,12 +254,30 @@ async def _wait_ready(store: ObjectStore, within: float) -> str | None:
                     secret_access_key=store.credentials.secret_access_key,
                 )
                 try:
-                    if await s3.check() is None:
+                    if await s3.check() is None and await _round_trip(s3):
                         return None
                 finally:
                     await s3.close()
             await asyncio.sleep(0.1)
     return f"not ready within {within:.0f}s (log: {store.log_path})"
+
+
+async def _round_trip(s3: S3Storage) -> bool:
+    """True when a small object can be written, read back and deleted.
+
+    The S3 gateway and the bucket answer before the volume server has registered with
+    the master (after a restart, under load): only a round trip shows data is reachable.
+    """
+    client = await s3.client()
+    try:
+        await client.put_object(Bucket=s3.bucket, Key=PROBE, Body=b"ok")
+        answer = await client.get_object(Bucket=s3.bucket, Key=PROBE)
+        async with answer["Body"] as body:
+            ok = bool(await body.read() == b"ok")
+        await client.delete_object(Bucket=s3.bucket, Key=PROBE)
+    except (ClientError, BotoCoreError):
+        return False
+    return ok
 
 
 class ObjectStoreKeeper:
