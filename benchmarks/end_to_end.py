@@ -7,6 +7,8 @@
 * Checkpoint cadence: for the tracking-on runs, the seconds between consecutive batch
   checkpoints (`streaming_processing_logs.completed_at`), which the adaptive batch sizer
   aims at about 0.75 s (docs/eta.md).
+* Uploads in S3 beside local disk (benchmarks/s3_end_to_end.py): the same file with
+  `IMUFLOW_STORAGE_URL` on an embedded SeaweedFS, interleaved with local runs.
 * Batch committed -> SSE received: 10 files processing at once; for every progress event
   a client receives, its `last_checkpoint_at` (the parser's batch-completed time) against
   the receive time on the same clock.
@@ -21,6 +23,7 @@ import itertools
 import os
 import statistics
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from benchmarks.common import RUNS, Table, percentile, show
 from benchmarks.stack import EmbeddedStack, cancel_quietly, sse_events
 from benchmarks.text_reader import synthesise
 from imuflow import db
+from imuflow.stack.objectstore import start_object_store
 
 SAMPLES = 2_000_000
 LATENCY_FILES = 10
@@ -71,11 +75,11 @@ class Watcher:
         await cancel_quietly(self._task)
 
 
-async def parser_ready(stack: EmbeddedStack, tracking: bool) -> None:
+async def parser_ready(stack: EmbeddedStack, tracking: bool, extra: Mapping[str, str] | None = None) -> None:
     """(Re)start the parser with progress tracking on or off; return once it takes jobs."""
     if "parser" in stack.supervisors:
         await stack.stop("parser")
-    env = {"IMUFLOW_PROGRESS_TRACKING": "true" if tracking else "false"}
+    env = {"IMUFLOW_PROGRESS_TRACKING": "true" if tracking else "false", **(extra or {})}
     await stack.start("parser", services=("parser",), env=env)
     # Healthy is not yet in the consumer group (Tansu takes seconds for a first join):
     # one small job first, so the measured runs see a parser that is ready.
@@ -301,11 +305,18 @@ async def _run() -> list[Table]:
         await asyncio.to_thread(synthesise, small, LATENCY_SAMPLES)
         tables = show(await end_to_end(stack, client, big))
         tables += show(await latency(stack, client, small))
+        from benchmarks.s3_end_to_end import storage_beside  # it imports this module
+
+        store = await start_object_store(stack.dir / "objectstore", bucket="bench")
+        try:
+            tables += show(await storage_beside(stack, client, big, store))
+        finally:
+            store.stop()
         return tables
 
 
 def run() -> list[Table]:
-    """Measure on a fresh embedded stack."""
+    """Measure on a fresh embedded stack (and, for the S3 table, an embedded SeaweedFS)."""
     return asyncio.run(_run())
 
 

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from benchmarks.common import Table, machine
 
-MODULES = ("text_reader", "binary_reader", "storage", "end_to_end", "sse_fanout", "upload", "preview")
+MODULES = (
+    "text_reader",
+    "binary_reader",
+    "storage",
+    "end_to_end",
+    "sse_fanout",
+    "upload",
+    "preview",
+    "s3_clients",
+)
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 

@@ -12,8 +12,9 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -22,7 +23,7 @@ GIB = 1024**3
 class Settings(BaseSettings):
     """Every `IMUFLOW_*` setting of SPEC §4, validated at startup."""
 
-    model_config = SettingsConfigDict(env_prefix="IMUFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="IMUFLOW_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Path("./.imuflow")
     database_url: str = ""
@@ -45,6 +46,18 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(8, ge=1)
     stuck_after: float = Field(300.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    # Where uploads live (SPEC §7): file:///absolute/path (default DATA_DIR/uploads) or
+    # s3://bucket[/prefix]; credentials are the standard AWS_* variables (else botocore's chain);
+    # IMUFLOW_S3_* names are what `imuflow up` hands its children (they win over AWS_*).
+    storage_url: str = ""
+    s3_endpoint_url: str = ""  # empty = AWS
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = Field(
+        "", repr=False, validation_alias=AliasChoices("IMUFLOW_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: str = Field(
+        "", repr=False, validation_alias=AliasChoices("IMUFLOW_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
     # Alerts from the app (stuck-job actions, failed jobs): a webhook, off when empty.
     alert_webhook_url: str = ""
     alert_webhook_format: Literal["json", "slack"] = "json"
@@ -126,9 +139,18 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value and not (value.startswith("file:///") or value.startswith("s3://")):
+            raise ValueError("use file:///absolute/path or s3://bucket[/prefix]")
+        return value.rstrip("/")
+
     @property
     def storage_dir(self) -> Path:
-        """Where uploads are stored (one file per upload, named by its id)."""
+        """Where local uploads are stored (one file per upload, named by its id)."""
+        if self.storage_url.startswith("file://"):
+            return Path(unquote(urlparse(self.storage_url).path))
         return self.data_dir / "uploads"
 
     @property
@@ -198,6 +220,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_AWS_KEYS = {
+    "AWS_ACCESS_KEY_ID": "IMUFLOW_S3_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "IMUFLOW_S3_SECRET_ACCESS_KEY",
+}
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a `KEY=VALUE` file such as `stack.env`; a missing file gives {}."""
     values: dict[str, str] = {}
@@ -222,4 +250,6 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
             field = key.removeprefix("IMUFLOW_").lower()
             if field in Settings.model_fields and field != "data_dir":
                 from_file[field] = value
+        elif key in _AWS_KEYS and not {key, _AWS_KEYS[key]} & os.environ.keys():  # `up --object-store`
+            from_file[_AWS_KEYS[key]] = value
     return Settings(**{"data_dir": base.data_dir, **from_file, **overrides})

@@ -1,5 +1,6 @@
 """Shared fixtures: real servers (tests/servers.py) and the service stack (tests/stack.py)."""
 
+from tests.objectstore import s3_prefix, s3_server, storage
 from tests.servers import (
     database_url,
     kafka_bootstrap,
@@ -15,8 +16,11 @@ __all__ = [
     "kafka_bootstrap",
     "postgres_server_url",
     "pytest_runtest_makereport",
+    "s3_prefix",
+    "s3_server",
     "service_stack",
     "settings_factory",
+    "storage",
     "template_database",
     "test_settings",
 ]

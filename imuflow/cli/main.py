@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="the stack's data directory (IMUFLOW_DATA_DIR)")
     parser.add_argument("--token", help="API token (default: IMUFLOW_TOKEN or the stack's)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="start the whole embedded stack and keep it running")
+    up = sub.add_parser("up", help="start the whole embedded stack and keep it running")
+    up.add_argument(
+        "--object-store", action="store_true", help="keep uploads in an embedded S3 store (SeaweedFS)"
+    )
     sub.add_parser("ingest", help="run the upload service")
     sub.add_parser("parser", help="run one parser worker")
     sub.add_parser("progress", help="run the progress service (page, API, SSE)")
@@ -81,7 +84,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "up":
         from imuflow.stack.up import run_up
 
-        return run_up(settings)
+        return run_up(settings, object_store=args.object_store)
     if command in ("ingest", "parser", "progress"):
         _run_service(command, settings)
         return 0

@@ -29,6 +29,7 @@ from imuflow import auth, db
 from imuflow.logs import JsonFormatter, fields
 from imuflow.settings import Settings
 from imuflow.stack.broker import DEFAULT_PORT, start_broker
+from imuflow.stack.objectstore import SETTING_OF, start_embedded_object_store
 from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port, port_is_free
 from imuflow.stack.supervisor import Supervisor, SupervisorError, service_specs, service_urls
@@ -111,7 +112,7 @@ def _configure_logging(data_dir: Path) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_up(settings: Settings) -> int:
+def run_up(settings: Settings, *, object_store: bool = False) -> int:
     """Run the embedded stack until Ctrl-C/SIGTERM; the exit code of `imuflow up`."""
     console = Console(highlight=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,13 +121,13 @@ def run_up(settings: Settings) -> int:
     try:
         with _single_up(settings.data_dir):
             check_ports(settings)
-            return asyncio.run(_main(settings, console))
+            return asyncio.run(_main(settings, console, object_store))
     except PortTaken as exc:
         console.print(f"[bold red]✗[/] {exc}")
         return 2
 
 
-async def _main(settings: Settings, console: Console) -> int:
+async def _main(settings: Settings, console: Console, object_store: bool = False) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -142,7 +143,7 @@ async def _main(settings: Settings, console: Console) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            return await _start_and_serve(settings, console, stack)
+            return await _start_and_serve(settings, console, stack, object_store)
     except asyncio.CancelledError:
         if not signalled:
             raise
@@ -158,7 +159,9 @@ async def _main(settings: Settings, console: Console) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def _start_and_serve(settings: Settings, console: Console, stack: contextlib.AsyncExitStack) -> int:
+async def _start_and_serve(
+    settings: Settings, console: Console, stack: contextlib.AsyncExitStack, object_store: bool = False
+) -> int:
     data_dir = settings.data_dir
     database_url = settings.database_url
     if not database_url:
@@ -180,6 +183,8 @@ async def _start_and_serve(settings: Settings, console: Console, stack: contextl
     else:
         console.print(f"[green]✓[/] Kafka at {kafka}")
 
+    storage_env = await start_embedded_object_store(settings, console, stack) if object_store else {}
+
     applied = await db.migrate(database_url)
     console.print(f"[green]✓[/] migrations: {len(applied)} applied")
     conn = await db.connect(database_url)
@@ -196,6 +201,7 @@ async def _start_and_serve(settings: Settings, console: Console, stack: contextl
             "kafka_bootstrap_servers": kafka,
             "ingest_url": urls["ingest"],
             "progress_url": urls["progress"],
+            **{SETTING_OF[key]: value for key, value in storage_env.items()},
         }
     )
     supervisor = Supervisor(service_specs(run_settings))
@@ -210,7 +216,7 @@ async def _start_and_serve(settings: Settings, console: Console, stack: contextl
     values = stack_env_values(
         run_settings, database_url=database_url, kafka=kafka, token=token, admin_token=admin_token
     )
-    write_stack_env(env_path, values)
+    write_stack_env(env_path, {**values, **storage_env})
     stack.callback(env_path.unlink, missing_ok=True)
     log.info("stack up", extra=fields(action="up", stack_env=str(env_path), **urls))
     console.print(

@@ -23,6 +23,7 @@ from imuflow.auth import User
 from imuflow.logs import fields
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
+from imuflow.storage import Storage, StorageError, open_storage
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import (
     AppSettings,
@@ -42,6 +43,7 @@ from services.ingest.storage import UploadSink, sanitize_filename
 log = logging.getLogger("imuflow.ingest")
 SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
 TRUE = {"1", "true", "yes", "on"}
+STALE_UPLOAD_SECONDS = 6 * 3600  # a 4 GiB upload takes minutes; any older unfinished one is dead
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -51,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await db.create_pool(settings.database_url)
+        app.state.storage = open_storage(settings)
         app.state.limiter = UploadLimiter(
             settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
         )
@@ -60,12 +63,16 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor = TaskSupervisor("ingest")
         supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        sweeping = asyncio.create_task(_sweep(app.state.storage), name="storage-sweep")
         try:
             yield
         finally:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             await supervisor.stop()
             await producer.stop()
             await app.state.pool.close()
+            await app.state.storage.close()
 
     app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
     install_error_shape(app)
@@ -125,24 +132,32 @@ def create_app(settings: Settings) -> FastAPI:
 async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: Settings) -> JSONResponse:
     """Receive, store, deduplicate and record one upload."""
     file_id = uuid.uuid4()
-    sink = UploadSink(cfg.storage_dir, file_id, cfg.max_upload_bytes)
+    storage: Storage = request.app.state.storage
+    try:
+        sink = await UploadSink.open(storage, file_id, cfg.max_upload_bytes)
+    except StorageError as exc:
+        raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
     try:
         form = await receive_upload(request, sink)
         options = _options(form.fields)
         if sink.size == 0:
             raise UploadRejected(400, "the file is empty")
-        await asyncio.to_thread(sink.finish)
+        await sink.finish()
     except UploadRejected as exc:
-        sink.discard()
+        await sink.discard()
         metrics.UPLOADS.labels("rejected").inc()
         log.info("upload rejected", extra=fields(reason=exc.detail, status=exc.status))
         raise HTTPException(exc.status, exc.detail) from exc
+    except StorageError as exc:
+        await sink.discard()
+        log.warning("upload storage failed", extra=fields(error=str(exc), action="upload"))
+        raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
     except BaseException:
-        sink.discard()
+        await sink.discard()
         raise
     duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
     if duplicate_of is not None and not options.allow_duplicate:
-        sink.discard()
+        await sink.discard()
         existing = await repository.file_record(pool, duplicate_of, user.id)
         metrics.UPLOADS.labels("duplicate").inc()
         return JSONResponse(_dump(existing), status_code=200)
@@ -152,7 +167,7 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
         filename=sanitize_filename(form.filename),
         size_bytes=sink.size,
         sha256=sink.sha256,
-        storage_uri=sink.final_path.resolve().as_uri(),
+        storage_uri=sink.uri,
         format=options.format,
         sensor=options.sensor,
         timezone=options.timezone,
@@ -160,15 +175,21 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
     )
     try:
         # A phone app's ZIP export becomes one record per sensor stream (services/ingest/archive.py).
-        record = await archive.accept(pool, new, sink.final_path, cfg)
+        record = await archive.accept(pool, new, storage, cfg, sink.first_bytes)
         if record is None:
             record = await repository.record_upload(pool, new)
     except UploadRejected as exc:
-        sink.discard()
+        await sink.discard()
         raise HTTPException(exc.status, exc.detail) from exc
     except repository.StorageUnavailable as exc:
-        sink.discard()
+        await sink.discard()
         raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    except StorageError as exc:
+        await sink.discard()
+        raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
+    except BaseException:
+        await sink.discard()
+        raise
     metrics.UPLOADS.labels("accepted").inc()
     metrics.UPLOAD_BYTES.inc(sink.size)
     log.info(
@@ -176,6 +197,17 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
         extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
     )
     return JSONResponse(_dump(record), status_code=202)
+
+
+async def _sweep(storage: Storage) -> None:
+    """Once at start: abort uploads an ingest killed mid-body left (older than any live one)."""
+    try:
+        removed = await storage.sweep(STALE_UPLOAD_SECONDS)
+    except (StorageError, OSError) as exc:
+        log.warning("could not sweep unfinished uploads", extra=fields(error=str(exc), action="sweep"))
+        return
+    if removed:
+        log.info("unfinished uploads removed", extra=fields(count=removed, action="sweep"))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Phone-app ZIP exports (Sensor Logger, phyphox): one upload, one file record per sensor stream.
 
-The upload is already spooled to storage, so the ZIP's central directory (at its end) can
-be read. Each sensor stream is extracted to storage as its own file, named by a new id
-like any upload, with its own size and sha256; its display name is the member's base
-name, which the parser's text engine reads the sensor from (`Gyroscope.csv`). Member
-names are never used as paths. Device containers that are ZIPs themselves (ActiGraph
+The upload is already stored, so the ZIP's central directory (at its end) can be read
+through a seekable reader of the object (a local file, or ranged GETs on S3). Each
+sensor stream is extracted to storage as its own object, named by a new id like any
+upload, with its own size and sha256; its display name is the member's base name, which
+the parser's text engine reads the sensor from (`Gyroscope.csv`). Member names are never
+used as paths. Device containers that are ZIPs themselves (ActiGraph
 `.gt3x`/`.agdc`) are left whole for their reader.
 
 Which members are streams: text files (.csv, .txt, .tsv) outside `meta/` whose name
@@ -25,18 +26,21 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 
 from imuflow.archives import ArchiveRefused, BoundedMember, check_directory, check_member
 from imuflow.filewarnings import clip
 from imuflow.settings import Settings
+from imuflow.storage import Storage
 from services.ingest import repository
 from services.ingest.multipart import UploadRejected
 from services.ingest.storage import UploadSink, sanitize_filename
 from services.ingest.timeanchors import anchor_line
 
+SEVERAL_SENSORS = "a ZIP of several sensor files cannot take one `sensor`; each file's name says its sensor"
+ZIP_MAGIC = b"PK\x03\x04"
 MAX_MEMBERS = 2000  # central-directory entries we are willing to look at
 MAX_DIRECTORY_BYTES = 1 << 20  # and the bytes of that directory (checked before zipfile reads it)
 MAX_STREAMS = 64  # sensor streams one upload may become
@@ -107,17 +111,26 @@ def _refused(exc: ArchiveRefused) -> UploadRejected:
     return UploadRejected(413 if exc.kind == "size" else 400, str(exc))
 
 
-def plan_archive(path: Path, filename: str, max_bytes: int, max_ratio: float = 100.0) -> Plan | None:
-    """The streams of a phone-app ZIP, None when the upload is not such a ZIP."""
-    with path.open("rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return None
-        try:  # before zipfile reads (and trusts) the whole directory
-            check_directory(f, MAX_MEMBERS, MAX_DIRECTORY_BYTES)
-        except ArchiveRefused as exc:
-            raise _refused(exc) from exc
+def plan_archive(
+    upload: BinaryIO | Path, filename: str, max_bytes: int, max_ratio: float = 100.0
+) -> Plan | None:
+    """The streams of a phone-app ZIP, None when the upload is not such a ZIP.
+
+    `upload` is a seekable reader of the stored upload (a local file or ranged GETs).
+    """
+    if isinstance(upload, Path):
+        with upload.open("rb") as opened:
+            return plan_archive(opened, filename, max_bytes, max_ratio)
+    f = upload
+    f.seek(0)
+    if f.read(4) != ZIP_MAGIC:
+        return None
+    try:  # before zipfile reads (and trusts) the whole directory
+        check_directory(f, MAX_MEMBERS, MAX_DIRECTORY_BYTES)
+    except ArchiveRefused as exc:
+        raise _refused(exc) from exc
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return None  # not readable as a ZIP: the parser gives the reason
@@ -163,42 +176,51 @@ class Extracted:
     filename: str
     size: int
     sha256: str
-    path: Path
+    uri: str
 
 
-def extract(
-    path: Path, plan: Plan, directory: Path, max_bytes: int, max_ratio: float = 100.0
+async def extract(
+    f: BinaryIO, plan: Plan, storage: Storage, max_bytes: int, max_ratio: float = 100.0
 ) -> list[Extracted]:
-    """Write each stream to storage, counting real (not declared) sizes against the limits."""
+    """Write each stream to storage, counting real (not declared) sizes against the limits.
+
+    Members are inflated in a worker thread (zipfile and the ranged reader block), one
+    chunk at a time, and streamed into storage like an upload.
+    """
     done: list[Extracted] = []
     total = 0
     try:
-        with zipfile.ZipFile(path) as zf:
+        zf = await asyncio.to_thread(zipfile.ZipFile, f)
+        try:
             # phyphox / Sensor Logger sidecars: each stream starts with its time anchors.
-            anchors = anchor_line(zf)
+            anchors = await asyncio.to_thread(anchor_line, zf)
             for info in plan.streams:
-                file_id = uuid.uuid4()
-                sink = UploadSink(directory, file_id, max_bytes)
+                sink = await UploadSink.open(storage, uuid.uuid4(), max_bytes)
                 try:
                     if anchors:
                         sink.write(anchors)
-                    with zf.open(info) as raw:
+                    raw = await asyncio.to_thread(zf.open, info)
+                    try:
                         # Headers can lie: the inflated bytes themselves count, and stop us.
                         member = BoundedMember(
                             raw, _display(info.filename), info.compress_size, max_bytes - total, max_ratio
                         )
-                        while chunk := member.read(CHUNK):
+                        while chunk := await asyncio.to_thread(member.read, CHUNK):
                             sink.write(chunk)
+                            await sink.drain()
                         total += member.inflated
-                    sink.finish()
+                    finally:
+                        raw.close()
+                    await sink.finish()
                 except BaseException:
-                    sink.discard()
+                    await sink.discard()
                     raise
-                done.append(
-                    Extracted(file_id, _display(info.filename), sink.size, sink.sha256, sink.final_path)
-                )
+                name = _display(info.filename)
+                done.append(Extracted(sink.file_id, name, sink.size, sink.sha256, sink.uri))
+        finally:
+            zf.close()
     except BaseException as exc:
-        discard(done)
+        await discard(storage, done)
         if isinstance(exc, ArchiveRefused):
             raise _refused(exc) from exc
         if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
@@ -209,25 +231,33 @@ def extract(
     return done
 
 
-def discard(extracted: list[Extracted]) -> None:
+async def discard(storage: Storage, extracted: list[Extracted]) -> None:
     """Remove extracted members (the upload was refused or not recorded)."""
-    for item in extracted:
-        item.path.unlink(missing_ok=True)
+    if extracted:
+        await storage.delete([item.uri for item in extracted])
 
 
 async def accept(
-    pool: asyncpg.Pool, upload: repository.NewFile, path: Path, settings: Settings
+    pool: asyncpg.Pool,
+    upload: repository.NewFile,
+    storage: Storage,
+    settings: Settings,
+    first_bytes: bytes | None = None,
 ) -> dict[str, Any] | None:
     """Record a phone-app ZIP as a parent with one child per stream; None if not such a ZIP."""
+    if first_bytes is not None and not first_bytes.startswith(ZIP_MAGIC):
+        return None  # not a ZIP: no need to read the stored object back
     limit, ratio = settings.max_upload_bytes, settings.max_inflate_ratio
-    plan = await asyncio.to_thread(plan_archive, path, upload.filename, limit, ratio)
-    if plan is None:
-        return None
-    if upload.sensor is not None and len(plan.streams) > 1:
-        raise UploadRejected(
-            400, "a ZIP of several sensor files cannot take one `sensor`; each file's name says its sensor"
-        )
-    parts = await asyncio.to_thread(extract, path, plan, settings.storage_dir, limit, ratio)
+    f = await storage.open(upload.storage_uri)
+    try:
+        plan = await asyncio.to_thread(plan_archive, f, upload.filename, limit, ratio)
+        if plan is None:
+            return None
+        if upload.sensor is not None and len(plan.streams) > 1:
+            raise UploadRejected(400, SEVERAL_SENSORS)
+        parts = await extract(f, plan, storage, limit, ratio)
+    finally:
+        f.close()
     children = [
         replace(
             upload,
@@ -235,7 +265,7 @@ async def accept(
             filename=part.filename,
             size_bytes=part.size,
             sha256=part.sha256,
-            storage_uri=part.path.resolve().as_uri(),
+            storage_uri=part.uri,
             duplicate_of=None,
             parent_id=upload.id,
         )
@@ -245,5 +275,5 @@ async def accept(
     try:
         return await repository.record_archive(pool, upload, children, notes)
     except BaseException:
-        await asyncio.to_thread(discard, parts)
+        await discard(storage, parts)
         raise

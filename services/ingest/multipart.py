@@ -2,8 +2,9 @@
 
 FastAPI's `UploadFile` spools the whole body to a temporary file before the handler
 runs (a 2 GB upload written twice, and no 413 until it is all in). Here the body is
-fed chunk by chunk to `streaming-form-data`, whose file target writes to the upload's
-final location, so the size limit is enforced while the bytes arrive.
+fed chunk by chunk to `streaming-form-data`, whose file target hands it to the upload's
+sink (a local file or an S3 multipart upload), so the size limit is enforced while the
+bytes arrive and memory stays at one part whatever the upload's size.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ async def receive_upload(request: Request, sink: UploadSink) -> UploadForm:
             if received > sink.max_bytes + 64 * 1024 or sink.too_large:
                 raise UploadRejected(413, _too_large(sink.max_bytes))
             parser.data_received(chunk)
+            await sink.drain()  # backpressure: the next chunk is read once this one is stored
     except ClientDisconnect as exc:
         raise UploadRejected(400, "the client disconnected before the upload finished") from exc
     except UploadRejected:

@@ -1,4 +1,4 @@
-"""Where uploads live: one file per upload under the data dir, named by its id only.
+"""Where uploads go: one object per upload in the configured storage, named by its id only.
 
 The user's filename is never part of a path; it is kept for display after sanitising.
 """
@@ -6,11 +6,11 @@ The user's filename is never part of a path; it is kept for display after saniti
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import unicodedata
-from pathlib import Path
 from uuid import UUID
+
+from imuflow.storage import ObjectWriter, Storage
 
 MAX_FILENAME = 200
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>:\"|?*]")
@@ -29,47 +29,66 @@ def sanitize_filename(raw: str | None) -> str:
 
 
 class UploadSink:
-    """Writes one upload to `<dir>/<id>.part`, hashing and counting as it goes."""
+    """Streams one upload into storage as object `<file id>`, hashing and counting as it goes.
 
-    def __init__(self, directory: Path, file_id: UUID, max_bytes: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.final_path = directory / str(file_id)
-        self.part_path = directory / f"{file_id}.part"
+    `write` (called by the multipart parser, synchronously) only counts, hashes and queues
+    the chunk; `drain` hands the queue to the store's writer, which uploads a part whenever
+    one is full and waits for it (one part in flight, so memory stays constant however big
+    the upload). `discard` aborts an unfinished upload or deletes a stored one.
+    """
+
+    def __init__(self, storage: Storage, writer: ObjectWriter, file_id: UUID, max_bytes: int) -> None:
+        self.storage = storage
+        self.file_id = file_id
+        self.uri = storage.uri(str(file_id))
         self.max_bytes = max_bytes
         self.size = 0
         self.too_large = False
         self.first_bytes = b""
         self._sha = hashlib.sha256()
-        self._file = open(self.part_path, "wb")  # noqa: SIM115 - closed in finish/discard
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._committed = False
+
+    @classmethod
+    async def open(cls, storage: Storage, file_id: UUID, max_bytes: int) -> UploadSink:
+        """A sink writing the object named by `file_id`."""
+        return cls(storage, await storage.create(str(file_id)), file_id, max_bytes)
 
     def write(self, chunk: bytes) -> None:
-        """Append a chunk, unless the upload already exceeded the limit."""
+        """Queue a chunk, unless the upload already exceeded the limit."""
         if self.too_large:
             return
         self.size += len(chunk)
         if self.size > self.max_bytes:
             self.too_large = True
+            self._pending.clear()
             return
         if len(self.first_bytes) < 4096:
             self.first_bytes += chunk[: 4096 - len(self.first_bytes)]
         self._sha.update(chunk)
-        self._file.write(chunk)
+        self._pending.append(chunk)
+
+    async def drain(self) -> None:
+        """Pass queued chunks to the store (waits while a full part uploads)."""
+        while self._pending:
+            await self._writer.write(self._pending.pop(0))
 
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
-    def finish(self) -> Path:
-        """Make the upload durable and visible under its final name."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.part_path, self.final_path)
-        return self.final_path
+    async def finish(self) -> str:
+        """Make the upload durable and visible under its final name; its storage URI."""
+        await self.drain()
+        await self._writer.commit()
+        self._committed = True
+        return self.uri
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
         """Remove whatever was written (failed, rejected or duplicate upload)."""
-        if not self._file.closed:
-            self._file.close()
-        for path in (self.part_path, self.final_path):
-            path.unlink(missing_ok=True)
+        self._pending.clear()
+        if self._committed:
+            await self.storage.delete([self.uri])
+        else:
+            await self._writer.abort()

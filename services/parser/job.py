@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from contracts import events, topics
-from imuflow import kafka, metrics, sentry
+from imuflow import kafka, metrics, sentry, storage
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -30,6 +30,7 @@ from services.parser.repository import Claim, Fenced, ParserRepository, Transien
 from services.parser.threads import JobThread
 
 log = logging.getLogger("imuflow.parser")
+MISSING_UPLOAD = "the stored upload is missing; upload the file again"
 ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
 
 
@@ -159,11 +160,7 @@ class FileJob:
                 return
 
     async def _parse(self, claim: Claim, thread: JobThread) -> Outcome:
-        path = storage_path(claim.storage_uri)
-        # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
-        if not await thread.submit(_is_stored, path):
-            raise FormatError("the stored upload is missing; upload the file again")
-        f = await thread.submit(open, path, "rb")
+        f = await self._open_upload(claim, thread)
         try:
             reader, info = await thread.submit(self._open_reader, f, claim)
             warnings = _merge(claim.warnings, list(info.warnings))
@@ -183,6 +180,22 @@ class FileJob:
         finally:
             # After whatever the thread still does (a read-ahead); not waited for.
             thread.submit(f.close).add_done_callback(_retrieve)
+
+    async def _open_upload(self, claim: Claim, thread: JobThread) -> BinaryIO:
+        """The stored upload, seekable: a local file, or ranged GETs with read-ahead on S3."""
+        if urlparse(claim.storage_uri).scheme == "file":
+            path = storage_path(claim.storage_uri)
+            # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
+            if not await thread.submit(_is_stored, path):
+                raise FormatError(MISSING_UPLOAD)
+            f: BinaryIO = await thread.submit(open, path, "rb")
+            return f
+        try:
+            return await storage.open_any(storage.for_process(self.settings), claim.storage_uri)
+        except storage.ObjectMissing as exc:
+            raise FormatError(MISSING_UPLOAD) from exc
+        except storage.StorageError as exc:
+            raise TransientError(f"upload storage: {exc}") from exc
 
     def _open_reader(self, f: BinaryIO, claim: Claim) -> tuple[Reader, FileInfo]:
         format_id = claim.format or registry.detect_file(f, claim.filename)

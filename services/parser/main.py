@@ -6,7 +6,7 @@ import asyncio
 import logging
 from functools import partial
 
-from imuflow import db, kafka
+from imuflow import db, kafka, storage
 from imuflow.outbox import OutboxRelay
 from imuflow.runner import run_worker, start_metrics_server
 from imuflow.settings import Settings
@@ -49,6 +49,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await metrics[1]
         await producer.stop()
         await pool.close()
+        await storage.close_process()
 
 
 def main(settings: Settings) -> None:

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
 from imuflow.settings import Settings
+from imuflow.storage import open_storage
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import database_ready, health_router, install_error_shape, install_origin_guard
 from services.progress import admin, api, export, lifecycle, pageconfig, preview, session, summary
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.exports = UserSlots(settings.max_concurrent_exports, "exports", EXPORT_RETRY_AFTER)
         app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
+        app.state.storage = open_storage(settings)
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
         await kafka.retry_forever("kafka", producer.start)
@@ -72,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             except TimeoutError:
                 export_pool.terminate()
             await pool.close()
+            await app.state.storage.close()
 
     async def ready(request: Request) -> str | None:
         problem = await database_ready(request)

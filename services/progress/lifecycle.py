@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
-from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Body, HTTPException, Response
+from fastapi import APIRouter, Body, HTTPException, Request, Response
 
 from contracts import topics
 from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord, ReparseRequest
-from imuflow import db, outbox
+from imuflow import db, outbox, storage
 from imuflow.logs import fields
+from imuflow.storage import Storage
 from imuflow.web import CurrentUser
 from services.progress.api import NOT_FOUND, OwnedFile, Repo, owned_file
 from services.progress.repository import DRIVER_ERRORS, queued_event
@@ -35,12 +34,12 @@ router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": Erro
 
 
 @router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=NOT_FOUND)
-async def delete_file(record: OwnedFile, user: CurrentUser, repo: Repo) -> Response:
+async def delete_file(record: OwnedFile, user: CurrentUser, repo: Repo, request: Request) -> Response:
     """Delete the file: cancel its job, then its samples, batch log, events and stored upload."""
     uris = await _retrying(lambda: delete_family(repo.pool, record.id, user.id))
     if uris is None:
         raise HTTPException(404, "file not found")
-    await asyncio.to_thread(remove_stored, uris)
+    await remove_stored(request.app.state.storage, uris)
     log.info("file deleted", extra=fields(file_id=str(record.id), files=len(uris), action="delete"))
     return Response(status_code=204)
 
@@ -149,20 +148,15 @@ async def delete_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> lis
     return [r["storage_uri"] for r in family]
 
 
-def remove_stored(uris: list[str]) -> None:
-    """Remove stored uploads; only `file://` paths named by a file id (never a user's name)."""
-    for uri in uris:
-        parsed = urlparse(uri)
-        path = Path(unquote(parsed.path))
-        if parsed.scheme != "file" or not _is_uuid(path.name):
-            log.warning("not removing unexpected storage location", extra=fields(uri=uri, action="delete"))
-            continue
-        path.unlink(missing_ok=True)
-
-
-def _is_uuid(name: str) -> bool:
-    try:
-        uuid.UUID(name)
-    except ValueError:
-        return False
-    return True
+async def remove_stored(store: Storage, uris: list[str], attempts: int = 4) -> None:
+    """Remove the stored uploads (every object of the family), retrying a store that fails."""
+    for attempt in range(attempts):
+        try:
+            await storage.delete_any(store, uris)
+            return
+        except storage.StorageError as exc:
+            log.warning("removing stored uploads failed", extra=fields(error=str(exc), action="delete"))
+            if attempt + 1 == attempts:
+                log.error("stored uploads left behind", extra=fields(uris=uris, action="delete"))
+                raise HTTPException(503, "the file is deleted but its upload could not be removed") from exc
+            await asyncio.sleep(0.2 * 2**attempt)

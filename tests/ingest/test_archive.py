@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from imuflow.settings import Settings
+from imuflow.storage import LocalStorage
 from services.ingest.archive import MAX_MEMBERS, extract, plan_archive
 from services.ingest.multipart import UploadRejected
 from tests.common.test_archives import claiming
@@ -128,19 +129,21 @@ def test_inflate_ratio_and_directory_claims_are_refused_with_a_reason(tmp_path: 
     assert err.value.status == 400 and "65,535 members" in err.value.detail
 
 
-def test_extract_counts_inflated_bytes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+async def test_extract_counts_inflated_bytes_and_leaves_nothing_behind(tmp_path: Path) -> None:
     path = phyphox_zip(tmp_path / "p.zip")
     plan = plan_archive(path, "p.zip", 1 << 30)
     assert plan is not None
     store = tmp_path / "store"
     store.mkdir()
+    storage = LocalStorage(store)
     sizes = [i.file_size for i in plan.streams]
     # The budget covers the first two streams but not the third: refused while streaming.
-    with pytest.raises(UploadRejected) as err:
-        extract(path, plan, store, sum(sizes[:2]) + sizes[2] // 2)
-    assert err.value.status == 413 and "unpacks to more than" in err.value.detail
-    assert list(store.iterdir()) == []
-    parts = extract(path, plan, store, 1 << 30)
+    with path.open("rb") as f:
+        with pytest.raises(UploadRejected) as err:
+            await extract(f, plan, storage, sum(sizes[:2]) + sizes[2] // 2)
+        assert err.value.status == 413 and "unpacks to more than" in err.value.detail
+        assert list(store.iterdir()) == []
+        parts = await extract(f, plan, storage, 1 << 30)
     assert [p.size for p in parts] == sizes
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ingest.archive import extract, plan_archive
+from imuflow.storage.local import LocalStorage, path_of
+from services.ingest.archive import Extracted, Plan, extract, plan_archive
 from services.ingest.timeanchors import phyphox_anchors, sensor_logger_anchors
 from tests.e2e.helpers import DATA
 from tests.parser.formats.text_helpers import read_bytes
@@ -45,7 +46,12 @@ def test_sidecars_parse_to_anchors() -> None:
     assert phyphox_anchors(b'"event","experiment time","system time"\n') == []
 
 
-def test_a_phyphox_zip_gives_absolute_times_across_its_pause(tmp_path: Path) -> None:
+async def _extract(path: Path, plan: Plan, store: Path) -> list[Extracted]:
+    with path.open("rb") as f:
+        return await extract(f, plan, LocalStorage(store), 1 << 30)
+
+
+async def test_a_phyphox_zip_gives_absolute_times_across_its_pause(tmp_path: Path) -> None:
     path = tmp_path / "deadreckoning.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(ACC, "deadreckoning/Accelerometer.csv")
@@ -54,8 +60,8 @@ def test_a_phyphox_zip_gives_absolute_times_across_its_pause(tmp_path: Path) -> 
     assert plan is not None
     store = tmp_path / "store"
     store.mkdir()
-    (part,) = extract(path, plan, store, 1 << 30)
-    stored = part.path.read_bytes()
+    (part,) = await _extract(path, plan, store)
+    stored = path_of(part.uri).read_bytes()
     assert stored.startswith(b"# imuflow time anchors (phyphox meta/time.csv): ")
     assert stored.endswith(ACC.read_bytes())
     r = read_bytes(stored, part.filename, target=3000)
@@ -67,7 +73,7 @@ def test_a_phyphox_zip_gives_absolute_times_across_its_pause(tmp_path: Path) -> 
     np.testing.assert_array_equal(r.values, plain.values)
 
 
-def test_sensor_logger_metadata_anchors_seconds_elapsed_but_time_wins(tmp_path: Path) -> None:
+async def test_sensor_logger_metadata_anchors_seconds_elapsed_but_time_wins(tmp_path: Path) -> None:
     meta = "version,device name,recording epoch time\n3,Pixel 6,1700000000123\n"
     elapsed_only = "seconds_elapsed,z,y,x\n" + "".join(f"{i * 0.02:.2f},9.8,0.1,{i}\n" for i in range(50))
     with_time = "time,seconds_elapsed,z,y,x\n" + "".join(
@@ -82,9 +88,9 @@ def test_sensor_logger_metadata_anchors_seconds_elapsed_but_time_wins(tmp_path: 
     assert plan is not None
     store = tmp_path / "store"
     store.mkdir()
-    parts = {p.filename: p for p in extract(path, plan, store, 1 << 30)}
-    acc = read_bytes(parts["Accelerometer.csv"].path.read_bytes(), "Accelerometer.csv")
+    parts = {p.filename: p for p in await _extract(path, plan, store)}
+    acc = read_bytes(path_of(parts["Accelerometer.csv"].uri).read_bytes(), "Accelerometer.csv")
     assert acc.n == 50 and acc.info.time_base == "epoch"
     np.testing.assert_array_equal(acc.t_ns, 1_700_000_000_123_000_000 + np.arange(50) * 20_000_000)
-    gyro = read_bytes(parts["Gyroscope.csv"].path.read_bytes(), "Gyroscope.csv")
+    gyro = read_bytes(path_of(parts["Gyroscope.csv"].uri).read_bytes(), "Gyroscope.csv")
     np.testing.assert_array_equal(gyro.t_ns, 1_699_999_999_000_000_000 + np.arange(50) * 20_000_000)

@@ -24,7 +24,10 @@ from imuflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-SERVICES = {"kafka", "postgres", "migrate", "ingest", "parser", "progress", "prometheus", "grafana"}
+SERVICES = {
+    *("kafka", "postgres", "objectstore", "migrate"),
+    *("ingest", "parser", "progress", "prometheus", "grafana"),
+}
 METRIC = re.compile(r"\bimuflow_[a-z_]+")
 
 
@@ -76,7 +79,10 @@ def test_compose_ports_and_settings_match_the_code(compose: dict[str, Any]) -> N
         assert env["IMUFLOW_INGEST_PORT"] == str(defaults.ingest_port)
         assert env["IMUFLOW_PROGRESS_PORT"] == str(defaults.progress_port)
         assert env["IMUFLOW_PARSER_METRICS_PORT"] == str(defaults.parser_metrics_port)
-        assert "uploads:/data" in services[name]["volumes"]  # ingest writes, parsers read
+        # Uploads in the object store: no volume shared between the services.
+        assert env["IMUFLOW_STORAGE_URL"].startswith("s3://") and "volumes" not in services[name]
+        assert env["IMUFLOW_S3_ENDPOINT_URL"] == "http://objectstore:8333"
+    assert "-s3.port=8333" in services["objectstore"]["command"]
     # The healthchecks probe the ports the services listen on.
     for name, port in (("ingest", 8001), ("progress", 8000), ("parser", 8002)):
         assert f"127.0.0.1:{port}/" in " ".join(services[name]["healthcheck"]["test"])

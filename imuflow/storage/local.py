@@ -1,0 +1,124 @@
+"""Uploads as files in one local directory (`file:///absolute/path`), named by file id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+from imuflow.logs import fields
+from imuflow.storage.base import ObjectMissing, StorageError, is_file_id
+
+log = logging.getLogger("imuflow.storage")
+
+
+def path_of(uri: str) -> Path:
+    """The local path of a `file://` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise StorageError(f"not a local storage URI: {uri!r}")
+    return Path(unquote(parsed.path))
+
+
+class LocalWriter:
+    """Writes `<dir>/<key>.part`; `commit` fsyncs and renames it to `<dir>/<key>`."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = final.with_name(f"{final.name}.part")
+        self._file: BinaryIO | None = open(self.part, "wb")  # noqa: SIM115 - closed in commit/abort
+
+    async def write(self, data: bytes) -> None:
+        """Append bytes (page cache: fast enough to do on the loop, as before)."""
+        if self._file is None:
+            raise StorageError("write after commit or abort")
+        self._file.write(data)
+
+    async def commit(self) -> None:
+        """fsync, then make the file visible under its final name."""
+        f, self._file = self._file, None
+        if f is None:
+            raise StorageError("commit after abort")
+
+        def finish() -> None:
+            with f:
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.part, self.final)
+
+        await asyncio.to_thread(finish)
+
+    async def abort(self) -> None:
+        """Remove the partial file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.part.unlink(missing_ok=True)
+
+
+class LocalStorage:
+    """A directory of uploads (the embedded default: `DATA_DIR/uploads`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.url = self.directory.as_uri()
+
+    def uri(self, key: str) -> str:
+        """`file:///dir/<key>`."""
+        return (self.directory / key).as_uri()
+
+    def owns(self, uri: str) -> bool:
+        """Any `file://` URI: a local file is readable wherever it is."""
+        return urlparse(uri).scheme == "file"
+
+    async def create(self, key: str) -> LocalWriter:
+        """Start writing `<dir>/<key>`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return LocalWriter(self.directory / key)
+
+    async def open(self, uri: str) -> BinaryIO:
+        """The file, opened for reading."""
+        try:
+            return await asyncio.to_thread(open, path_of(uri), "rb")
+        except FileNotFoundError as exc:
+            raise ObjectMissing(uri) from exc
+
+    async def exists(self, uri: str) -> bool:
+        """True when the file exists."""
+        return path_of(uri).is_file()
+
+    async def delete(self, uris: list[str]) -> None:
+        """Remove the files; only names that are file ids (never a user's name)."""
+        for uri in uris:
+            path = path_of(uri) if self.owns(uri) else None
+            if path is None or not is_file_id(path.name):
+                log.warning("not removing an unexpected location", extra=fields(uri=uri, action="delete"))
+                continue
+            path.unlink(missing_ok=True)
+
+    async def sweep(self, older_than: float) -> int:
+        """Remove `<id>.part` files not written to for `older_than` seconds."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in self.directory.glob("*.part"):
+            if is_file_id(path.name.removesuffix(".part")) and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    async def check(self) -> str | None:
+        """None when the directory exists or can be created."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"storage: {exc}"
+        return None if os.access(self.directory, os.W_OK) else f"storage: {self.directory} is not writable"
+
+    async def close(self) -> None:
+        """Nothing to release."""

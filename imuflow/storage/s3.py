@@ -1,0 +1,316 @@
+"""Uploads as objects in an S3-compatible store (`s3://bucket[/prefix]`), via aiobotocore.
+
+Why aiobotocore (measured in docs/scaling.md): it gives the multipart calls one by one,
+so ingest keeps exactly one part in flight and aborts the upload itself on any failure;
+it creates a missing bucket and lists unfinished multipart uploads (obstore does neither).
+
+Reads bridge to the event loop that opened the reader: the parser's reader runs in a
+worker thread and asks the loop for each block with `run_coroutine_threadsafe`, which
+also gives read-ahead for free (the next block's GET runs while this one is parsed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlparse
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imuflow.logs import fields
+from imuflow.storage.base import ObjectMissing, StorageError, is_file_id
+from imuflow.storage.reader import BLOCK, RangedReader
+
+log = logging.getLogger("imuflow.storage")
+
+PART = 8 * 1024 * 1024  # S3 wants >= 5 MiB per part but the last; 8 MiB = 512 GiB at 10,000 parts
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` → ("bucket", "some/prefix")."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"not an S3 storage URL: {url!r} (expected s3://bucket[/prefix])")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Writer:
+    """A multipart upload with one part in flight; nothing is created before the first part."""
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self._storage = storage
+        self._key = key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    async def write(self, data: bytes) -> None:
+        """Buffer `data`; upload a part (and wait for it) each time a part is full."""
+        self._buffer += data
+        while len(self._buffer) >= PART:
+            part = bytes(self._buffer[:PART])
+            del self._buffer[:PART]
+            await self._upload_part(part)
+
+    async def _upload_part(self, body: bytes) -> None:
+        client = await self._storage.client()
+        bucket = self._storage.bucket
+        number = len(self._parts) + 1
+        try:
+            if self._upload_id is None:
+                created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
+                self._upload_id = str(created["UploadId"])
+            answer = await client.upload_part(
+                Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    async def commit(self) -> None:
+        """Complete the upload (a small object is one PUT)."""
+        client = await self._storage.client()
+        bucket = self._storage.bucket
+        try:
+            if self._upload_id is None:
+                await client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                if self._buffer:
+                    await self._upload_part(bytes(self._buffer))
+                await client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"storing the upload failed: {exc}") from exc
+        self._buffer = bytearray()
+        self._done = True
+
+    async def abort(self) -> None:
+        """Abort the multipart upload so no part is left behind (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        self._buffer = bytearray()
+        if self._upload_id is None:
+            return
+        client = await self._storage.client()
+        try:
+            # Shielded: an abort that runs because the request was cancelled must finish.
+            aborting = client.abort_multipart_upload(
+                Bucket=self._storage.bucket, Key=self._key, UploadId=self._upload_id
+            )
+            await asyncio.shield(aborting)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(
+                "could not abort a multipart upload",
+                extra=fields(key=self._key, upload_id=self._upload_id, error=str(exc), action="abort"),
+            )
+
+
+class S3Storage:
+    """A bucket (and optional prefix) of an S3-compatible store."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str = "",
+        region: str = "us-east-1",
+        access_key_id: str = "",
+        secret_access_key: str = "",
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.bucket, self.prefix = split_url(url)
+        self._options: dict[str, Any] = {"region_name": region}
+        if endpoint_url:
+            self._options["endpoint_url"] = endpoint_url
+        if access_key_id:  # else botocore's own chain (environment, profile, instance role)
+            self._options["aws_access_key_id"] = access_key_id
+            self._options["aws_secret_access_key"] = secret_access_key
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+        self._bucket_checked = False
+
+    async def client(self) -> Any:
+        """The aiobotocore client, created on first use (on the loop that uses it)."""
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    config = AioConfig(
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=5,
+                        read_timeout=60,
+                        max_pool_connections=32,
+                    )
+                    maker = get_session().create_client("s3", config=config, **self._options)
+                    self._client = await self._stack.enter_async_context(maker)
+        return self._client
+
+    def key(self, name: str) -> str:
+        """The object key of `name` under the prefix."""
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def uri(self, key: str) -> str:
+        """`s3://bucket/prefix/<key>`."""
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def owns(self, uri: str) -> bool:
+        """True for an `s3://` URI in this bucket."""
+        parsed = urlparse(uri)
+        return parsed.scheme == "s3" and parsed.netloc == self.bucket
+
+    def _key_of(self, uri: str) -> str:
+        if not self.owns(uri):
+            raise StorageError(f"{uri!r} is not in {self.url}")
+        return urlparse(uri).path.lstrip("/")
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket when it is missing and the credentials allow it."""
+        if self._bucket_checked:
+            return
+        client = await self.client()
+        try:
+            await client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) not in (*_MISSING, *_NO_BUCKET):
+                raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+            try:
+                await client.create_bucket(Bucket=self.bucket)
+                log.info("bucket created", extra=fields(bucket=self.bucket, action="create_bucket"))
+            except ClientError as create_exc:
+                if _code(create_exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise StorageError(f"bucket {self.bucket} is missing: {create_exc}") from create_exc
+        self._bucket_checked = True
+
+    async def create(self, key: str) -> S3Writer:
+        """Start a (lazy) multipart upload of `key`."""
+        try:
+            await self.ensure_bucket()
+        except BotoCoreError as exc:
+            raise StorageError(f"storage unreachable: {exc}") from exc
+        return S3Writer(self, self.key(key))
+
+    async def _size(self, key: str) -> int:
+        client = await self.client()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING or _code(exc) in _NO_BUCKET:
+                raise ObjectMissing(key) from exc
+            raise StorageError(f"reading {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"storage unreachable: {exc}") from exc
+        return int(head["ContentLength"])
+
+    async def _range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        client = await self.client()
+        try:
+            answer = await client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            async with answer["Body"] as body:
+                return cast(bytes, await body.read())
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise ObjectMissing(key) from exc
+            raise StorageError(f"reading {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"storage unreachable: {exc}") from exc
+
+    async def open(self, uri: str) -> BinaryIO:
+        """A RangedReader; its reads must run off this loop's thread (they wait on it)."""
+        key = self._key_of(uri)
+        size = await self._size(key)
+        loop = asyncio.get_running_loop()
+
+        def fetch(start: int, end: int) -> Future[bytes]:
+            if _on_loop(loop):
+                raise RuntimeError("read an S3 object from a worker thread, not the event loop")
+            return asyncio.run_coroutine_threadsafe(self._range(key, start, end), loop)
+
+        return cast(BinaryIO, RangedReader(fetch, size, block=BLOCK, name=uri))
+
+    async def exists(self, uri: str) -> bool:
+        """True when the object is stored."""
+        try:
+            await self._size(self._key_of(uri))
+        except ObjectMissing:
+            return False
+        return True
+
+    async def delete(self, uris: list[str]) -> None:
+        """Delete the objects (one request per 1000); only keys that are file ids."""
+        keys = []
+        for uri in uris:
+            key = self._key_of(uri) if self.owns(uri) else ""
+            if not key or not is_file_id(key.rsplit("/", 1)[-1]):
+                log.warning("not removing an unexpected location", extra=fields(uri=uri, action="delete"))
+                continue
+            keys.append(key)
+        client = await self.client()
+        for at in range(0, len(keys), 1000):
+            chunk = keys[at : at + 1000]
+            try:
+                answer = await client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"deleting uploads failed: {exc}") from exc
+            if answer.get("Errors"):
+                raise StorageError(f"deleting uploads failed: {answer['Errors'][:3]}")
+
+    async def sweep(self, older_than: float) -> int:
+        """Abort multipart uploads under the prefix initiated more than `older_than` s ago."""
+        client = await self.client()
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        paginator = client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] <= cutoff and is_file_id(upload["Key"].rsplit("/", 1)[-1]):
+                    await client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+    async def check(self) -> str | None:
+        """None when the bucket answers (HEAD bucket: one cheap request)."""
+        try:
+            await asyncio.wait_for(self.ensure_bucket(), 3.0)
+        except (StorageError, BotoCoreError, ClientError, TimeoutError) as exc:
+            self._bucket_checked = False
+            return f"storage: {exc or 'timed out'}"
+        self._bucket_checked = False  # the next check asks the store again
+        return None
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self._stack.aclose()
+        self._client = None
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
