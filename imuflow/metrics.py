@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from contracts import topics
+
 if TYPE_CHECKING:
     from imuflow.settings import Settings
 
 # "stuck": failed by the stuck-job watchdog once its attempts were spent.
-FAILURE_REASONS = ("format", "io", "database", "attempts", "internal", "stuck")
+# "dead_letter": its own job event could not be published (imuflow/outbox.py).
+FAILURE_REASONS = ("format", "io", "database", "attempts", "internal", "stuck", "dead_letter")
+# Why an outbox row was dead-lettered: over IMUFLOW_KAFKA_MAX_MESSAGE_BYTES, not a valid
+# event, or refused by the broker for what it is.
+DEAD_LETTER_REASONS = ("too_large", "invalid", "rejected")
 
 UPLOADS = Counter("imuflow_uploads", "Uploads accepted by ingest", ["outcome"])
 UPLOAD_BYTES = Counter("imuflow_upload_bytes", "Bytes of accepted uploads")
@@ -43,6 +49,8 @@ STUCK_JOBS = Gauge("imuflow_stuck_jobs", "Jobs that match the stuck rule now")
 # Beyond SPEC §4: what the stuck-job watchdog did, and what the alert webhook delivered.
 WATCHDOG_ACTIONS = Counter("imuflow_watchdog_actions", "Stuck jobs the watchdog acted on", ["action"])
 ALERT_NOTIFICATIONS = Counter("imuflow_alert_notifications", "Alert webhook deliveries", ["outcome"])
+# SPEC §7: outbox rows set aside because they can never be published.
+DEAD_LETTERS = Counter("imuflow_dead_letters", "Outbox rows set aside as dead letters", ["topic", "reason"])
 
 for _outcome in ("accepted", "duplicate", "rejected"):
     UPLOADS.labels(_outcome)
@@ -54,6 +62,9 @@ for _action in ("requeued", "failed"):
     WATCHDOG_ACTIONS.labels(_action)
 for _outcome in ("sent", "failed", "dropped"):
     ALERT_NOTIFICATIONS.labels(_outcome)
+for _topic in topics.ALL:
+    for _reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(_topic, _reason)
 
 
 def touch_consumer_groups(settings: Settings) -> None:

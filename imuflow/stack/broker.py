@@ -97,7 +97,7 @@ def _spawn(binary: str, host: str, port: int, log_path: Path) -> subprocess.Pope
             # Own session: a terminal's Ctrl-C must not kill it before `up` stops the
             # services that still talk to it.
             start_new_session=True,
-            preexec_fn=child_preexec,
+            preexec_fn=child_preexec(),
         )
 
 

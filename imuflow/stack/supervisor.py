@@ -186,7 +186,7 @@ class Supervisor:
                 # Own session: a terminal Ctrl-C reaches only `up`, which then stops the
                 # services in order instead of racing their restarts.
                 start_new_session=True,
-                preexec_fn=child_preexec,
+                preexec_fn=child_preexec(),
             )
 
     async def _keep_running(self, state: ServiceState) -> None:

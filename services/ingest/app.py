@@ -22,16 +22,17 @@ from imuflow import db, kafka, metrics
 from imuflow.auth import User
 from imuflow.logs import fields
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import (
     AppSettings,
     CurrentUser,
     Pool,
-    database_ready,
     health_router,
     install_cors,
     install_error_shape,
+    readiness_report,
 )
 from services.ingest import archive, repository
 from services.ingest.limits import LimitExceeded, UploadLimiter
@@ -57,6 +58,16 @@ def create_app(settings: Settings) -> FastAPI:
         await kafka.retry_forever("kafka", producer.start)
         await kafka.ensure_topics(settings)
         supervisor = TaskSupervisor("ingest")
+        # Ready without the broker: uploads wait in the outbox (SPEC §7).
+        app.state.readiness = Readiness(
+            {
+                "postgres": postgres_check(app.state.pool),
+                "broker": broker_check(producer),
+                "storage": storage_check(settings.storage_dir, write=True),
+            },
+            required=frozenset({"postgres", "storage"}),
+        )
+        supervisor.start("readiness", app.state.readiness.run)
         supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         try:
@@ -69,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
     install_error_shape(app)
     install_cors(app, settings)
-    app.include_router(health_router(database_ready))
+    app.include_router(health_router(readiness_report))
 
     @app.post(
         "/api/files",

@@ -8,6 +8,7 @@ from functools import partial
 
 from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.runner import run_worker, start_metrics_server
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
@@ -33,8 +34,21 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
     supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
     supervisor.start("lag", worker.report_lag)
+    # Not ready without any of them (SPEC §7): a parser can take no job without the broker.
+    readiness = Readiness(
+        {
+            "postgres": postgres_check(pool),
+            "broker": broker_check(producer),
+            "storage": storage_check(settings.storage_dir, write=False),
+        },
+        required=frozenset({"postgres", "broker", "storage"}),
+    )
+    supervisor.start("readiness", readiness.run)
     metrics = await start_metrics_server(
-        settings, settings.parser_metrics_port, lambda: not supervisor.stop_event.is_set()
+        settings,
+        settings.parser_metrics_port,
+        lambda: not supervisor.stop_event.is_set(),
+        readiness.report,
     )
     log.info("parser started", extra={"ctx": {"group": settings.parser_group_id}})
     try:

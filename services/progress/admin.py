@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,9 @@ from sse_starlette import EventSourceResponse
 from contracts.records import (
     AdminJob,
     AdminJobList,
+    DeadLetter,
+    DeadLetterList,
+    DeadLetterReplay,
     ErrorBody,
     FileStatus,
     PerformanceReport,
@@ -22,7 +26,9 @@ from contracts.records import (
     StuckResetRequest,
     StuckResetResult,
 )
-from imuflow.web import AppSettings, CurrentAdmin
+from imuflow import dberrors, deadletters
+from imuflow.logs import fields
+from imuflow.web import AppSettings, CurrentAdmin, Pool
 from services.progress.api import Mux, Repo
 from services.progress.operations import OperationsRepository
 from services.progress.repository import Unavailable
@@ -30,6 +36,7 @@ from services.progress.sse import stream_response
 from services.progress.watchdog import report_actions
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("imuflow.progress.admin")
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
@@ -119,6 +126,47 @@ async def performance(
     parsed = [PerformanceRow.model_validate(r) for r in rows]
     overall = next(r for r in parsed if r.scope == "overall")
     return PerformanceReport(overall=overall, files=[r for r in parsed if r.scope == "file"])
+
+
+@router.get("/dead-letters", response_model=DeadLetterList)
+async def dead_letters(
+    _: CurrentAdmin,
+    pool: Pool,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> DeadLetterList:
+    """Outbox rows set aside because they can never be published, newest first."""
+    try:
+        rows = await deadletters.list_dead(pool, limit, before)
+        total = await deadletters.count_dead(pool)
+    except dberrors.DRIVER as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    return DeadLetterList(items=[DeadLetter.model_validate(r) for r in rows], total=total)
+
+
+@router.post(
+    "/dead-letters/{outbox_id}/replay",
+    response_model=DeadLetterReplay,
+    responses={404: {"model": ErrorBody}},
+)
+async def replay_dead_letter(outbox_id: int, admin: CurrentAdmin, pool: Pool) -> DeadLetterReplay:
+    """Publish a dead letter again (a file it failed is queued again)."""
+    try:
+        result = await deadletters.replay(pool, outbox_id)
+    except dberrors.DRIVER as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    if result is None:
+        raise HTTPException(404, f"no dead letter {outbox_id}")
+    log.info(
+        "dead letter replayed",
+        extra=fields(
+            action="dead_letter_replay",
+            outbox_id=outbox_id,
+            admin=admin.name,
+            file_id=str(result["requeued_file"]) if result["requeued_file"] else None,
+        ),
+    )
+    return DeadLetterReplay.model_validate(result)
 
 
 @page_router.get("/admin")

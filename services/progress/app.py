@@ -13,9 +13,10 @@ from fastapi.staticfiles import StaticFiles
 
 from imuflow import db, kafka
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, Report, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
-from imuflow.web import database_ready, health_router, install_error_shape
+from imuflow.web import health_router, install_error_shape
 from services.progress import admin, api, export, lifecycle, pageconfig, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.multiplexer import Multiplexer
@@ -40,6 +41,16 @@ def create_app(settings: Settings) -> FastAPI:
         await kafka.ensure_topics(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor("progress")
+        # Ready without the broker: retries and requeues wait in the outbox (SPEC §7).
+        app.state.readiness = Readiness(
+            {
+                "postgres": postgres_check(pool),
+                "broker": broker_check(producer),
+                "storage": storage_check(settings.storage_dir, write=False),
+            },
+            required=frozenset({"postgres"}),
+        )
+        supervisor.start("readiness", app.state.readiness.run)
         supervisor.start("event-fanout", app.state.mux.run)
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
@@ -54,11 +65,10 @@ def create_app(settings: Settings) -> FastAPI:
             await producer.stop()
             await pool.close()
 
-    async def ready(request: Request) -> str | None:
-        problem = await database_ready(request)
-        if problem is None and not request.app.state.mux.started.is_set():
-            problem = "event fan-out not started"
-        return problem
+    async def ready(request: Request) -> Report:
+        readiness: Readiness = request.app.state.readiness
+        started = request.app.state.mux.started.is_set()
+        return readiness.report(() if started else ["event fan-out not started"])
 
     app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
     install_error_shape(app)

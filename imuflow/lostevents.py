@@ -1,0 +1,125 @@
+"""Notice that the broker lost file-job events, and republish the lost ones.
+
+Tansu keeps everything in memory, so a restarted embedded broker has forgotten every
+message; a Kafka cluster can lose a topic (deleted and re-created, a wiped cluster). A file
+in `queued` whose event was already relayed then waits for nobody. The relays record in
+Postgres the next offset the broker assigned on each partition of the file-job topic
+(`outbox_marks`); an end offset below that mark means messages are gone. The first relay
+to see it republishes the `FileQueued` event of every `queued` file through the outbox and
+takes what the broker holds now as the new baseline. `parsing` jobs are left alone: their
+parsers keep working without the message, and a duplicate delivery would cost an attempt.
+
+Marks are read before the end offsets are fetched, so a message published in between can
+only raise an end offset, never fake a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from contracts import topics
+from imuflow import db, dberrors, kafka
+from imuflow.logs import fields
+from imuflow.settings import Settings
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
+CHECK_SECONDS = 5.0
+KAFKA_TIMEOUT = 5.0
+
+
+class LostEventCheck:
+    """Compares the broker's end offsets of the file-job topic with the relays' marks."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.topic = kafka.topic(settings, topics.FILES)
+        self._next = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def check_due(self) -> bool:
+        """Run `check` if CHECK_SECONDS passed since the last one; True if it requeued files."""
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + CHECK_SECONDS
+        try:
+            return await self.check()
+        except (KafkaError, *dberrors.DRIVER) as exc:
+            log.debug("lost-event check skipped: %r", exc)
+            return False
+
+    async def check(self) -> bool:
+        """Requeue the `queued` files if the broker holds fewer file events than it took."""
+        rows = await self.pool.fetch(QUERIES["marks"], self.topic)
+        marks = {int(r["partition"]): int(r["next_offset"]) for r in rows}
+        if not marks:
+            return False
+        ends = await self._end_offsets()
+        behind = {p: m for p, m in marks.items() if ends.get(p, 0) < m}
+        if not behind:
+            return False
+        summary = ", ".join(f"partition {p}: {ends.get(p, 0)} < {m}" for p, m in sorted(behind.items()))
+        why = f"requeued: the broker lost this job's event (end offsets below what it took: {summary})"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_marks"])
+            rows = await conn.fetch(QUERIES["marks"], self.topic)
+            now = {int(r["partition"]): int(r["next_offset"]) for r in rows}
+            if not any(now.get(p) == m for p, m in behind.items()):
+                return False  # another relay saw it first and reset the marks
+            requeued = await conn.fetch(QUERIES["requeue_queued"], topics.FILES, why)
+            partitions = sorted(ends)
+            await conn.execute(QUERIES["reset_marks"], self.topic, partitions, [ends[p] for p in partitions])
+        log.warning(
+            "the broker lost file events; requeued the queued files",
+            extra=fields(action="lost_events", topic=self.topic, requeued=len(requeued), behind=summary),
+        )
+        if not ends:
+            await self._recreate_topics()
+        return bool(requeued)
+
+    async def _end_offsets(self) -> dict[int, int]:
+        """End offset of each partition of the topic; {} when the topic is gone."""
+        cluster = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), KAFKA_TIMEOUT)
+        partitions = cluster.partitions_for_topic(self.topic)
+        if not partitions:
+            return {}
+        consumer = await self._offsets_client()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        offsets = await asyncio.wait_for(consumer.end_offsets(tps), KAFKA_TIMEOUT)
+        return {tp.partition: int(offset) for tp, offset in offsets.items()}
+
+    async def _offsets_client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
+            )
+            try:
+                await asyncio.wait_for(consumer.start(), KAFKA_TIMEOUT)
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._consumer = consumer
+        return self._consumer
+
+    async def _recreate_topics(self) -> None:
+        # The requeued events cannot be sent before the topic exists again; the topic keeper
+        # would get there within its period, this gets there now.
+        try:
+            await asyncio.wait_for(kafka.ensure_topics(self.settings), KAFKA_TIMEOUT * 2)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("could not re-create the topics: %r", exc)
+
+    async def close(self) -> None:
+        """Stop the offsets client."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
