@@ -154,7 +154,8 @@ async def test_dead_broker_is_restarted_and_queued_work_completes(
     assert broker.supervisor.services["broker"].starts >= 3  # restarted, AddrInUse exits included
 
     for file_id, samples in ((queued, SMALL_SAMPLES), (late, SMALL_SAMPLES + 1)):
-        final = await wait_terminal(database_url, file_id, timeout=max(1.0, back + BACK_WITHIN - time.monotonic()))
+        left = max(1.0, back + BACK_WITHIN - time.monotonic())
+        final = await wait_terminal(database_url, file_id, timeout=left)
         assert final.status == "completed", final
         assert (final.samples, final.distinct) == (samples, samples), final
     took = time.monotonic() - back

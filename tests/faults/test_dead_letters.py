@@ -1,0 +1,258 @@
+"""Poison outbox rows (SPEC §7 "Dead letters"): an event the broker can never take is set
+aside with its error, never blocking later rows of other users; it is listed, counted and
+replayable, and a file whose own job event it is ends failed with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError, NotLeaderForPartitionError
+from prometheus_client.parser import text_string_to_metric_families
+
+from contracts import topics
+from imuflow import db, deadletters, kafka, metrics
+from imuflow.outbox import OutboxRelay
+from imuflow.settings import Settings
+from services.ingest import repository as ingest_repository
+from tests.e2e.helpers import bearer, make_token, upload
+from tests.faults.helpers import FAST_JOB_ENV, synth_csv, wait_for, wait_terminal
+from tests.ops.jobs import make_user
+from tests.servers import SettingsFactory
+from tests.stack import StartStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
+HUGE = 1_500_000  # characters of file name: an event no broker with a 1 MiB limit takes
+
+
+async def record_poison_upload(pool: asyncpg.Pool, user_id: uuid.UUID, filename_chars: int) -> uuid.UUID:
+    """A file row and its FileQueued outbox row, written by ingest's own repository in one
+    transaction, with a name long enough to make the event too large to publish."""
+    file_id = uuid.uuid4()
+    new = ingest_repository.NewFile(
+        id=file_id,
+        user_id=user_id,
+        filename="x" * filename_chars + ".csv",
+        size_bytes=10,
+        sha256=hashlib.sha256(file_id.bytes).hexdigest(),
+        storage_uri=f"file:///nonexistent/{file_id}",
+        format=None,
+        sensor=None,
+        timezone="UTC",
+    )
+    await ingest_repository.record_upload(pool, new)
+    return file_id
+
+
+async def dead_letter_count(urls: list[str]) -> float:
+    """`imuflow_dead_letters_total{topic="files.v1", reason="too_large"}` summed over services."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        for url in urls:
+            text = (await client.get(f"{url}/metrics")).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "imuflow_dead_letters_total" and sample.labels == {
+                        "topic": topics.FILES,
+                        "reason": "too_large",
+                    }:
+                        total += sample.value
+    return total
+
+
+async def test_poison_row_is_set_aside_listed_counted_and_replayable(
+    tmp_path: Path, service_stack: StartStack, test_settings: Settings, database_url: str
+) -> None:
+    stack = await service_stack(env=FAST_JOB_ENV)
+    metric_urls = [stack.ingest_url, stack.progress_url, stack.parser_metrics_url]
+    assert await dead_letter_count(metric_urls) == 0  # exported from process start
+    pool = await db.create_pool(database_url)
+    try:
+        conn = await db.connect(database_url)
+        try:
+            mallory = await make_user(conn, "mallory")
+        finally:
+            await conn.close()
+        poison = await record_poison_upload(pool, mallory, HUGE)
+        # Another user's upload right behind it: published and parsed, not stuck behind it.
+        alice = await make_token(database_url, "alice")
+        response = await upload(stack.ingest_url, alice, synth_csv(tmp_path / "a.csv", 30_000))
+        assert response.status_code == 202, response.text
+        healthy = response.json()["id"]
+        final = await wait_terminal(database_url, healthy, timeout=30)
+        assert final.status == "completed" and final.samples == 30_000, final
+
+        # The poison's own file ends failed, with the reason.
+        failed = await wait_terminal(database_url, str(poison), timeout=10)
+        assert failed.status == "failed", failed
+        assert failed.error_message is not None
+        assert "could not be published" in failed.error_message, failed
+        assert "over the broker's limit" in failed.error_message, failed
+
+        # Listed for operators (admin only), counted in the metric.
+        admin = await make_token(database_url, "ops", admin=True)
+        async with httpx.AsyncClient(base_url=stack.progress_url, timeout=10, trust_env=False) as client:
+            assert (await client.get("/api/admin/dead-letters", headers=bearer(alice))).status_code == 403
+            listing = (await client.get("/api/admin/dead-letters", headers=bearer(admin))).json()
+            assert listing["total"] == 1, listing
+            (row,) = listing["items"]
+            assert row["key"] == str(poison) and row["topic"] == topics.FILES, row
+            assert row["type"] == "file.queued" and row["payload_bytes"] > HUGE, row
+            assert row["failed_file"] is True and row["file_status"] == "failed", row
+            assert "over the broker's limit" in row["error"], row
+            assert await dead_letter_count(metric_urls) == 1
+
+            # Replayed: pending again and the file back to `uploaded`; still too large, so
+            # a relay sets it aside again and the file fails again, with the reason.
+            missing = await client.post("/api/admin/dead-letters/999999/replay", headers=bearer(admin))
+            assert missing.status_code == 404, missing.text
+            replay = await client.post(f"/api/admin/dead-letters/{row['id']}/replay", headers=bearer(admin))
+            assert replay.status_code == 200, replay.text
+            assert replay.json() == {"id": row["id"], "requeued_file": str(poison)}
+            await wait_for(
+                database_url,
+                "SELECT replays = 1 AND dead_at IS NOT NULL FROM outbox WHERE id = $1",
+                row["id"],
+                timeout=10,
+                what="the replayed row dead-lettered again",
+            )
+        again = await wait_terminal(database_url, str(poison), timeout=10)
+        assert again.status == "failed" and "could not be published" in (again.error_message or ""), again
+        assert await dead_letter_count(metric_urls) == 2
+    finally:
+        await pool.close()
+
+
+async def test_replay_after_the_limit_is_raised_queues_the_file(settings_factory: SettingsFactory) -> None:
+    """The cause fixed (a larger limit the broker accepts): the replayed event is published
+    and the file it had failed is queued again. Relays run in-process here."""
+    strict = settings_factory(kafka_max_message_bytes=8_192)
+    relaxed = strict.model_copy(update={"kafka_max_message_bytes": 1_000_000})
+    pool = await db.create_pool(strict.database_url)
+    producer = kafka.producer(strict)
+    await producer.start()
+    await kafka.ensure_topics(strict)
+    consumer = AIOKafkaConsumer(
+        kafka.topic(strict, topics.FILES),
+        bootstrap_servers=strict.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    try:
+        conn = await db.connect(strict.database_url)
+        try:
+            bob = await make_user(conn, "bob")
+        finally:
+            await conn.close()
+        poison = await record_poison_upload(pool, bob, 20_000)  # over 8 KiB, well under 1 MiB
+        later = await record_poison_upload(pool, bob, 10)  # an ordinary event behind it
+        before = metrics.DEAD_LETTERS.labels(topics.FILES, "too_large")._value.get()
+
+        assert await OutboxRelay(strict, pool, producer).publish_pending() == 2
+        assert metrics.DEAD_LETTERS.labels(topics.FILES, "too_large")._value.get() == before + 1
+        assert (await status(pool, poison))["status"] == "failed"
+        assert (await status(pool, later))["status"] == "queued"  # not blocked behind it
+        message = await asyncio.wait_for(consumer.getone(), 20)
+        assert message.key == str(later).encode()
+
+        (row,) = await deadletters.list_dead(pool)
+        assert await deadletters.count_dead(pool) == 1
+        assert await deadletters.replay(pool, row["id"]) == {"id": row["id"], "requeued_file": poison}
+        assert await deadletters.replay(pool, row["id"]) is None  # pending now, not a dead letter
+        assert (await status(pool, poison))["status"] == "uploaded"
+
+        assert await OutboxRelay(relaxed, pool, producer).publish_pending() == 1
+        record = await status(pool, poison)
+        assert record["status"] == "queued" and record["error_message"] is None, record
+        message = await asyncio.wait_for(consumer.getone(), 20)
+        assert message.key == str(poison).encode()
+        assert json.loads(message.value)["filename"].startswith("xxx")
+        assert await deadletters.count_dead(pool) == 0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
+
+
+class AwayBroker:
+    """A producer whose broker is away: every send fails as aiokafka's does then."""
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        raise KafkaTimeoutError("no metadata within the request timeout (broker away)")
+
+
+class FlakyPartition:
+    """The real producer, except that one key's sends fail with a retriable broker error."""
+
+    def __init__(self, producer: AIOKafkaProducer, key: bytes) -> None:
+        self.producer, self.key = producer, key
+
+    async def send(self, topic: str, *, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        if key != self.key:
+            return await self.producer.send(topic, value=value, key=key)
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(NotLeaderForPartitionError())
+        return failed
+
+
+async def test_transient_failures_are_retried_never_dead_lettered(settings_factory: SettingsFactory) -> None:
+    """A broker that is away is not the message's fault: nothing is dead-lettered, the
+    relay backs off; a row that fails alone waits its own backoff while the rows behind it
+    are published."""
+    settings = settings_factory()
+    pool = await db.create_pool(settings.database_url)
+    producer = kafka.producer(settings)
+    await producer.start()
+    await kafka.ensure_topics(settings)
+    try:
+        conn = await db.connect(settings.database_url)
+        try:
+            carol = await make_user(conn, "carol")
+        finally:
+            await conn.close()
+        unlucky = await record_poison_upload(pool, carol, 10)
+        behind = await record_poison_upload(pool, carol, 11)
+
+        away = OutboxRelay(settings, pool, cast(AIOKafkaProducer, AwayBroker()))
+        with pytest.raises(KafkaError, match="broker took none"):
+            await away.publish_pending()
+        rows = await pool.fetch("SELECT failures, dead_at, published_at FROM outbox ORDER BY id")
+        assert [(r["failures"], r["dead_at"], r["published_at"]) for r in rows] == [(0, None, None)] * 2
+
+        flaky_producer = FlakyPartition(producer, str(unlucky).encode())
+        flaky = OutboxRelay(settings, pool, cast(AIOKafkaProducer, flaky_producer))
+        assert await flaky.publish_pending() == 2
+        assert (await status(pool, behind))["status"] == "queued"  # not blocked behind it
+        row = await pool.fetchrow(
+            "SELECT failures, dead_at, published_at, retry_at > now() AS waits, last_error FROM outbox "
+            "WHERE key = $1",
+            str(unlucky),
+        )
+        assert row is not None and row["failures"] == 1 and row["waits"], dict(row)
+        assert row["dead_at"] is None and row["published_at"] is None, dict(row)
+        assert "NotLeaderForPartition" in row["last_error"], dict(row)
+        assert await OutboxRelay(settings, pool, producer).publish_pending() == 0  # backing off
+
+        await pool.execute("UPDATE outbox SET retry_at = now() WHERE key = $1", str(unlucky))
+        assert await OutboxRelay(settings, pool, producer).publish_pending() == 1
+        assert (await status(pool, unlucky))["status"] == "queued"
+        assert await deadletters.count_dead(pool) == 0
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def status(pool: asyncpg.Pool, file_id: uuid.UUID) -> dict[str, Any]:
+    """Status and error of one file."""
+    row = await pool.fetchrow("SELECT status, error_message FROM imu_data_files WHERE id = $1", file_id)
+    assert row is not None
+    return dict(row)
