@@ -198,7 +198,8 @@ class FlakyPartition:
 
     async def send(self, topic: str, *, value: bytes, key: bytes) -> asyncio.Future[Any]:
         if key != self.key:
-            return await self.producer.send(topic, value=value, key=key)
+            sent: asyncio.Future[Any] = await self.producer.send(topic, value=value, key=key)
+            return sent
         failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         failed.set_exception(NotLeaderForPartitionError())
         return failed

@@ -32,6 +32,7 @@ SPEC_METRICS = (
     "imuflow_sse_clients",
     "imuflow_event_to_sse_seconds",
     "imuflow_stuck_jobs",
+    "imuflow_dead_letters_total",  # SPEC §7
 )
 INSTALL = "needs promtool and prometheus: `apt-get install prometheus` (Debian/Ubuntu)"
 
