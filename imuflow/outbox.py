@@ -38,7 +38,7 @@ from aiokafka.errors import (
 from aiokafka.structs import RecordMetadata
 
 from contracts import topics
-from imuflow import db, dberrors, metrics
+from imuflow import db, dberrors, kafka, metrics
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.lostevents import LostEventCheck
@@ -108,10 +108,20 @@ class BatchOutcome:
 class OutboxRelay:
     """Publishes pending outbox rows to Kafka until stopped."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        *,
+        starts_producer: bool = False,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.producer = producer
+        # The web services start without the broker (uploads wait in the outbox), so their
+        # relay, the producer's only user there, starts it once the broker answers.
+        self.starts_producer = starts_producer
         self._wake = asyncio.Event()
         self.lost_events = LostEventCheck(settings, pool, producer)
 
@@ -199,6 +209,12 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; wake on NOTIFY, poll as a fallback, back off on errors."""
+        if self.starts_producer:
+            await kafka.retry_forever("kafka", self.producer.start, stop)
+            try:
+                await kafka.ensure_topics(self.settings)
+            except (KafkaError, OSError) as exc:  # the topic keeper tries again
+                log.warning("outbox relay: could not create the topics yet: %r", exc)
         listener = await self._listen()
         delay = 0.2
         next_prune = time.monotonic()

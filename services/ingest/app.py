@@ -55,8 +55,6 @@ def create_app(settings: Settings) -> FastAPI:
             settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
         )
         producer = kafka.producer(settings)
-        await kafka.retry_forever("kafka", producer.start)
-        await kafka.ensure_topics(settings)
         supervisor = TaskSupervisor("ingest")
         # Ready without the broker: uploads wait in the outbox (SPEC §7).
         app.state.readiness = Readiness(
@@ -68,7 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
             required=frozenset({"postgres", "storage"}),
         )
         supervisor.start("readiness", app.state.readiness.run)
-        supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
+        supervisor.start(
+            "outbox-relay", OutboxRelay(settings, app.state.pool, producer, starts_producer=True).run
+        )
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         try:
             yield

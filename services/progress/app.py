@@ -37,8 +37,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.repo = ProgressRepository(pool)
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
-        await kafka.retry_forever("kafka", producer.start)
-        await kafka.ensure_topics(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor("progress")
         # Ready without the broker: retries and requeues wait in the outbox (SPEC §7).
@@ -54,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor.start("event-fanout", app.state.mux.run)
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
-        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer, starts_producer=True).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         start_watchdog(app.state, settings, pool, supervisor)
         app.state.supervisor = supervisor

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from imuflow.stack.broker import SupervisedBroker, kafka_ready, supervise_broker
+from imuflow.stack.procs import free_port
 from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import (
     FAST_JOB_ENV,
@@ -173,3 +174,20 @@ async def test_dead_broker_is_restarted_and_queued_work_completes(
     ok = await wait_readiness(stack, "ok")
     assert all(code == 200 for code, _ in ok.values()), ok
     print(f"queued and late uploads completed {took:.1f} s after the broker was back")
+
+
+async def test_web_services_start_ready_without_a_broker(
+    tmp_path: Path, settings_factory: SettingsFactory, service_stack: StartStack, database_url: str
+) -> None:
+    """Restarted while the broker is down, ingest and progress still come up and take
+    uploads (they wait in the outbox); the parser is alive but not ready."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    settings = settings_factory(kafka_bootstrap_servers=nowhere)
+    stack = await service_stack(settings, healthy_within=30)
+    down = await wait_readiness(stack, "down")
+    assert down["parser"][0] == 503, down
+    assert down["ingest"][0] == 200 and down["progress"][0] == 200, down
+    token = await make_token(database_url, "erin")
+    response = await upload(stack.ingest_url, token, synth_csv(tmp_path / "e.csv", 1_000))
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "uploaded"  # its event waits in the outbox
