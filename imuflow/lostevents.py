@@ -3,10 +3,14 @@
 Tansu keeps everything in memory, so a restarted embedded broker has forgotten every
 message; a Kafka cluster can lose a topic (deleted and re-created, a wiped cluster). A file
 in `queued` whose event was already relayed then waits for nobody. The relays record in
-Postgres the next offset the broker assigned on each partition of the file-job topic
-(`outbox_marks`); an end offset below that mark means messages are gone. The first relay
-to see it republishes the `FileQueued` event of every `queued` file through the outbox and
-takes what the broker holds now as the new baseline. `parsing` jobs are left alone: their
+Postgres a floor of each file-job partition's end offset (`outbox_marks`: what the end
+offset must have reached after their last send) and where each file-job event went. An
+end offset below its floor means messages are gone. The first relay to see it republishes,
+through the outbox, the `FileQueued` event of every `queued` file whose event the broker no
+longer holds (since the loss it holds the last `end offset` events published to a
+partition, so an upload relayed after the restart is not sent twice; Tansu, whose end
+offset counts record batches, may hold more: such an event is sent twice, never lost) and takes
+what the broker holds now as the new baseline. `parsing` jobs are left alone: their
 parsers keep working without the message, and a duplicate delivery would cost an attempt.
 
 Marks are read before the end offsets are fetched, so a message published in between can
@@ -75,9 +79,11 @@ class LostEventCheck:
             now = {int(r["partition"]): int(r["next_offset"]) for r in rows}
             if not any(now.get(p) == m for p, m in behind.items()):
                 return False  # another relay saw it first and reset the marks
-            requeued = await conn.fetch(QUERIES["requeue_queued"], topics.FILES, why)
             partitions = sorted(ends)
-            await conn.execute(QUERIES["reset_marks"], self.topic, partitions, [ends[p] for p in partitions])
+            offsets = [ends[p] for p in partitions]
+            requeued = await conn.fetch(QUERIES["requeue_queued"], topics.FILES, why, partitions, offsets)
+            await conn.execute(QUERIES["clear_marks"], self.topic)
+            await conn.execute(QUERIES["reset_marks"], self.topic, partitions, offsets)
         log.warning(
             "the broker lost file events; requeued the queued files",
             extra=fields(action="lost_events", topic=self.topic, requeued=len(requeued), behind=summary),

@@ -101,7 +101,8 @@ class BatchOutcome:
     published: list[asyncpg.Record] = field(default_factory=list)
     dead: list[tuple[asyncpg.Record, PermanentError]] = field(default_factory=list)
     deferred: list[tuple[asyncpg.Record, str]] = field(default_factory=list)
-    marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
+    marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset floor
+    placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file-job row id -> (partition, offset)
     transient: Exception | None = None  # the broker failed us; rows not tried stay pending
 
 
@@ -173,7 +174,12 @@ class OutboxRelay:
                 outcome.published.append(row)
                 if row["topic"] == topics.FILES:
                     tp = (result.topic, result.partition)
-                    outcome.marks[tp] = max(outcome.marks.get(tp, 0), result.offset + 1)
+                    # The first offset of this round, +1: what the partition's end offset
+                    # reaches at least. Not the last: Tansu answers a partition's end offset
+                    # as its last record batch's base offset + 1.
+                    next_offset = result.offset + 1
+                    outcome.marks[tp] = min(outcome.marks.get(tp, next_offset), next_offset)
+                    outcome.placed[row["id"]] = (result.partition, result.offset)
             elif isinstance(result, PERMANENT_ERRORS):
                 outcome.dead.append((row, PermanentError("rejected", f"{type(result).__name__}: {result}")))
             elif isinstance(result, Exception):
@@ -189,6 +195,14 @@ class OutboxRelay:
             files = [UUID(row["key"]) for row in outcome.published if row["topic"] == topics.FILES]
             if files:
                 await conn.fetch(QUERIES["mark_files_queued"], files)
+        if outcome.placed:
+            ids = sorted(outcome.placed)
+            await conn.execute(
+                QUERIES["mark_placed"],
+                ids,
+                [outcome.placed[i][0] for i in ids],
+                [outcome.placed[i][1] for i in ids],
+            )
         if outcome.marks:
             keys = sorted(outcome.marks)
             await conn.execute(

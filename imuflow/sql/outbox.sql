@@ -17,8 +17,15 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
 -- name: mark_published
--- $1 ids
-UPDATE outbox SET published_at = now(), retry_at = NULL WHERE id = ANY($1::bigint[]);
+-- $1 ids. The clock after the sends (not the transaction's start): the lost-event check
+-- orders a partition's events by it.
+UPDATE outbox SET published_at = clock_timestamp(), retry_at = NULL WHERE id = ANY($1::bigint[]);
+
+-- name: mark_placed
+-- $1 ids, $2 partitions (int[]), $3 offsets (bigint[]): where the broker put file-job events.
+UPDATE outbox o SET kafka_partition = x.p, kafka_offset = x.o
+FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS x(id, p, o)
+WHERE o.id = x.id;
 
 -- name: defer
 -- $1 ids, $2 errors (text[], same order). A transient failure of some rows of a batch
@@ -119,7 +126,7 @@ SELECT id AS file_id, record_file_event(id) FROM back;
 SELECT pg_notify('imuflow_outbox', '');
 
 -- name: upsert_marks
--- $1 topics (text[]), $2 partitions (int[]), $3 next offsets (bigint[]); one row per
+-- $1 topics (text[]), $2 partitions (int[]), $3 end-offset floors (bigint[]); one row per
 -- partition (the caller folds a batch). Marks only grow while nothing is lost.
 INSERT INTO outbox_marks (topic, partition, next_offset)
 SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
@@ -134,23 +141,51 @@ SELECT partition, next_offset FROM outbox_marks WHERE topic = $1;
 -- One checker at a time decides that the broker lost events (an arbitrary constant).
 SELECT pg_advisory_xact_lock(7202613);
 
+-- name: clear_marks
+-- $1 topic (full name). Before `reset_marks` (a CTE's delete would not be seen by its insert).
+DELETE FROM outbox_marks WHERE topic = $1;
+
 -- name: reset_marks
 -- $1 topic (full name), $2 partitions (int[]), $3 end offsets (bigint[]): what the broker
 -- holds now becomes the new baseline.
-WITH gone AS (DELETE FROM outbox_marks WHERE topic = $1)
 INSERT INTO outbox_marks (topic, partition, next_offset)
 SELECT $1, p, o FROM unnest($2::int[], $3::bigint[]) AS x(p, o);
 
 -- name: requeue_queued
--- $1 file-job topic base name, $2 why (kept in last_error). After the broker lost events:
--- a FileQueued event again for every `queued` file whose event is not still waiting in the
--- outbox. `parsing` jobs are left alone: their parsers keep working without the message.
-WITH pending AS (
+-- $1 file-job topic base name, $2 why (kept in last_error), $3 partitions (int[]) and $4 their
+-- end offsets now (bigint[]). After the broker lost events: a FileQueued event again for every
+-- `queued` file whose event is neither still waiting in the outbox nor kept by the broker.
+-- Since the loss the broker holds the last `end offset` events published to a partition
+-- (Tansu, whose end offset counts record batches, may hold more: such an event is sent
+-- twice, never lost), so an event is kept when fewer than that were published there after
+-- it (an event without a recorded place counts as lost). `parsing` jobs are left alone: their
+-- parsers keep working without the message, and a duplicate delivery would cost an attempt.
+WITH ends AS (
+    SELECT * FROM unnest($3::int[], $4::bigint[]) AS e(p, n)
+),
+pending AS (
     SELECT key FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND topic = $1
+),
+latest AS (
+    SELECT DISTINCT ON (o.key) o.key, o.id, o.kafka_partition, o.published_at
+    FROM outbox o
+    JOIN imu_data_files f ON f.status = 'queued' AND f.id::text = o.key
+    WHERE o.topic = $1 AND o.published_at IS NOT NULL
+    ORDER BY o.key, o.published_at DESC, o.id DESC
+),
+kept AS (
+    SELECT l.key
+    FROM latest l
+    JOIN ends e ON e.p = l.kafka_partition
+    WHERE (SELECT count(*) FROM outbox a
+           WHERE a.topic = $1 AND a.kafka_partition = l.kafka_partition
+             AND (a.published_at, a.id) > (l.published_at, l.id)) < e.n
 ),
 lost AS (
     SELECT f.id FROM imu_data_files f
-    WHERE f.status = 'queued' AND f.id::text NOT IN (SELECT key FROM pending)
+    WHERE f.status = 'queued'
+      AND f.id::text NOT IN (SELECT key FROM pending)
+      AND f.id::text NOT IN (SELECT key FROM kept)
     FOR UPDATE OF f SKIP LOCKED
 ),
 queued AS (
