@@ -103,7 +103,7 @@ class BatchOutcome:
     deferred: list[tuple[asyncpg.Record, str]] = field(default_factory=list)
     marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset floor
     placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file-job row id -> (partition, offset)
-    transient: Exception | None = None  # the broker failed us; rows not tried stay pending
+    transient: Exception | None = None  # the broker failed some rows for a reason not theirs
 
 
 class OutboxRelay:
@@ -155,7 +155,14 @@ class OutboxRelay:
     async def _send(self, rows: Sequence[asyncpg.Record]) -> BatchOutcome:
         outcome = BatchOutcome()
         sent: list[tuple[asyncpg.Record, asyncio.Future[RecordMetadata]]] = []
+        # A send that fails at once (no metadata for the topic within the request timeout:
+        # topic missing, broker away) would fail the same way for every row of that topic;
+        # they wait their backoff without being tried, and the other topics' rows go on.
+        refused: dict[str, str] = {}
         for row in rows:
+            if row["topic"] in refused:
+                outcome.deferred.append((row, refused[row["topic"]]))
+                continue
             try:
                 topic, key, value = encode(self.settings, row)
                 sent.append((row, await self.producer.send(topic, value=value, key=key)))
@@ -164,10 +171,9 @@ class OutboxRelay:
             except PERMANENT_ERRORS as exc:
                 outcome.dead.append((row, PermanentError("rejected", f"{type(exc).__name__}: {exc}")))
             except KafkaError as exc:
-                # No metadata, producer closed: the broker is away. The rows not tried yet
-                # stay pending without a failure of their own.
+                refused[row["topic"]] = f"{type(exc).__name__}: {exc}"
+                outcome.deferred.append((row, refused[row["topic"]]))
                 outcome.transient = exc
-                break
         results = await asyncio.gather(*(fut for _, fut in sent), return_exceptions=True)
         for (row, _), result in zip(sent, results, strict=True):
             if isinstance(result, RecordMetadata):

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import topics
 from imuflow import db, deadletters, kafka, metrics
-from imuflow.outbox import OutboxRelay
+from imuflow.outbox import OutboxRelay, enqueue
 from imuflow.settings import Settings
 from services.ingest import repository as ingest_repository
 from tests.e2e.helpers import bearer, make_token, upload
@@ -205,6 +205,19 @@ class FlakyPartition:
         return failed
 
 
+class MissingTopic:
+    """The real producer, except that sends to one topic fail at once (no metadata for it)."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+
+    async def send(self, topic: str, *, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        if topic == self.topic:
+            raise KafkaTimeoutError(f"no metadata for {topic} within the request timeout")
+        sent: asyncio.Future[Any] = await self.producer.send(topic, value=value, key=key)
+        return sent
+
+
 async def test_transient_failures_are_retried_never_dead_lettered(settings_factory: SettingsFactory) -> None:
     """A broker that is away is not the message's fault: nothing is dead-lettered, the
     relay backs off; a row that fails alone waits its own backoff while the rows behind it
@@ -246,6 +259,20 @@ async def test_transient_failures_are_retried_never_dead_lettered(settings_facto
         await pool.execute("UPDATE outbox SET retry_at = now() WHERE key = $1", str(unlucky))
         assert await OutboxRelay(settings, pool, producer).publish_pending() == 1
         assert (await status(pool, unlucky))["status"] == "queued"
+
+        # A topic the broker has no metadata for: its rows (tried once) wait their backoff,
+        # a file event behind them is published.
+        async with pool.acquire() as conn, conn.transaction():
+            for n in range(3):
+                await enqueue(conn, topics.PROGRESS, unlucky, {"n": n})
+        last = await record_poison_upload(pool, carol, 12)
+        missing = MissingTopic(producer, kafka.topic(settings, topics.PROGRESS))
+        assert await OutboxRelay(settings, pool, cast(AIOKafkaProducer, missing)).publish_pending() == 4
+        assert (await status(pool, last))["status"] == "queued"
+        waiting = await pool.fetch(
+            "SELECT failures, retry_at > now() AS waits FROM outbox WHERE topic = $1", topics.PROGRESS
+        )
+        assert [(r["failures"], r["waits"]) for r in waiting] == [(1, True)] * 3
         assert await deadletters.count_dead(pool) == 0
     finally:
         await producer.stop()
