@@ -159,6 +159,16 @@ async def test_dead_broker_is_restarted_and_queued_work_completes(
         final = await wait_terminal(database_url, file_id, timeout=left)
         assert final.status == "completed", final
         assert (final.samples, final.distinct) == (samples, samples), final
+        # Parsed after the restart: the progress consumer rejoined by itself and applied
+        # every batch's event.
+        await wait_for(
+            database_url,
+            "SELECT count(*) = $2 FROM streaming_processing_logs WHERE file_id = $1::uuid",
+            file_id,
+            final.resume_batch_number,
+            timeout=max(1.0, back + BACK_WITHIN - time.monotonic()),
+            what=f"the batch log of {file_id}",
+        )
     took = time.monotonic() - back
     # What saved the queued job: a relay saw the broker's end offsets below what it had
     # taken and republished the event of every `queued` file, and only of those.
