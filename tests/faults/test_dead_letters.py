@@ -21,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts import topics
 from imuflow import db, deadletters, kafka, metrics
 from imuflow.outbox import OutboxRelay, enqueue
-from imuflow.settings import Settings
 from services.ingest import repository as ingest_repository
 from tests.e2e.helpers import bearer, make_token, upload
 from tests.faults.helpers import FAST_JOB_ENV, synth_csv, wait_for, wait_terminal
 from tests.ops.jobs import make_user
+from tests.ops.receiver import WebhookReceiver
 from tests.servers import SettingsFactory
-from tests.stack import StartStack
+from tests.stack import ServiceStack, StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
 HUGE = 1_500_000  # characters of file name: an event no broker with a 1 MiB limit takes
@@ -69,9 +69,19 @@ async def dead_letter_count(urls: list[str]) -> float:
 
 
 async def test_poison_row_is_set_aside_listed_counted_and_replayable(
-    tmp_path: Path, service_stack: StartStack, test_settings: Settings, database_url: str
+    tmp_path: Path, service_stack: StartStack, settings_factory: SettingsFactory, database_url: str
 ) -> None:
-    stack = await service_stack(env=FAST_JOB_ENV)
+    async with WebhookReceiver() as receiver:
+        # STUCK_AFTER 20: the watchdog (which also sends the failure alerts) runs every 2 s.
+        settings = settings_factory(alert_webhook_url=receiver.url, stuck_after=20.0)
+        stack = await service_stack(settings, env=FAST_JOB_ENV)
+        await poison_scenario(tmp_path, stack, database_url, receiver)
+
+
+async def poison_scenario(
+    tmp_path: Path, stack: ServiceStack, database_url: str, receiver: WebhookReceiver
+) -> None:
+    """A poison row ahead of another user's upload, then listing, metrics, alert, replay."""
     metric_urls = [stack.ingest_url, stack.progress_url, stack.parser_metrics_url]
     assert await dead_letter_count(metric_urls) == 0  # exported from process start
     pool = await db.create_pool(database_url)
@@ -96,6 +106,15 @@ async def test_poison_row_is_set_aside_listed_counted_and_replayable(
         assert failed.error_message is not None
         assert "could not be published" in failed.error_message, failed
         assert "over the broker's limit" in failed.error_message, failed
+        # Alerted like every failed job (the webhook's `job_failed`), with the reason.
+        for _ in range(100):
+            bodies = await receiver.when(lambda b: any(x["file_id"] == str(poison) for x in b))
+            if bodies:
+                break
+            await asyncio.sleep(0.2)
+        assert bodies, receiver.bodies
+        alert = next(b for b in bodies if b["file_id"] == str(poison))
+        assert alert["kind"] == "job_failed" and "could not be published" in json.dumps(alert), alert
 
         # Listed for operators (admin only), counted in the metric.
         admin = await make_token(database_url, "ops", admin=True)
