@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 from sse_starlette import EventSourceResponse
 
@@ -35,8 +35,9 @@ from services.progress.repository import Unavailable
 from services.progress.sse import stream_response
 from services.progress.watchdog import report_actions
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
 log = logging.getLogger("imuflow.progress.admin")
+BIGINT_MAX = 2**63 - 1  # outbox ids are bigint
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
@@ -133,7 +134,7 @@ async def dead_letters(
     _: CurrentAdmin,
     pool: Pool,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
 ) -> DeadLetterList:
     """Outbox rows set aside because they can never be published, newest first."""
     try:
@@ -149,7 +150,9 @@ async def dead_letters(
     response_model=DeadLetterReplay,
     responses={404: {"model": ErrorBody}},
 )
-async def replay_dead_letter(outbox_id: int, admin: CurrentAdmin, pool: Pool) -> DeadLetterReplay:
+async def replay_dead_letter(
+    outbox_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], admin: CurrentAdmin, pool: Pool
+) -> DeadLetterReplay:
     """Publish a dead letter again (a file it failed is queued again)."""
     try:
         result = await deadletters.replay(pool, outbox_id)
