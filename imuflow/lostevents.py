@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
 CHECK_SECONDS = 5.0
 KAFKA_TIMEOUT = 5.0
+MISSING_CONFIRM_SECONDS = 2.0
 
 
 class LostEventCheck:
@@ -49,6 +50,7 @@ class LostEventCheck:
         self.topic = kafka.topic(settings, topics.FILES)
         self._next = 0.0
         self._consumer: AIOKafkaConsumer | None = None
+        self._missing_since: float | None = None  # when marked partitions were first missing
 
     async def check_due(self) -> bool:
         """Run `check` if CHECK_SECONDS passed since the last one; True if it requeued files."""
@@ -70,7 +72,14 @@ class LostEventCheck:
         ends = await self._end_offsets()
         behind = {p: m for p, m in marks.items() if ends.get(p, 0) < m}
         if not behind:
+            self._missing_since = None
             return False
+        if any(p not in ends for p in behind):
+            # A missing topic or partition may be a metadata hiccup of a live cluster: create
+            # what is missing, and let the next check (with real end offsets) decide.
+            await self._recreate_topics()
+            if not await self._confirm_missing():
+                return False
         summary = ", ".join(f"partition {p}: {ends.get(p, 0)} < {m}" for p, m in sorted(behind.items()))
         why = f"requeued: the broker lost this job's event (end offsets below what it took: {summary})"
         async with self.pool.acquire() as conn, conn.transaction():
@@ -84,13 +93,21 @@ class LostEventCheck:
             requeued = await conn.fetch(QUERIES["requeue_queued"], topics.FILES, why, partitions, offsets)
             await conn.execute(QUERIES["clear_marks"], self.topic)
             await conn.execute(QUERIES["reset_marks"], self.topic, partitions, offsets)
+        self._missing_since = None
         log.warning(
             "the broker lost file events; requeued the queued files",
             extra=fields(action="lost_events", topic=self.topic, requeued=len(requeued), behind=summary),
         )
-        if not ends:
-            await self._recreate_topics()
         return bool(requeued)
+
+    async def _confirm_missing(self) -> bool:
+        """True once partitions with marks were missing for MISSING_CONFIRM_SECONDS."""
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+            self._next = now + MISSING_CONFIRM_SECONDS  # look again soon
+            return False
+        return now - self._missing_since >= MISSING_CONFIRM_SECONDS
 
     async def _end_offsets(self) -> dict[int, int]:
         """End offset of each partition of the topic; {} when the topic is gone."""

@@ -103,3 +103,42 @@ async def test_lost_topic_requeues_only_the_lost_queued_files(test_settings: Set
         await check.close()
         await producer.stop()
         await pool.close()
+
+
+async def test_a_missing_topic_is_recreated_before_anything_is_requeued(test_settings: Settings) -> None:
+    """A topic missing from the metadata may be a hiccup of a live cluster: the check creates
+    it and decides on the next look, with real end offsets."""
+    settings = test_settings
+    pool = await db.create_pool(settings.database_url)
+    producer = kafka.producer(settings)
+    await producer.start()
+    await kafka.ensure_topics(settings)
+    check = LostEventCheck(settings, pool, producer)
+    try:
+        conn = await db.connect(settings.database_url)
+        try:
+            gina = await make_user(conn, "gina")
+        finally:
+            await conn.close()
+        queued = await upload_row(pool, gina)
+        assert await OutboxRelay(settings, pool, producer).publish_pending() == 1
+        name = kafka.topic(settings, topics.FILES)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.delete_topics([name])
+            for _ in range(50):
+                if name not in await admin.list_topics():
+                    break
+                await asyncio.sleep(0.1)
+            assert await check.check() is False  # missing: created again, not acted on yet
+            assert name in await admin.list_topics()
+        finally:
+            await admin.close()
+        assert await requeues(pool, queued) == 0
+        assert await check.check() is True  # now its end offsets are below the marks
+        assert await requeues(pool, queued) == 1
+    finally:
+        await check.close()
+        await producer.stop()
+        await pool.close()
