@@ -5,13 +5,14 @@ message; a Kafka cluster can lose a topic (deleted and re-created, a wiped clust
 in `queued` whose event was already relayed then waits for nobody. The relays record in
 Postgres a floor of each file-job partition's end offset (`outbox_marks`: what the end
 offset must have reached after their last send) and where each file-job event went. An
-end offset below its floor means messages are gone. The first relay to see it republishes,
-through the outbox, the `FileQueued` event of every `queued` file whose event the broker no
-longer holds (since the loss it holds the last `end offset` events published to a
-partition, so an upload relayed after the restart is not sent twice; Tansu, whose end
-offset counts record batches, may hold more: such an event is sent twice, never lost) and takes
-what the broker holds now as the new baseline. `parsing` jobs are left alone: their
-parsers keep working without the message, and a duplicate delivery would cost an attempt.
+end offset below its floor means messages are gone. Every service runs this check (`run`);
+the first to see a loss (one at a time: an advisory lock) republishes, through the outbox,
+the `FileQueued` event of every `queued` file whose event the broker no longer holds
+(since the loss it holds the last `end offset` events published to a partition, so an
+upload relayed after the restart is not sent twice; Tansu, whose end offset counts record
+batches, may hold more: such an event is sent twice, never lost) and takes what the broker
+holds now as the new baseline. `parsing` jobs are left alone: their parsers keep working
+without the message, and a duplicate delivery would cost an attempt.
 
 Marks are read before the end offsets are fetched, so a message published in between can
 only raise an end offset, never fake a loss.
@@ -30,6 +31,7 @@ from aiokafka.errors import KafkaError
 
 from contracts import topics
 from imuflow import db, dberrors, kafka
+from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
 
@@ -52,16 +54,20 @@ class LostEventCheck:
         self._consumer: AIOKafkaConsumer | None = None
         self._missing_since: float | None = None  # when marked partitions were first missing
 
-    async def check_due(self) -> bool:
-        """Run `check` if CHECK_SECONDS passed since the last one; True if it requeued files."""
-        if time.monotonic() < self._next:
-            return False
-        self._next = time.monotonic() + CHECK_SECONDS
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every CHECK_SECONDS until `stop` is set (requeued events wake the relays)."""
         try:
-            return await self.check()
-        except (KafkaError, *dberrors.DRIVER) as exc:
-            log.debug("lost-event check skipped: %r", exc)
-            return False
+            while not stop.is_set():
+                self._next = time.monotonic() + CHECK_SECONDS
+                try:
+                    await self.check()
+                except (KafkaError, *dberrors.DRIVER) as exc:
+                    log.debug("lost-event check skipped (broker or database away): %r", exc)
+                except Exception:  # best effort: a failed look must not stop the service
+                    log.warning("lost-event check failed", exc_info=True)
+                await wait_any(stop, timeout=max(0.0, self._next - time.monotonic()))
+        finally:
+            await self.close()
 
     async def check(self) -> bool:
         """Requeue the `queued` files if the broker holds fewer file events than it took."""

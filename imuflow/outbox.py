@@ -41,7 +41,6 @@ from contracts import topics
 from imuflow import db, dberrors, kafka, metrics
 from imuflow.aio import wait_any
 from imuflow.logs import fields
-from imuflow.lostevents import LostEventCheck
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +123,6 @@ class OutboxRelay:
         # relay, the producer's only user there, starts it once the broker answers.
         self.starts_producer = starts_producer
         self._wake = asyncio.Event()
-        self.lost_events = LostEventCheck(settings, pool, producer)
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many rows it settled.
@@ -249,8 +247,6 @@ class OutboxRelay:
                         # the table grows for ever.
                         await self.prune()
                         next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                    if await self.lost_events.check_due():
-                        continue  # requeued events are pending now: publish them at once
                 except (KafkaError, *dberrors.DRIVER) as exc:
                     log.warning("outbox relay: publish failed, retrying in %.1fs: %s", delay, exc)
                     await wait_any(stop, timeout=delay)
@@ -261,7 +257,6 @@ class OutboxRelay:
                     listener = await self._listen()
                 await wait_any(stop, self._wake, timeout=POLL_SECONDS)
         finally:
-            await self.lost_events.close()
             if listener is not None and not listener.is_closed():
                 await listener.close()
 

@@ -21,6 +21,7 @@ from contracts.records import ErrorBody, FileRecord
 from imuflow import db, kafka, metrics
 from imuflow.auth import User
 from imuflow.logs import fields
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
 from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             "outbox-relay", OutboxRelay(settings, app.state.pool, producer, starts_producer=True).run
         )
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, app.state.pool, producer).run)
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ from functools import partial
 from aiokafka.errors import KafkaError
 
 from imuflow import db, kafka
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
 from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.runner import run_worker, start_metrics_server
@@ -58,6 +59,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         supervisor.start("consumer", worker.run)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, pool, producer).run)
         supervisor.start("lag", worker.report_lag)
         log.info("parser started", extra={"ctx": {"group": settings.parser_group_id}})
         await stop.wait()

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from imuflow import db, kafka
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
 from imuflow.readiness import Readiness, Report, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor.start("consumer-lag", applier.report_lag)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer, starts_producer=True).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, pool, producer).run)
         start_watchdog(app.state, settings, pool, supervisor)
         app.state.supervisor = supervisor
         try:
