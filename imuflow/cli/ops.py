@@ -68,6 +68,10 @@ def _status(client: StackClient, out: Console, limit: int) -> int:
     summary = Table(*STATUSES, title="files by status")
     summary.add_row(*(str(counts.get(s, 0)) for s in STATUSES))
     out.print(summary)
+    dead = client.progress("GET", "/api/admin/dead-letters", params={"limit": 1})["total"]
+    if dead:
+        note = "events that could not be published; see `imuflow dead-letters`"
+        out.print(f"[red]{dead} dead letter(s)[/red]: {note}")
     flying = [j for j in listing["items"] if j["status"] in ("uploaded", "queued", "parsing")][:limit]
     if not flying:
         out.print("no jobs in flight")

@@ -52,6 +52,8 @@ async def test_dead_letters_command_lists_and_replays(
     assert code == 0, out
     assert "dead letters (1 in all)" in out and str(poison) in out and "file.queued" in out, out
     assert "over the broker's limit" in out, out
+    code, out = await imuflow(data_dir, "status")
+    assert code == 0 and "1 dead letter(s)" in out, out
 
     code, out = await imuflow(data_dir, "dead-letters", "--replay", str(outbox_id))
     assert code == 0 and f"dead letter {outbox_id} replayed" in out and str(poison) in out, out
