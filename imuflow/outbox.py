@@ -79,6 +79,10 @@ def encode(settings: Settings, row: asyncpg.Record) -> tuple[str, bytes, bytes]:
     if row["topic"] not in topics.ALL:
         raise PermanentError("invalid", f"unknown topic {row['topic']!r}")
     try:
+        UUID(str(row["key"]))  # every message is keyed by its file id
+    except ValueError:
+        raise PermanentError("invalid", f"key {str(row['key'])[:80]!r} is not a file id") from None
+    try:
         value = json.dumps(row["payload"], separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise PermanentError("invalid", f"payload is not JSON: {exc}") from exc

@@ -185,6 +185,21 @@ async def test_replay_after_the_limit_is_raised_queues_the_file(settings_factory
 
         (row,) = await deadletters.list_dead(pool)
         assert await deadletters.count_dead(pool) == 1
+
+        # Rows no event of the product would be (written by hand at a psql prompt): invalid.
+        await pool.execute(
+            "INSERT INTO outbox (topic, key, payload) VALUES ('nope.v1', $1, '{}'), ('files.v1', 'x', '{}')",
+            str(later),
+        )
+        invalid = metrics.DEAD_LETTERS.labels(topics.FILES, "invalid")._value.get()
+        assert await OutboxRelay(strict, pool, producer).publish_pending() == 2
+        assert metrics.DEAD_LETTERS.labels(topics.FILES, "invalid")._value.get() == invalid + 1
+        errors = await pool.fetch("SELECT last_error FROM outbox WHERE dead_at IS NOT NULL ORDER BY id")
+        assert [e["last_error"] for e in errors][1:] == [
+            "unknown topic 'nope.v1'",
+            "key 'x' is not a file id",
+        ]
+        await pool.execute("DELETE FROM outbox WHERE id > $1 AND dead_at IS NOT NULL", row["id"])
         assert await deadletters.replay(pool, row["id"]) == {"id": row["id"], "requeued_file": poison}
         assert await deadletters.replay(pool, row["id"]) is None  # pending now, not a dead letter
         assert (await status(pool, poison))["status"] == "uploaded"
