@@ -40,6 +40,12 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
 CHECK_SECONDS = 5.0
 KAFKA_TIMEOUT = 5.0
 MISSING_CONFIRM_SECONDS = 2.0
+# Reading queued events back: those published at least this long ago, a few per round, each
+# read within READ_TIMEOUT; one read back fine is not read again for VERIFIED_FOR.
+VERIFY_AFTER_SECONDS = 8.0
+VERIFY_LIMIT = 5
+READ_TIMEOUT = 3.0
+VERIFIED_FOR = 60.0
 
 
 class LostEventCheck:
@@ -53,6 +59,7 @@ class LostEventCheck:
         self._next = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._missing_since: float | None = None  # when marked partitions were first missing
+        self._verified: dict[str, float] = {}  # file id -> when its event was read back fine
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every CHECK_SECONDS until `stop` is set (requeued events wake the relays)."""
@@ -61,6 +68,7 @@ class LostEventCheck:
                 self._next = time.monotonic() + CHECK_SECONDS
                 try:
                     await self.check()
+                    await self.verify_queued()
                 except (KafkaError, *dberrors.DRIVER) as exc:
                     log.debug("lost-event check skipped (broker or database away): %r", exc)
                 except Exception:  # best effort: a failed look must not stop the service
@@ -105,6 +113,53 @@ class LostEventCheck:
             extra=fields(action="lost_events", topic=self.topic, requeued=len(requeued), behind=summary),
         )
         return bool(requeued)
+
+    async def verify_queued(self) -> int:
+        """Read back the events of files queued a while; requeue those the broker cannot
+        serve. Tansu acknowledges a message sent to a topic it lost (a producer with old
+        metadata, just after a restart) and then never delivers it, while its end offset
+        counts it: only reading it back tells."""
+        now = time.monotonic()
+        self._verified = {k: t for k, t in self._verified.items() if now - t < VERIFIED_FOR}
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(QUERIES["try_verify_lock"]):
+                return 0  # another service reads them back this round
+            rows = await conn.fetch(
+                QUERIES["queued_to_verify"],
+                topics.FILES,
+                VERIFY_AFTER_SECONDS,
+                VERIFY_LIMIT + len(self._verified),
+            )
+            todo = [r for r in rows if r["key"] not in self._verified][:VERIFY_LIMIT]
+            lost: list[str] = []
+            for row in todo:
+                if row["kafka_partition"] is not None and await self._readable(
+                    row["kafka_partition"], row["kafka_offset"], row["key"]
+                ):
+                    self._verified[row["key"]] = time.monotonic()
+                else:
+                    lost.append(row["key"])
+            if not lost:
+                return 0
+            why = "requeued: the broker acknowledged this job's event but cannot deliver it"
+            requeued = await conn.fetch(QUERIES["requeue_files"], topics.FILES, why, lost)
+        log.warning(
+            "queued events the broker cannot deliver; requeued their files",
+            extra=fields(action="lost_events", topic=self.topic, requeued=len(requeued), files=lost),
+        )
+        return len(requeued)
+
+    async def _readable(self, partition: int, offset: int, key: str) -> bool:
+        """True when the broker serves the message at (partition, offset) with this key."""
+        consumer = await self._offsets_client()
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        try:
+            batch = await consumer.getmany(tp, timeout_ms=int(READ_TIMEOUT * 1000), max_records=1)
+        except KafkaError:
+            return False
+        return any(r.offset == offset and r.key == key.encode() for r in batch.get(tp, []))
 
     async def _confirm_missing(self) -> bool:
         """True once partitions with marks were missing for MISSING_CONFIRM_SECONDS."""

@@ -48,6 +48,9 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
 BATCH = 200
 POLL_SECONDS = 2.0  # fallback when a NOTIFY is missed (e.g. while the listener reconnects)
 PRUNE_EVERY_SECONDS = 600.0
+# How often the relay makes sure the broker still has the topics before sending (Tansu
+# acknowledges a message for a topic it lost and then never delivers it).
+TOPIC_CHECK_SECONDS = 1.0
 KEEP_PUBLISHED = timedelta(days=1)  # published rows are history, kept a day for debugging
 # What the broker says about the message itself: sending it again can never succeed.
 PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
@@ -127,6 +130,7 @@ class OutboxRelay:
         # relay, the producer's only user there, starts it once the broker answers.
         self.starts_producer = starts_producer
         self._wake = asyncio.Event()
+        self._topics_seen_at = 0.0
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many rows it settled.
@@ -138,7 +142,10 @@ class OutboxRelay:
             rows = await conn.fetch(QUERIES["claim_pending"], BATCH)
             if not rows:
                 return 0
+            await self._topics_exist()
             outcome = await self._send(rows)
+            if outcome.transient is not None:
+                self._topics_seen_at = 0.0  # the broker failed us: look at its topics again
             if outcome.transient is not None and not (outcome.published or outcome.dead):
                 raise KafkaError(f"broker took none of {len(rows)} outbox rows: {outcome.transient!r}")
             await self._settle(conn, outcome)
@@ -153,6 +160,23 @@ class OutboxRelay:
                 ),
             )
         return len(outcome.published) + len(outcome.dead) + len(outcome.deferred)
+
+    async def _topics_exist(self) -> None:
+        """Make sure the broker has every topic (at most once per TOPIC_CHECK_SECONDS).
+
+        A broker restarted empty answers the producer before anyone re-created the topics,
+        and Tansu then acknowledges messages it never delivers; re-creating them first
+        keeps those from being lost.
+        """
+        if time.monotonic() - self._topics_seen_at < TOPIC_CHECK_SECONDS:
+            return
+        cluster = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 5.0)
+        wanted = {kafka.topic(self.settings, base) for base in topics.ALL}
+        missing = wanted - set(cluster.topics())
+        if missing:
+            log.warning("outbox relay: topics missing, creating them first: %s", sorted(missing))
+            await kafka.ensure_topics(self.settings)
+        self._topics_seen_at = time.monotonic()
 
     async def _send(self, rows: Sequence[asyncpg.Record]) -> BatchOutcome:
         outcome = BatchOutcome()

@@ -203,3 +203,52 @@ SELECT $1, q.id::text, jsonb_build_object(
     'queued_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
 FROM queued q
 RETURNING key;
+
+-- name: queued_to_verify
+-- $1 file-job topic base name, $2 seconds since publication, $3 limit. `queued` files whose
+-- latest job event was published at least that long ago (none waiting in the outbox), oldest
+-- first, with where the broker put that event.
+SELECT key, kafka_partition, kafka_offset
+FROM (
+    SELECT DISTINCT ON (o.key) o.key, o.kafka_partition, o.kafka_offset, o.published_at
+    FROM outbox o
+    JOIN imu_data_files f ON f.status = 'queued' AND f.id::text = o.key
+    WHERE o.topic = $1 AND o.published_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.topic = $1 AND p.key = o.key
+                      AND p.published_at IS NULL AND p.dead_at IS NULL)
+    ORDER BY o.key, o.published_at DESC, o.id DESC
+) latest
+WHERE published_at < now() - make_interval(secs => $2)
+ORDER BY published_at
+LIMIT $3;
+
+-- name: try_verify_lock
+-- One service at a time reads queued events back (an arbitrary constant).
+SELECT pg_try_advisory_xact_lock(7202614);
+
+-- name: requeue_files
+-- $1 file-job topic base name, $2 why (kept in last_error), $3 file ids. A FileQueued event
+-- again for those still `queued` with no job event waiting in the outbox.
+WITH pending AS (
+    SELECT key FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND topic = $1
+),
+lost AS (
+    SELECT f.id FROM imu_data_files f
+    WHERE f.id = ANY($3::uuid[]) AND f.status = 'queued' AND f.id::text NOT IN (SELECT key FROM pending)
+    FOR UPDATE OF f SKIP LOCKED
+),
+queued AS (
+    UPDATE imu_data_files f
+    SET queued_at = now(), updated_at = now(), last_error = $2
+    FROM lost WHERE f.id = lost.id
+    RETURNING f.*
+)
+INSERT INTO outbox (topic, key, payload)
+SELECT $1, q.id::text, jsonb_build_object(
+    'schema_version', 1, 'event_id', gen_random_uuid(), 'file_id', q.id,
+    'user_id', q.user_id, 'type', 'file.queued', 'reason', 'requeue', 'run', q.run,
+    'storage_uri', q.storage_uri, 'filename', q.filename, 'size_bytes', q.size_bytes,
+    'format', q.format, 'sensor', q.sensor, 'timezone', q.timezone,
+    'queued_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+FROM queued q
+RETURNING key;
