@@ -272,3 +272,36 @@ class PerformanceReport(BaseModel):
 
     overall: PerformanceRow
     files: list[PerformanceRow]
+
+
+class DeadLetter(BaseModel):
+    """An outbox row set aside because it can never be published (SPEC §7)."""
+
+    id: int
+    topic: str  # the topic's base name, e.g. files.v1
+    key: str
+    type: str | None  # the event's `type`, e.g. file.queued
+    payload_bytes: int
+    error: str | None
+    failures: int
+    replays: int
+    failed_file: bool  # dead-lettering it failed its file (a replay queues the file again)
+    created_at: datetime
+    dead_at: datetime
+    file_id: UUID | None
+    user_id: UUID | None
+    file_status: FileStatus | None
+
+
+class DeadLetterList(BaseModel):
+    """`GET /api/admin/dead-letters`: newest first, and how many there are in all."""
+
+    items: list[DeadLetter]
+    total: int
+
+
+class DeadLetterReplay(BaseModel):
+    """What a replay did: the row is pending again; `requeued_file` names a file queued again."""
+
+    id: int
+    requeued_file: UUID | None

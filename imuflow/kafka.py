@@ -102,6 +102,8 @@ def producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=0,
         request_timeout_ms=15_000,
         retry_backoff_ms=200,
+        # The relays refuse larger events themselves (dead letters); never below the default.
+        max_request_size=max(1_048_576, settings.kafka_max_message_bytes + 1_024),
     )
 
 

@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from contracts import topics
+
 if TYPE_CHECKING:
     from imuflow.settings import Settings
 
 # "stuck": failed by the stuck-job watchdog once its attempts were spent.
-FAILURE_REASONS = ("format", "io", "database", "attempts", "internal", "stuck")
+# "dead_letter": its own job event could not be published (imuflow/outbox.py).
+FAILURE_REASONS = ("format", "io", "database", "attempts", "internal", "stuck", "dead_letter")
+# Why an outbox row was dead-lettered: over IMUFLOW_KAFKA_MAX_MESSAGE_BYTES, not a valid
+# event, or refused by the broker for what it is.
+DEAD_LETTER_REASONS = ("too_large", "invalid", "rejected")
 
 UPLOADS = Counter("imuflow_uploads", "Uploads accepted by ingest", ["outcome"])
 UPLOAD_BYTES = Counter("imuflow_upload_bytes", "Bytes of accepted uploads")
@@ -48,6 +54,8 @@ ALERT_EMAILS = Counter(
 )
 # Early warning (SPEC §7): parsing jobs whose batch rate fell below a third of their median.
 SLOWING_JOBS = Gauge("imuflow_slowing_jobs", "Parsing jobs that are slowing down now")
+# SPEC §7: outbox rows set aside because they can never be published.
+DEAD_LETTERS = Counter("imuflow_dead_letters", "Outbox rows set aside as dead letters", ["topic", "reason"])
 
 for _outcome in ("accepted", "duplicate", "rejected"):
     UPLOADS.labels(_outcome)
@@ -60,6 +68,9 @@ for _action in ("requeued", "failed"):
 for _outcome in ("sent", "failed", "dropped"):
     ALERT_NOTIFICATIONS.labels(_outcome)
     ALERT_EMAILS.labels(_outcome)
+for _topic in topics.ALL:
+    for _reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(_topic, _reason)
 
 
 def touch_consumer_groups(settings: Settings) -> None:

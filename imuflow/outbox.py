@@ -5,6 +5,11 @@ progress service on retry or a stuck-job requeue, the SQL reset function) insert
 `outbox` row in the same transaction. Every service runs this relay; rows are claimed
 with SKIP LOCKED, sent, and marked published in one transaction, so a crash between
 send and mark only sends twice (consumers are idempotent), never zero times.
+
+A row the broker can never take (larger than `IMUFLOW_KAFKA_MAX_MESSAGE_BYTES`, invalid) is
+a dead letter: set aside with its error, counted, and the batch goes on (a file whose own
+job event it was ends failed with the reason). A transient failure (broker down, topic
+missing) is never dead-lettered: the row waits its own backoff while later rows go on.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,11 +27,20 @@ from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from aiokafka.structs import RecordMetadata
 
 from contracts import topics
-from imuflow import db, dberrors
+from imuflow import db, dberrors, kafka, metrics
 from imuflow.aio import wait_any
+from imuflow.logs import fields
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,51 +48,219 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "outbox.sql")
 BATCH = 200
 POLL_SECONDS = 2.0  # fallback when a NOTIFY is missed (e.g. while the listener reconnects)
 PRUNE_EVERY_SECONDS = 600.0
+# How often the relay makes sure the broker still has the topics before sending (Tansu
+# acknowledges a message for a topic it lost and then never delivers it).
+TOPIC_CHECK_SECONDS = 1.0
 KEEP_PUBLISHED = timedelta(days=1)  # published rows are history, kept a day for debugging
+# What the broker says about the message itself: sending it again can never succeed.
+PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    CorruptRecordException,
+    InvalidTopicError,
+)
+# Bytes a record carries beyond key and value (headers, lengths, batch header).
+RECORD_OVERHEAD = 128
+
+
+class PermanentError(Exception):
+    """This row can never be published; `reason` is its dead-letter reason label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 async def enqueue(conn: asyncpg.Connection, base_topic: str, key: UUID, payload: dict[str, Any]) -> None:
     """Add a message to the outbox inside the caller's transaction."""
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
-        base_topic,
-        str(key),
-        payload,
-    )
+    await conn.execute(QUERIES["enqueue"], base_topic, str(key), payload)
+
+
+def encode(settings: Settings, row: asyncpg.Record) -> tuple[str, bytes, bytes]:
+    """(topic, key, value) of one outbox row; PermanentError if it can never be sent."""
+    if row["topic"] not in topics.ALL:
+        raise PermanentError("invalid", f"unknown topic {row['topic']!r}")
+    try:
+        UUID(str(row["key"]))  # every message is keyed by its file id
+    except ValueError:
+        raise PermanentError("invalid", f"key {str(row['key'])[:80]!r} is not a file id") from None
+    try:
+        value = json.dumps(row["payload"], separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise PermanentError("invalid", f"payload is not JSON: {exc}") from exc
+    key = str(row["key"]).encode()
+    size = len(key) + len(value) + RECORD_OVERHEAD
+    if size > settings.kafka_max_message_bytes:
+        raise PermanentError(
+            "too_large",
+            f"event of {size} bytes is over the broker's limit of "
+            f"{settings.kafka_max_message_bytes} bytes (IMUFLOW_KAFKA_MAX_MESSAGE_BYTES)",
+        )
+    return topics.topic_name(settings.kafka_topic_prefix, row["topic"]), key, value
+
+
+@dataclass
+class BatchOutcome:
+    """What became of each row of one claimed batch."""
+
+    published: list[asyncpg.Record] = field(default_factory=list)
+    dead: list[tuple[asyncpg.Record, PermanentError]] = field(default_factory=list)
+    deferred: list[tuple[asyncpg.Record, str]] = field(default_factory=list)
+    marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset floor
+    placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file-job row id -> (partition, offset)
+    transient: Exception | None = None  # the broker failed some rows for a reason not theirs
 
 
 class OutboxRelay:
     """Publishes pending outbox rows to Kafka until stopped."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        *,
+        starts_producer: bool = False,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.producer = producer
+        # The web services start without the broker (uploads wait in the outbox), so their
+        # relay, the producer's only user there, starts it once the broker answers.
+        self.starts_producer = starts_producer
         self._wake = asyncio.Event()
+        self._topics_seen_at = 0.0
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending rows; return how many were published."""
+        """Publish one batch of pending rows; return how many rows it settled.
+
+        Raises KafkaError when the broker took none of them (the relay backs off).
+        """
+        dead: list[tuple[asyncpg.Record, PermanentError]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(QUERIES["claim_pending"], BATCH)
             if not rows:
                 return 0
-            sends = [
-                await self.producer.send(
-                    topics.topic_name(self.settings.kafka_topic_prefix, row["topic"]),
-                    value=json.dumps(row["payload"]).encode(),
-                    key=row["key"].encode(),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*sends)
-            await conn.execute(QUERIES["mark_published"], [row["id"] for row in rows])
-            files = [UUID(row["key"]) for row in rows if row["topic"] == topics.FILES]
+            await self._topics_exist()
+            outcome = await self._send(rows)
+            if outcome.transient is not None:
+                self._topics_seen_at = 0.0  # the broker failed us: look at its topics again
+            if outcome.transient is not None and not (outcome.published or outcome.dead):
+                raise KafkaError(f"broker took none of {len(rows)} outbox rows: {outcome.transient!r}")
+            await self._settle(conn, outcome)
+            dead = outcome.dead
+        for row, error in dead:
+            metrics.DEAD_LETTERS.labels(row["topic"], error.reason).inc()
+            log.error(
+                "outbox row dead-lettered: %s",
+                error,
+                extra=fields(
+                    action="dead_letter", outbox_id=row["id"], topic=row["topic"], file_id=row["key"]
+                ),
+            )
+        return len(outcome.published) + len(outcome.dead) + len(outcome.deferred)
+
+    async def _topics_exist(self) -> None:
+        """Make sure the broker has every topic (at most once per TOPIC_CHECK_SECONDS).
+
+        A broker restarted empty answers the producer before anyone re-created the topics,
+        and Tansu then acknowledges messages it never delivers; re-creating them first
+        keeps those from being lost.
+        """
+        if time.monotonic() - self._topics_seen_at < TOPIC_CHECK_SECONDS:
+            return
+        cluster = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 5.0)
+        wanted = {kafka.topic(self.settings, base) for base in topics.ALL}
+        missing = wanted - set(cluster.topics())
+        if missing:
+            log.warning("outbox relay: topics missing, creating them first: %s", sorted(missing))
+            await kafka.ensure_topics(self.settings)
+        self._topics_seen_at = time.monotonic()
+
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        sent: list[tuple[asyncpg.Record, asyncio.Future[RecordMetadata]]] = []
+        # A send that fails at once (no metadata for the topic within the request timeout:
+        # topic missing, broker away) would fail the same way for every row of that topic;
+        # they wait their backoff without being tried, and the other topics' rows go on.
+        refused: dict[str, str] = {}
+        for row in rows:
+            if row["topic"] in refused:
+                outcome.deferred.append((row, refused[row["topic"]]))
+                continue
+            try:
+                topic, key, value = encode(self.settings, row)
+                sent.append((row, await self.producer.send(topic, value=value, key=key)))
+            except PermanentError as exc:
+                outcome.dead.append((row, exc))
+            except PERMANENT_ERRORS as exc:
+                outcome.dead.append((row, PermanentError("rejected", f"{type(exc).__name__}: {exc}")))
+            except KafkaError as exc:
+                refused[row["topic"]] = f"{type(exc).__name__}: {exc}"
+                outcome.deferred.append((row, refused[row["topic"]]))
+                outcome.transient = exc
+        results = await asyncio.gather(*(fut for _, fut in sent), return_exceptions=True)
+        for (row, _), result in zip(sent, results, strict=True):
+            if isinstance(result, RecordMetadata):
+                outcome.published.append(row)
+                if row["topic"] == topics.FILES:
+                    tp = (result.topic, result.partition)
+                    # The first offset of this round, +1: what the partition's end offset
+                    # reaches at least. Not the last: Tansu answers a partition's end offset
+                    # as its last record batch's base offset + 1.
+                    next_offset = result.offset + 1
+                    outcome.marks[tp] = min(outcome.marks.get(tp, next_offset), next_offset)
+                    outcome.placed[row["id"]] = (result.partition, result.offset)
+            elif isinstance(result, PERMANENT_ERRORS):
+                outcome.dead.append((row, PermanentError("rejected", f"{type(result).__name__}: {result}")))
+            elif isinstance(result, Exception):
+                outcome.deferred.append((row, f"{type(result).__name__}: {result}"))
+                outcome.transient = result
+            else:  # a BaseException (cancellation) is not ours to swallow
+                raise result
+        return outcome
+
+    async def _settle(self, conn: asyncpg.Connection, outcome: BatchOutcome) -> None:
+        if outcome.published:
+            await conn.execute(QUERIES["mark_published"], [row["id"] for row in outcome.published])
+            files = [UUID(row["key"]) for row in outcome.published if row["topic"] == topics.FILES]
             if files:
                 await conn.fetch(QUERIES["mark_files_queued"], files)
-        return len(rows)
+        if outcome.placed:
+            ids = sorted(outcome.placed)
+            await conn.execute(
+                QUERIES["mark_placed"],
+                ids,
+                [outcome.placed[i][0] for i in ids],
+                [outcome.placed[i][1] for i in ids],
+            )
+        if outcome.marks:
+            keys = sorted(outcome.marks)
+            await conn.execute(
+                QUERIES["upsert_marks"],
+                [t for t, _ in keys],
+                [p for _, p in keys],
+                [outcome.marks[k] for k in keys],
+            )
+        if outcome.deferred:
+            ids = [row["id"] for row, _ in outcome.deferred]
+            await conn.execute(QUERIES["defer"], ids, [error for _, error in outcome.deferred])
+        if outcome.dead:
+            ids = [row["id"] for row, _ in outcome.dead]
+            await conn.fetch(QUERIES["dead_letter"], ids, [str(error) for _, error in outcome.dead])
+            failed = await conn.fetch(QUERIES["fail_dead_files"], ids, topics.FILES)
+            for _ in failed:
+                metrics.PARSE_FAILURES.labels("dead_letter").inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; wake on NOTIFY, poll as a fallback, back off on errors."""
+        if self.starts_producer:
+            await kafka.retry_forever("kafka", self.producer.start, stop)
+            try:
+                await kafka.ensure_topics(self.settings)
+            except (KafkaError, OSError) as exc:  # the topic keeper tries again
+                log.warning("outbox relay: could not create the topics yet: %r", exc)
         listener = await self._listen()
         delay = 0.2
         next_prune = time.monotonic()

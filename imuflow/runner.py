@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imuflow import logs, metrics, sentry
+from imuflow.readiness import Report
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,12 @@ def _port_free(host: str, port: int) -> bool:
 
 
 async def start_metrics_server(
-    settings: Settings, port: int, healthy: Callable[[], bool]
+    settings: Settings,
+    port: int,
+    healthy: Callable[[], bool],
+    ready: Callable[[], Report] | None = None,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
-    """Serve /metrics and /healthz; a taken port falls back to a free one (logged)."""
+    """Serve /metrics, /healthz and /readyz; a taken port falls back to a free one (logged)."""
     if port == 0:
         return None
     if not _port_free(settings.host, port):
@@ -104,7 +108,12 @@ async def start_metrics_server(
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
-    app = Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
+    async def readyz(_: Request) -> JSONResponse:
+        report = ready() if ready is not None else Report(healthy(), {})
+        return JSONResponse(report.body(), status_code=200 if report.ready else 503)
+
+    routes = [Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
+    app = Starlette(routes=routes)
     config = uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="metrics-server")

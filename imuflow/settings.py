@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)
     kafka_rebalance_timeout_ms: int = Field(10_000, ge=1_000)
+    # Largest event the relays send (key + value + record overhead), below the broker's
+    # limit (Kafka's and Tansu's default message.max.bytes is 1 MiB); a larger one is a
+    # dead letter instead of a batch the broker rejects for ever.
+    kafka_max_message_bytes: int = Field(1_000_000, ge=4_096)
     # Prefix of every topic name, so several stacks (or test runs) can share one cluster.
     kafka_topic_prefix: str = "imuflow."
     parser_group_id: str = "imuflow-parser"

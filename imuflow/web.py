@@ -15,8 +15,8 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imuflow import dberrors
 from imuflow.auth import SESSION_COOKIE, User, resolve_token
+from imuflow.readiness import Readiness, Report
 from imuflow.settings import Settings
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -71,20 +71,24 @@ Pool = Annotated[asyncpg.Pool, Depends(pool_of)]
 AppSettings = Annotated[Settings, Depends(settings_of)]
 
 
-def health_router(ready: Callable[[Request], Awaitable[str | None]]) -> APIRouter:
-    """`/healthz` (alive), `/readyz` (`ready` returns None, or why not) and `/metrics`."""
+def health_router(ready: Callable[[Request], Awaitable[Report]]) -> APIRouter:
+    """`/healthz` (alive), `/readyz` (each dependency `ok` or `down`, 503 when not ready), `/metrics`."""
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", responses={503: {"description": "not ready, with the reason"}})
+    @router.get(
+        "/readyz",
+        responses={
+            200: {"description": "ready: `postgres`, `broker`, `storage` each `ok` or `down`"},
+            503: {"description": "not ready: the same, with the reason in `detail`"},
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
-        problem = await ready(request)
-        if problem:
-            return JSONResponse({"status": "unavailable", "detail": problem}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        report = await ready(request)
+        return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 
     @router.get("/metrics")
     async def metrics() -> Response:
@@ -93,13 +97,10 @@ def health_router(ready: Callable[[Request], Awaitable[str | None]]) -> APIRoute
     return router
 
 
-async def database_ready(request: Request) -> str | None:
-    """None when Postgres answers, else the reason."""
-    try:
-        await pool_of(request).fetchval("SELECT 1", timeout=2)
-    except dberrors.DRIVER as exc:
-        return f"database: {exc}"
-    return None
+async def readiness_report(request: Request) -> Report:
+    """The app's readiness (`app.state.readiness`, refreshed in the background)."""
+    readiness: Readiness = request.app.state.readiness
+    return readiness.report()
 
 
 def install_error_shape(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""Operator commands: `imuflow status`, `imuflow stuck`, `imuflow reset-stuck`.
+"""Operator commands: `imuflow status`, `stuck`, `reset-stuck`, `dead-letters [--replay ID]`.
 
 They call the operator API as the stack's admin (IMUFLOW_ADMIN_TOKEN from stack.env)
 unless `--token` names another admin token.
@@ -15,7 +15,7 @@ from rich.table import Table
 from imuflow.cli.client import StackClient
 from imuflow.settings import Settings
 
-COMMANDS = ("status", "stuck", "reset-stuck")
+COMMANDS = ("status", "stuck", "reset-stuck", "dead-letters")
 STATUSES = ("uploaded", "queued", "parsing", "completed", "failed", "cancelled")
 
 
@@ -27,6 +27,9 @@ def add_parsers(sub: Any) -> None:
     stuck.add_argument("--older-than", type=float, metavar="SECONDS", help="instead of IMUFLOW_STUCK_AFTER")
     reset = sub.add_parser("reset-stuck", help="requeue stuck jobs, or fail those out of attempts (admin)")
     reset.add_argument("--older-than", type=float, metavar="SECONDS", help="instead of IMUFLOW_STUCK_AFTER")
+    dead = sub.add_parser("dead-letters", help="outbox rows that could not be published (admin)")
+    dead.add_argument("--replay", type=int, metavar="ID", help="publish this dead letter again")
+    dead.add_argument("--limit", type=int, default=100, help="dead letters to list")
 
 
 def run(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console | None = 
     client = StackClient(settings, admin=True, token=args.token)
     if args.command == "status":
         return _status(client, out, args.limit)
+    if args.command == "dead-letters":
+        return _dead_letters(client, out, args.replay, args.limit)
     params = {"older_than_seconds": args.older_than} if args.older_than else {}
     if args.command == "stuck":
         rows = client.progress("GET", "/api/admin/stuck", params=params)["items"]
@@ -63,6 +68,10 @@ def _status(client: StackClient, out: Console, limit: int) -> int:
     summary = Table(*STATUSES, title="files by status")
     summary.add_row(*(str(counts.get(s, 0)) for s in STATUSES))
     out.print(summary)
+    dead = client.progress("GET", "/api/admin/dead-letters", params={"limit": 1})["total"]
+    if dead:
+        note = "events that could not be published; see `imuflow dead-letters`"
+        out.print(f"[red]{dead} dead letter(s)[/red]: {note}")
     flying = [j for j in listing["items"] if j["status"] in ("uploaded", "queued", "parsing")][:limit]
     if not flying:
         out.print("no jobs in flight")
@@ -116,3 +125,40 @@ def _stuck_table(rows: list[dict[str, Any]]) -> Table:
             f"{row['resume_samples']:,} samples",
         )
     return table
+
+
+def _dead_letters(client: StackClient, out: Console, replay: int | None, limit: int) -> int:
+    if replay is not None:
+        result = client.progress("POST", f"/api/admin/dead-letters/{replay}/replay")
+        again = f"; file {result['requeued_file']} is queued again" if result["requeued_file"] else ""
+        out.print(f"dead letter {result['id']} replayed: it is pending in the outbox again{again}")
+        return 0
+    listing = client.progress("GET", "/api/admin/dead-letters", params={"limit": limit})
+    rows = listing["items"]
+    if not rows:
+        out.print("no dead letters")
+        return 0
+    table = Table(
+        "id",
+        "topic",
+        "type",
+        "key",
+        "bytes",
+        "dead since",
+        "replays",
+        "error",
+        title=f"dead letters ({listing['total']} in all)",
+    )
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["topic"],
+            row["type"] or "-",
+            row["key"],
+            f"{row['payload_bytes']:,}",
+            row["dead_at"],
+            str(row["replays"]),
+            row["error"] or "",
+        )
+    out.print(table)
+    return 0

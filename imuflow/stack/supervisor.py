@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +46,9 @@ class ServiceSpec:
     argv: Sequence[str]
     env: Mapping[str, str]
     log_path: Path
-    health_url: str | None = None  # None: alive counts as healthy
+    health_url: str | None = None  # None: alive counts as healthy (unless `probe`)
+    # A health check that is not an HTTP URL (the broker answers Kafka metadata).
+    probe: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -186,7 +188,7 @@ class Supervisor:
                 # Own session: a terminal Ctrl-C reaches only `up`, which then stops the
                 # services in order instead of racing their restarts.
                 start_new_session=True,
-                preexec_fn=child_preexec,
+                preexec_fn=child_preexec(),
             )
 
     async def _keep_running(self, state: ServiceState) -> None:
@@ -254,6 +256,9 @@ class Supervisor:
         state = self.services[name]
         proc = state.process
         alive = proc is not None and proc.returncode is None
+        if alive and state.spec.probe is not None:
+            state.healthy = await state.spec.probe()
+            return state.healthy
         if not alive or state.spec.health_url is None or self._http is None:
             state.healthy = alive
             return alive

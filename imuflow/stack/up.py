@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from imuflow import auth, db
 from imuflow.logs import JsonFormatter, fields
 from imuflow.settings import Settings
-from imuflow.stack.broker import DEFAULT_PORT, start_broker
+from imuflow.stack.broker import DEFAULT_PORT, supervise_broker
 from imuflow.stack.objectstore import SETTING_OF, start_embedded_object_store
 from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port, port_is_free
@@ -176,8 +176,9 @@ async def _start_and_serve(
     kafka = settings.kafka_bootstrap_servers
     if not kafka:
         port = DEFAULT_PORT if port_is_free(settings.host, DEFAULT_PORT) else free_port()
-        broker = await start_broker(port, log_path=data_dir / "logs" / "broker.log")
-        stack.callback(broker.stop)
+        # Supervised like the services: a dead broker is restarted on the same port.
+        broker = await supervise_broker(port, log_path=data_dir / "logs" / "broker.log")
+        stack.push_async_callback(broker.stop)
         kafka = broker.bootstrap_servers
         console.print(f"[green]✓[/] Kafka broker (embedded Tansu) on {kafka}")
     else:

@@ -113,7 +113,11 @@ class LocalStorage:
         return removed
 
     async def check(self) -> str | None:
-        """None when the directory exists or can be created."""
+        """None when the directory exists or can be created, and is writable."""
+        # In a thread: a hung network filesystem must not block the event loop.
+        return await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> str | None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

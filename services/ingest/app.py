@@ -21,7 +21,9 @@ from contracts.records import ErrorBody, FileRecord
 from imuflow import db, kafka, metrics
 from imuflow.auth import User
 from imuflow.logs import fields
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
 from imuflow.storage import Storage, StorageError, open_storage
 from imuflow.supervision import TaskSupervisor
@@ -29,11 +31,11 @@ from imuflow.web import (
     AppSettings,
     CurrentUser,
     Pool,
-    database_ready,
     health_router,
     install_cors,
     install_error_shape,
     install_origin_guard,
+    readiness_report,
 )
 from services.ingest import archive, repository
 from services.ingest.limits import LimitExceeded, UploadLimiter
@@ -58,11 +60,22 @@ def create_app(settings: Settings) -> FastAPI:
             settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
         )
         producer = kafka.producer(settings)
-        await kafka.retry_forever("kafka", producer.start)
-        await kafka.ensure_topics(settings)
         supervisor = TaskSupervisor("ingest")
-        supervisor.start("outbox-relay", OutboxRelay(settings, app.state.pool, producer).run)
+        # Ready without the broker: uploads wait in the outbox (SPEC §7).
+        app.state.readiness = Readiness(
+            {
+                "postgres": postgres_check(app.state.pool),
+                "broker": broker_check(producer),
+                "storage": storage_check(app.state.storage),
+            },
+            required=frozenset({"postgres", "storage"}),
+        )
+        supervisor.start("readiness", app.state.readiness.run)
+        supervisor.start(
+            "outbox-relay", OutboxRelay(settings, app.state.pool, producer, starts_producer=True).run
+        )
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, app.state.pool, producer).run)
         sweeping = asyncio.create_task(_sweep(app.state.storage), name="storage-sweep")
         try:
             yield
@@ -78,7 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_shape(app)
     install_origin_guard(app, settings)
     install_cors(app, settings)
-    app.include_router(health_router(database_ready))
+    app.include_router(health_router(readiness_report))
 
     @app.post(
         "/api/files",

@@ -6,8 +6,12 @@ import asyncio
 import logging
 from functools import partial
 
+from aiokafka.errors import KafkaError
+
 from imuflow import db, kafka, storage
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.runner import run_worker, start_metrics_server
 from imuflow.settings import Settings
 from imuflow.supervision import TaskSupervisor
@@ -23,23 +27,43 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     settings.require_servers()
     pool = await db.create_pool(settings.database_url, max_size=settings.parser_concurrency + 4)
     producer = kafka.producer(settings)
-    await kafka.retry_forever("kafka", producer.start, stop)
-    await kafka.ensure_topics(settings)
-    # A batch transaction may hold the job's row lock at most this long (a hung parser's
-    # lock must go before the watchdog can requeue the job): beyond the stuck threshold.
-    repo = ParserRepository(pool, hold_timeout=max(2 * settings.stuck_after, 10.0))
-    worker = ParserWorker(settings, repo, producer)
     supervisor = TaskSupervisor("parser")
-    supervisor.start("consumer", worker.run)
-    supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
-    supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
-    supervisor.start("lag", worker.report_lag)
-    supervisor.start("heartbeat", Heartbeat(settings, pool).run)  # the operator page's live parsers
-    metrics = await start_metrics_server(
-        settings, settings.parser_metrics_port, lambda: not supervisor.stop_event.is_set()
+    # Not ready without any of them (SPEC §7): a parser can take no job without the broker.
+    readiness = Readiness(
+        {
+            "postgres": postgres_check(pool),
+            "broker": broker_check(producer),
+            "storage": storage_check(storage.for_process(settings)),
+        },
+        required=frozenset({"postgres", "broker", "storage"}),
     )
-    log.info("parser started", extra={"ctx": {"group": settings.parser_group_id}})
+    supervisor.start("readiness", readiness.run)
+    # Up before the broker is: /healthz and /readyz (503, broker down) answer meanwhile.
+    metrics = await start_metrics_server(
+        settings,
+        settings.parser_metrics_port,
+        lambda: not supervisor.stop_event.is_set(),
+        readiness.report,
+    )
     try:
+        try:
+            await kafka.retry_forever("kafka", producer.start, stop)
+        except (KafkaError, OSError):
+            if stop.is_set():
+                return  # stopped before the broker ever answered
+            raise
+        await kafka.ensure_topics(settings)
+        # A batch transaction may hold the job's row lock at most this long (a hung parser's
+        # lock must go before the watchdog can requeue the job): beyond the stuck threshold.
+        repo = ParserRepository(pool, hold_timeout=max(2 * settings.stuck_after, 10.0))
+        worker = ParserWorker(settings, repo, producer)
+        supervisor.start("consumer", worker.run)
+        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, pool, producer).run)
+        supervisor.start("lag", worker.report_lag)
+        supervisor.start("heartbeat", Heartbeat(settings, pool).run)  # the operator page's live parsers
+        log.info("parser started", extra={"ctx": {"group": settings.parser_group_id}})
         await stop.wait()
     finally:
         log.info("parser stopping")

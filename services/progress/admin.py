@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 from sse_starlette import EventSourceResponse
 
@@ -22,6 +23,9 @@ from contracts.operators import (
 from contracts.records import (
     AdminJob,
     AdminJobList,
+    DeadLetter,
+    DeadLetterList,
+    DeadLetterReplay,
     ErrorBody,
     FileStatus,
     PerformanceReport,
@@ -32,8 +36,9 @@ from contracts.records import (
     StuckResetRequest,
     StuckResetResult,
 )
-from imuflow import metrics
-from imuflow.web import AppSettings, CurrentAdmin
+from imuflow import dberrors, deadletters, metrics
+from imuflow.logs import fields
+from imuflow.web import AppSettings, CurrentAdmin, Pool
 from services.progress.api import TOO_MANY, Mux, Repo
 from services.progress.dashboard import DashboardRepository
 from services.progress.operations import OperationsRepository
@@ -41,7 +46,9 @@ from services.progress.repository import Unavailable
 from services.progress.sse import stream_response
 from services.progress.watchdog import report_actions
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
+log = logging.getLogger("imuflow.progress.admin")
+BIGINT_MAX = 2**63 - 1  # outbox ids are bigint
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
@@ -199,6 +206,49 @@ async def failures(
     except Unavailable as exc:
         raise _unavailable(exc) from exc
     return FailedJobList(hours=hours, items=[FailedJob.model_validate(r) for r in rows])
+
+
+@router.get("/dead-letters", response_model=DeadLetterList)
+async def dead_letters(
+    _: CurrentAdmin,
+    pool: Pool,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+) -> DeadLetterList:
+    """Outbox rows set aside because they can never be published, newest first."""
+    try:
+        rows = await deadletters.list_dead(pool, limit, before)
+        total = await deadletters.count_dead(pool)
+    except dberrors.DRIVER as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    return DeadLetterList(items=[DeadLetter.model_validate(r) for r in rows], total=total)
+
+
+@router.post(
+    "/dead-letters/{outbox_id}/replay",
+    response_model=DeadLetterReplay,
+    responses={404: {"model": ErrorBody}},
+)
+async def replay_dead_letter(
+    outbox_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], admin: CurrentAdmin, pool: Pool
+) -> DeadLetterReplay:
+    """Publish a dead letter again (a file it failed is queued again)."""
+    try:
+        result = await deadletters.replay(pool, outbox_id)
+    except dberrors.DRIVER as exc:
+        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+    if result is None:
+        raise HTTPException(404, f"no dead letter {outbox_id}")
+    log.info(
+        "dead letter replayed",
+        extra=fields(
+            action="dead_letter_replay",
+            outbox_id=outbox_id,
+            admin=admin.name,
+            file_id=str(result["requeued_file"]) if result["requeued_file"] else None,
+        ),
+    )
+    return DeadLetterReplay.model_validate(result)
 
 
 @page_router.get("/admin")

@@ -13,11 +13,13 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from imuflow import db, kafka
+from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
+from imuflow.readiness import Readiness, Report, broker_check, postgres_check, storage_check
 from imuflow.settings import Settings
 from imuflow.storage import open_storage
 from imuflow.supervision import TaskSupervisor
-from imuflow.web import database_ready, health_router, install_error_shape, install_origin_guard
+from imuflow.web import health_router, install_error_shape, install_origin_guard
 from services.progress import admin, api, export, lifecycle, pageconfig, preview, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.export import EXPORT_RETRY_AFTER
@@ -51,17 +53,26 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.storage = open_storage(settings)
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
-        await kafka.retry_forever("kafka", producer.start)
-        await kafka.ensure_topics(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor("progress")
+        # Ready without the broker: retries and requeues wait in the outbox (SPEC §7).
+        app.state.readiness = Readiness(
+            {
+                "postgres": postgres_check(pool),
+                "broker": broker_check(producer),
+                "storage": storage_check(app.state.storage),
+            },
+            required=frozenset({"postgres"}),
+        )
+        supervisor.start("readiness", app.state.readiness.run)
         supervisor.start("event-fanout", app.state.mux.run)
         supervisor.start("session-check", app.state.mux.watch_sessions)
         supervisor.start("event-retention", partial(prune_forever, app.state.repo, settings.event_retention))
         supervisor.start("progress-consumer", applier.run)
         supervisor.start("consumer-lag", applier.report_lag)
-        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)
+        supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer, starts_producer=True).run)
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
+        supervisor.start("lost-events", LostEventCheck(settings, pool, producer).run)
         start_watchdog(app.state, settings, pool, supervisor)
         app.state.supervisor = supervisor
         try:
@@ -76,11 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
             await app.state.storage.close()
 
-    async def ready(request: Request) -> str | None:
-        problem = await database_ready(request)
-        if problem is None and not request.app.state.mux.started.is_set():
-            problem = "event fan-out not started"
-        return problem
+    async def ready(request: Request) -> Report:
+        readiness: Readiness = request.app.state.readiness
+        started = request.app.state.mux.started.is_set()
+        return readiness.report(() if started else ["event fan-out not started"])
 
     app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
     install_error_shape(app)

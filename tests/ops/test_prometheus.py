@@ -33,6 +33,7 @@ SPEC_METRICS = (
     "imuflow_event_to_sse_seconds",
     "imuflow_stuck_jobs",
     "imuflow_slowing_jobs",  # SPEC §7
+    "imuflow_dead_letters_total",  # SPEC §7
 )
 INSTALL = "needs promtool and prometheus: `apt-get install prometheus` (Debian/Ubuntu)"
 

@@ -119,7 +119,7 @@ async def test_every_route_isolates_users(
     # `completed`: wait for it to settle so only bob's calls could change the snapshot.
     before = await _settled_snapshot(database_url, file_id, final.record["batch_number"])
     alice_data = (file_id, XIO.name)
-    params = {"file_id": file_id}
+    params = {"file_id": file_id, "outbox_id": "1"}  # no such dead letter: 404 to its admin
 
     problems: list[str] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client:
