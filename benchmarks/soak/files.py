@@ -84,10 +84,9 @@ def inflating_gt3x(rng: random.Random) -> Upload:
 
 
 def fake_record_gt3x(rng: random.Random) -> Upload:
-    """A .gt3x made of fake records: each separator claims a long record whose checksum fails."""
-    fake = struct.pack("<BBIH", 0x1E, 0x1A, 1_714_550_400, 60_000)
-    log = b"".join(fake + rng.randbytes(rng.randint(8, 64)) for _ in range(4_000))
-    return Upload(f"fake_{rng.getrandbits(32):08x}.gt3x", _gt3x(log, rng), Expect("hostile"))
+    """A 0.2 MB .gt3x made of fake records: each separator claims a 64 KiB record whose checksum fails."""
+    unit = b"\x1e\x1a\x00\x00\x00\x00\xff\xff\x00"
+    return Upload(f"fake_{rng.getrandbits(32):08x}.gt3x", _gt3x(unit * 22_000, rng), Expect("hostile"))
 
 
 def zip_bomb(rng: random.Random) -> Upload:
