@@ -10,7 +10,7 @@ a test fails, the tail of each service log is attached to its report.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from imuflow.settings import Settings
 from imuflow.stack.supervisor import (
     SERVICES,
+    ServiceSpec,
     Supervisor,
     SupervisorError,
     log_tail,
@@ -57,10 +58,18 @@ async def start_service_stack(
     *,
     services: Sequence[str] = SERVICES,
     healthy_within: float = 60.0,
+    ready: bool = True,
 ) -> ServiceStack:
-    """Start the services for `settings` (+ extra env) and wait until they are healthy."""
+    """Start the services for `settings` (+ extra env) and wait until they are healthy.
+
+    `ready=False` waits only until they are alive (`/healthz`): for a test of a service whose
+    dependency is down, so that its `/readyz` rightly answers 503.
+    """
+    specs = service_specs(settings, env, services)
+    if not ready:
+        specs = [_alive_only(spec) for spec in specs]
     supervisor = Supervisor(
-        service_specs(settings, env, services),
+        specs,
         backoff_initial=0.2,
         backoff_max=2.0,
         grace=5.0,
@@ -75,9 +84,16 @@ async def start_service_stack(
     return ServiceStack(settings, urls["ingest"], urls["progress"], urls["parser"], supervisor)
 
 
+def _alive_only(spec: ServiceSpec) -> ServiceSpec:
+    url = spec.health_url
+    if url is None or not url.endswith("/readyz"):
+        return spec
+    return replace(spec, health_url=url.removesuffix("/readyz") + "/healthz")
+
+
 @pytest.fixture
 async def service_stack(request: pytest.FixtureRequest, test_settings: Settings) -> AsyncIterator[StartStack]:
-    """An async starter `(settings=test_settings, env=None, *, services=..., healthy_within=60)`.
+    """An async starter `(settings=test_settings, env=None, *, services=..., healthy_within=60, ready=True)`.
 
     It depends on `test_settings` so the services stop before the test's database is dropped.
     """
@@ -90,10 +106,11 @@ async def service_stack(request: pytest.FixtureRequest, test_settings: Settings)
         *,
         services: Sequence[str] = SERVICES,
         healthy_within: float = 60.0,
+        ready: bool = True,
     ) -> ServiceStack:
         try:
             stack = await start_service_stack(
-                settings or test_settings, env, services=services, healthy_within=healthy_within
+                settings or test_settings, env, services=services, healthy_within=healthy_within, ready=ready
             )
         except SupervisorError as exc:
             pytest.fail(f"service stack did not start:\n{exc}", pytrace=False)

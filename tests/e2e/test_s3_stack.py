@@ -197,7 +197,15 @@ async def test_an_unreachable_store_answers_503_and_records_nothing(
     settings_factory: SettingsFactory, service_stack: StartStack, database_url: str, s3_server: S3Server
 ) -> None:
     gone = {**s3_server.settings("gone"), "s3_endpoint_url": "http://127.0.0.1:9"}  # nothing listens
-    stack = await service_stack(settings_factory(**gone), services=("ingest",))
+    # Alive but not ready: /readyz names the store as down, so a load balancer sends no uploads.
+    stack = await service_stack(settings_factory(**gone), services=("ingest",), ready=False)
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(50):  # the first background check runs within a second of startup
+            ready = await client.get(f"{stack.ingest_url}/readyz")
+            if ready.json().get("storage") == "down":
+                break
+            await asyncio.sleep(0.2)
+    assert ready.status_code == 503 and ready.json()["storage"] == "down", ready.text
     token = await make_token(database_url, "alice")
     response = await upload(stack.ingest_url, token, DATA / "xio_fusion_sensor_data.csv")
     assert response.status_code == 503, response.text
