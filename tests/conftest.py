@@ -4,6 +4,7 @@ from tests.objectstore import s3_prefix, s3_server, storage
 from tests.servers import (
     database_url,
     kafka_bootstrap,
+    pool,
     postgres_server_url,
     settings_factory,
     template_database,
@@ -14,6 +15,7 @@ from tests.stack import pytest_runtest_makereport, service_stack
 __all__ = [
     "database_url",
     "kafka_bootstrap",
+    "pool",
     "postgres_server_url",
     "pytest_runtest_makereport",
     "s3_prefix",

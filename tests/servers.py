@@ -121,6 +121,16 @@ async def database_url(postgres_server_url: str, template_database: str) -> Asyn
         await admin.close()
 
 
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small asyncpg pool on this test's database, closed afterwards."""
+    p = await db.create_pool(database_url, max_size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
 @pytest.fixture(scope="session")
 async def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """`host:port` of a Kafka-protocol broker for the whole session."""

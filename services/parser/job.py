@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +22,7 @@ from imuflow import kafka, metrics, sentry, storage
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
+from imuflow.storage.local import path_of
 from services.parser import pgcopy
 from services.parser.batching import BatchSizer
 from services.parser.formats import registry
@@ -46,14 +47,6 @@ class Outcome(enum.Enum):
 def fence_interval(stuck_after: float) -> float:
     """Seconds between a running job's checks that it is still its own (1-15 s)."""
     return min(max(stuck_after / 10.0, 1.0), 15.0)
-
-
-def storage_path(uri: str) -> Path:
-    """The local path of a `file://` storage URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        raise FormatError(f"unsupported storage location {parsed.scheme!r}")
-    return Path(unquote(parsed.path))
 
 
 class FileJob:
@@ -184,7 +177,7 @@ class FileJob:
     async def _open_upload(self, claim: Claim, thread: JobThread) -> BinaryIO:
         """The stored upload, seekable: a local file, or ranged GETs with read-ahead on S3."""
         if urlparse(claim.storage_uri).scheme == "file":
-            path = storage_path(claim.storage_uri)
+            path = path_of(claim.storage_uri)
             # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
             if not await thread.submit(_is_stored, path):
                 raise FormatError(MISSING_UPLOAD)

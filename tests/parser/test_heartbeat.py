@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from imuflow import db, metrics
+from imuflow import metrics
 from imuflow.settings import Settings
 from services.parser.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def test_beats_while_running_and_leaves_on_a_clean_stop(pool: asyncpg.Pool) -> None:

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts import events
-from imuflow import db, kafka
+from imuflow import kafka
 from imuflow.settings import Settings
 from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
@@ -30,15 +30,6 @@ $$;
 CREATE TRIGGER break_fail BEFORE UPDATE ON imu_data_files
     FOR EACH ROW WHEN (NEW.status = 'failed') EXECUTE FUNCTION break_fail();
 """
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -14,15 +13,6 @@ from tests.ops.jobs import make_job, make_user
 
 pytestmark = pytest.mark.integration
 DATA_SQL = db.load_queries(Path(__file__).resolve().parents[2] / "services" / "progress" / "sql" / "data.sql")
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _reparse(conn: asyncpg.Connection, file_id: object) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -16,15 +15,6 @@ from services.progress.watchdog import Watchdog, interval_for
 from tests.ops.jobs import make_job, make_user
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def test_interval_is_a_fraction_of_stuck_after_within_bounds() -> None:
