@@ -1,0 +1,71 @@
+"""Early warning with a job that really slows down: midway through a parse, the test makes
+every batch wait about a second for Postgres (it holds a SHARE lock on `imu_samples`, as a
+stalled disk or a long-running query would), so the batches slow to a fraction of their
+median rate; the job is flagged `slowing` on the operator API while it still parses (well
+before the stuck rule), and completes with its exact count once the stall ends."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from imuflow.settings import Settings
+from tests.e2e.helpers import make_token, upload
+from tests.faults.helpers import FAST_JOB_ENV, fetchval, synth_csv, wait_terminal
+from tests.ops.test_dashboard_api import get, wait_for
+from tests.stack import StartStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
+BATCH = 1000
+ROWS = 300 * BATCH
+ENV = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH), "IMUFLOW_STUCK_AFTER": "60"}
+
+
+async def test_a_job_that_slows_down_is_flagged_before_it_is_stuck(
+    tmp_path: Path, test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    stack = await service_stack(test_settings, env=ENV)
+    token = await make_token(database_url, "dora")
+    admin = await make_token(database_url, "root", admin=True)
+    file_id = (await upload(stack.ingest_url, token, synth_csv(tmp_path / "slowing.csv", ROWS))).json()["id"]
+
+    async def batches_done() -> bool:
+        query = "SELECT resume_batch_number FROM imu_data_files WHERE id = $1::uuid"
+        return int(await fetchval(database_url, query, file_id)) >= 15
+
+    await wait_for(batches_done, within=60)
+    stall = asyncio.Event()
+    staller = asyncio.create_task(_stall_batches(database_url, stall))
+
+    async def flagged() -> list[dict[str, Any]]:
+        items = (await get(f"{stack.progress_url}/api/admin/slowing", admin)).json()["items"]
+        return [j for j in items if j["file_id"] == file_id]
+
+    try:
+        (slowing,) = await wait_for(flagged, within=60)
+        jobs = (await get(f"{stack.progress_url}/api/admin/jobs", admin)).json()["items"]
+        job = next(j for j in jobs if j["id"] == file_id)
+    finally:
+        stall.set()
+        await staller
+    assert slowing["slow_batches"] >= 5
+    assert job["status"] == "parsing" and job["is_slowing"] and not job["is_stuck"]
+    final = await wait_terminal(database_url, file_id, timeout=90)
+    assert (final.status, final.samples, final.distinct) == ("completed", ROWS, ROWS), final
+
+
+async def _stall_batches(database_url: str, stop: asyncio.Event) -> None:
+    """Hold a SHARE lock on imu_samples for 1 s at a time: each batch's COPY waits for it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        while not stop.is_set():
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE imu_samples IN SHARE MODE")
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(0.02)  # one batch gets through, the next one waits again
+    finally:
+        await conn.close()
