@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imuflow.logs import fields
-from imuflow.stack.procs import child_preexec, free_port
+from imuflow.stack.procs import child_preexec, free_port, terminate
 from imuflow.stack.supervisor import ServiceSpec, Supervisor
 
 log = logging.getLogger("imuflow.stack.broker")
@@ -64,13 +64,7 @@ class Broker:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, wait `grace` seconds, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, grace)
         log.info(
             "broker stopped",
             extra=fields(action="broker_stop", port=self.port, rc=self.process.returncode),

@@ -34,7 +34,7 @@ from rich.console import Console
 
 from imuflow.logs import fields
 from imuflow.settings import Settings
-from imuflow.stack.procs import child_preexec, free_port
+from imuflow.stack.procs import child_preexec, free_port, terminate
 from imuflow.storage import S3Storage  # the storage client the services use
 
 log = logging.getLogger("imuflow.stack.objectstore")
@@ -144,13 +144,7 @@ class ObjectStore:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, wait `grace` seconds, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, grace)
         log.info(
             "object store stopped",
             extra=fields(action="objectstore_stop", port=self.ports["s3.port"], rc=self.process.returncode),

@@ -6,6 +6,7 @@ import ctypes
 import functools
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -71,3 +72,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM a child, wait `grace` seconds, then SIGKILL it (no-op once it has exited)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
