@@ -52,6 +52,12 @@ def decode(records: list[ConsumerRecord]) -> list[events.ProgressEvent]:
     return decoded
 
 
+async def bound_transaction(conn: asyncpg.Connection, timeout_ms: str) -> None:
+    """Bound the caller's transaction: a statement running, or the transaction idling,
+    longer than `timeout_ms` is ended by Postgres, releasing its row locks."""
+    await conn.execute(QUERIES["hold_timeout"], timeout_ms)
+
+
 async def apply(conn: asyncpg.Connection, batch: list[events.ProgressEvent]) -> set[UUID]:
     """Apply events inside the caller's transaction; return the files whose display changed."""
     ids = sorted({e.file_id for e in batch})
@@ -155,6 +161,10 @@ class ProgressApplier:
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.pool = pool
+        # The longest an apply transaction may hold its files' row locks. A progress
+        # service frozen inside one (SIGSTOP, VM pause) would otherwise block every
+        # parser checkpointing those files until it woke up; Postgres ends it instead.
+        self.hold_timeout_ms = str(max(int(settings.progress_hold_timeout * 1000), 1000))
         self.consumer = kafka.consumer(
             settings, settings.progress_group_id, topics.PROGRESS, max_poll_records=1000
         )
@@ -181,6 +191,7 @@ class ProgressApplier:
             t0 = time.perf_counter()
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
+                    await bound_transaction(conn, self.hold_timeout_ms)
                     await apply(conn, decoded)
                 metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - t0)
                 return
@@ -201,6 +212,7 @@ class ProgressApplier:
             while not stop.is_set():
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
+                        await bound_transaction(conn, self.hold_timeout_ms)
                         await apply(conn, [event])
                     break
                 except DRIVER_ERRORS as exc:
