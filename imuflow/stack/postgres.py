@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
+
 from imuflow.logs import fields
 
 log = logging.getLogger("imuflow.stack.postgres")
@@ -81,6 +83,35 @@ class EmbeddedPostgres:
         )
 
 
+def _clear_stale_lock(pgdata: Path) -> None:
+    """Remove a `postmaster.pid` whose process is not this data dir's postmaster.
+
+    A SIGKILLed server leaves the file behind; once its PID is reused by another program
+    (PIDs wrap at 32768 on this machine, or start again after a reboot) the library takes
+    that program for the server, starts nothing, and every connection is refused (seen in
+    the chaos soak). A zombie, or a process that is not a postgres working in `pgdata`, is
+    not the server; one we may not inspect is left alone."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE
+        ours = alive and proc.name().startswith("postgres") and Path(proc.cwd()).resolve() == pgdata
+    except psutil.AccessDenied:
+        return
+    except psutil.Error:
+        ours = False
+    if not ours:
+        log.warning(
+            "removing a stale postmaster.pid",
+            extra=fields(action="postgres_stale_lock", pgdata=str(pgdata), pid=pid),
+        )
+        pid_file.unlink(missing_ok=True)
+
+
 def _wait_until_ready(pgserver: Any, pgdata: Path, deadline: float) -> bool:
     """Wait for the postmaster of `pgdata` to say `ready`; False if none runs or time is up.
 
@@ -106,6 +137,7 @@ def start_postgres(data_dir: Path, *, ready_within: float = 180.0) -> EmbeddedPo
     pgdata = data_dir / "postgres"
     reused = (pgdata / "PG_VERSION").exists()
     began = time.monotonic()
+    _clear_stale_lock(pgdata)
     try:
         # cleanup_mode=None: we stop it ourselves. The library's own refcount lives in a
         # pid file that a SIGKILLed run would leave stale, so the server would never stop.

@@ -70,3 +70,25 @@ def test_a_start_that_timed_out_waits_for_the_running_postmaster(tmp_path: Path)
     finally:
         (adopted or pg).stop()  # one handle owns the server now
     assert not _wait_until_ready(pgserver, pg.pgdata, time.monotonic() + 10)
+
+
+async def test_a_stale_pid_file_whose_pid_was_reused_does_not_stop_the_start(tmp_path: Path) -> None:
+    """A killed server's postmaster.pid naming a PID that another program now has (PIDs
+    wrap at 32768 here): the server still starts and answers."""
+    pg = start_postgres(tmp_path)
+    pg.stop()
+    other = await asyncio.create_subprocess_exec("sleep", "60")  # the program that got the old PID
+    try:
+        lines = ["" for _ in range(8)]
+        lines[0], lines[1] = str(other.pid), str(pg.pgdata)
+        (pg.pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+        again = start_postgres(tmp_path)
+        try:
+            conn = await asyncpg.connect(again.url)
+            assert await conn.fetchval("SELECT 1") == 1
+            await conn.close()
+        finally:
+            again.stop()
+    finally:
+        other.kill()
+        await other.wait()
