@@ -77,7 +77,7 @@ async def test_tuspy_uploads_in_chunks_and_a_new_client_resumes_after_a_restart(
     data = os.urandom(11 * MIB + 12345)  # S3: two multipart parts and a tail on the way
     path = tmp_path / "recording.bin"
     path.write_bytes(data)
-    urls = FileStorage(str(tmp_path / "tus-urls.json"))
+    urls = FileStorage(str(tmp_path / "tus-urls.json"))  # type: ignore[no-untyped-call]
 
     def first_part() -> str:
         client = tus_client.TusClient(f"{stack.ingest_url}/api/uploads", headers=bearer(token))
@@ -195,12 +195,12 @@ async def test_offsets_checksums_termination_isolation_and_limits(
             assert answer.status_code == 404, method
 
         # A cookie-authenticated PATCH from a foreign page is refused before anything else.
-        forged = await httpx.AsyncClient(base_url=stack.ingest_url).patch(
-            location,
-            content=b"x",
-            headers={**TUS, **OCTETS, "Upload-Offset": "40", "Origin": "http://evil.example"},
-            cookies={SESSION_COOKIE: "whatever"},
-        )
+        async with httpx.AsyncClient(base_url=stack.ingest_url, cookies={SESSION_COOKIE: "x"}) as browser:
+            forged = await browser.patch(
+                location,
+                content=b"x",
+                headers={**TUS, **OCTETS, "Upload-Offset": "40", "Origin": "http://evil.example"},
+            )
         assert forged.status_code == 403
 
         # Two PATCHes at once: the second is refused while the first holds the upload.
