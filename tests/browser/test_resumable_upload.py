@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from playwright.async_api import CDPSession, Page, Request, expect
+from pyarrow import csv
 
 from imuflow.settings import Settings
 from tests.browser.conftest import screenshot, sign_in
@@ -26,13 +28,16 @@ UPLOAD_RATE = 25 * MB  # bytes/s
 
 
 def wide_csv(path: Path, target_bytes: int) -> int:
-    """A generic CSV of about `target_bytes` (long numbers: fewer samples to parse); its rows."""
-    rows = target_bytes // 118
+    """A generic CSV of about `target_bytes`, written by Arrow's C++ writer (np.savetxt
+    takes a minute for 100 MB); full-precision doubles, so fewer samples to parse. Its rows."""
+    rows = target_bytes // 125
     rng = np.random.default_rng(7)
-    t = np.arange(rows) / 100.0
-    with path.open("w") as f:
-        f.write("time,ax (g),ay (g),az (g),gx (deg/s),gy (deg/s),gz (deg/s)\n")
-        np.savetxt(f, np.column_stack([t, rng.normal(size=(rows, 6))]), fmt="%.13f", delimiter=",")
+    columns = {"time": np.arange(rows) / 100.0}
+    for name in ("ax (g)", "ay (g)", "az (g)", "gx (deg/s)", "gy (deg/s)", "gz (deg/s)"):
+        columns[name] = rng.normal(size=rows)
+    with path.open("wb") as f:
+        f.write((",".join(columns) + "\n").encode())  # Arrow would quote the header's names
+        csv.write_csv(pa.table(columns), f, csv.WriteOptions(include_header=False))
     return rows
 
 
