@@ -18,7 +18,7 @@ from pyarrow import csv
 from imuflow.settings import Settings
 from tests.browser.conftest import screenshot, sign_in
 from tests.e2e.helpers import make_token
-from tests.faults.helpers import FAST_JOB_ENV, fetchval, kill, service_pid, wait_for, wait_terminal
+from tests.faults.helpers import fetchval, kill, service_pid, wait_for, wait_terminal
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(300)]
@@ -67,7 +67,7 @@ async def offset_at_least(database_url: str, n: int, timeout: float = 60) -> int
 async def test_page_upload_survives_an_ingest_kill_and_a_reload(
     test_settings: Settings, service_stack: StartStack, database_url: str, page: Page, tmp_path: Path
 ) -> None:
-    stack = await service_stack(test_settings, env=FAST_JOB_ENV)
+    stack = await service_stack(test_settings, env={"IMUFLOW_BATCH_SIZE": "100000"})
     token = await make_token(database_url, "alice")
     path = tmp_path / "long-walk.csv"
     rows = wide_csv(path, 100 * MB)

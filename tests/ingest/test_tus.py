@@ -147,6 +147,22 @@ async def test_offsets_checksums_termination_isolation_and_limits(
         )
         assert "sha1" in found.headers["tus-checksum-algorithm"]
         assert found.headers["tus-max-size"] == str(16 * MIB)
+        # The page (another origin: the progress port) may PATCH with the tus headers and read them.
+        page = f"http://127.0.0.1:{tus_settings.progress_port}"
+        preflight = await client.options(
+            "/api/uploads/any",
+            headers={
+                "Origin": page,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "tus-resumable,upload-offset,upload-checksum,content-type",
+            },
+        )
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == page
+        assert "PATCH" in preflight.headers["access-control-allow-methods"]
+        exposed = (await client.options("/api/uploads", headers={"Origin": page})).headers
+        assert {"location", "upload-offset", "upload-length", "tus-version", "tus-resumable"} <= {
+            h.strip().lower() for h in exposed["access-control-expose-headers"].split(",")
+        }
 
         too_big = await client.post("/api/uploads", headers={**TUS, "Upload-Length": str(16 * MIB + 1)})
         assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
