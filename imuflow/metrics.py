@@ -56,6 +56,11 @@ ALERT_EMAILS = Counter(
 SLOWING_JOBS = Gauge("imuflow_slowing_jobs", "Parsing jobs that are slowing down now")
 # SPEC §7: outbox rows set aside because they can never be published.
 DEAD_LETTERS = Counter("imuflow_dead_letters", "Outbox rows set aside as dead letters", ["topic", "reason"])
+# Resumable (tus) uploads, SPEC §7.
+TUS_IN_PROGRESS = Gauge("imuflow_tus_uploads_in_progress", "Unfinished resumable uploads (every user)")
+TUS_BYTES = Counter("imuflow_tus_bytes_received", "Bytes received by resumable-upload PATCHes")
+TUS_RESUMES = Counter("imuflow_tus_resumes", "Resumable uploads continued after a break (HEAD at an offset)")
+TUS_EXPIRED = Counter("imuflow_tus_uploads_expired", "Unfinished resumable uploads expired and removed")
 
 for _outcome in ("accepted", "duplicate", "rejected"):
     UPLOADS.labels(_outcome)

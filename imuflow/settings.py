@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     upload_rate_per_minute: float = Field(600.0, gt=0)
     upload_burst: int = Field(200, ge=1)
     max_concurrent_uploads: int = Field(8, ge=1)
+    # Resumable (tus) uploads, SPEC §7: unfinished ones per user, and seconds of silence
+    # after which an unfinished one expires and is removed from storage.
+    max_pending_uploads: int = Field(20, ge=1)
+    upload_expiry: float = Field(86_400.0, gt=0)
     stuck_after: float = Field(300.0, gt=0)
     # The longest the progress service's apply transaction may hold files' row locks
     # (seconds); applying a poll takes milliseconds.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 import asyncpg
@@ -161,14 +161,25 @@ def page_origins(settings: Settings) -> set[str]:
     return {o.strip().rstrip("/").lower() for o in origins if o.strip()}
 
 
-def install_cors(app: FastAPI, settings: Settings) -> None:
-    """Let the page (served by progress) call ingest with its session cookie."""
+def install_cors(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    methods: Sequence[str] = (),
+    headers: Sequence[str] = (),
+    expose: Sequence[str] = (),
+) -> None:
+    """Let the page (served by progress) call ingest with its session cookie.
+
+    `methods`, `headers` and `expose` add to the defaults (ingest's tus routes need them).
+    """
     app.add_middleware(
         CORSMiddleware,
         allow_origins=sorted(page_origins(settings)),
         allow_credentials=True,
-        allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        allow_methods=["GET", "POST", "DELETE", *methods],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", *headers],
+        expose_headers=list(expose),
     )
 
 

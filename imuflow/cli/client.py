@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,18 +48,6 @@ class StackClient:
     def progress(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the progress service."""
         return self.request(method, f"{self.settings.progress_base}{path}", **kwargs)
-
-    def upload(self, path: Path, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """Stream a file to ingest; return (status code, file record)."""
-        url = f"{self.settings.ingest_base}/api/files"
-        try:
-            with path.open("rb") as f, self._client(timeout=None) as client:
-                response = client.post(url, files={"file": (path.name, f)}, data=fields)
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach {url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise CliError(f"upload refused ({response.status_code}): {_detail(response)}")
-        return response.status_code, response.json()
 
     def events(
         self, file_id: str, last_event_id: str | None = None

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--timezone")
     upload.add_argument("--allow-duplicate", action="store_true")
     upload.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True)
+    upload.add_argument(
+        "--limit-rate", type=_rate, default=0.0, metavar="RATE", help="at most RATE bytes/s (e.g. 500k, 2M)"
+    )
+    upload.add_argument(
+        "--chunk-size", type=_rate, default=8e6, metavar="SIZE", help="bytes per request (default 8M)"
+    )
     ops.add_parsers(sub)
     trends.add_parsers(sub)
     data.add_parsers(sub)
@@ -147,9 +153,8 @@ def _upload(client: StackClient, args: argparse.Namespace) -> int:
     }
     if args.allow_duplicate:
         fields["allow_duplicate"] = "true"
-    status, record = client.upload(args.file, fields)
-    note = " (the same bytes were uploaded before)" if status == 200 else ""
-    console.print(f"uploaded [bold]{record['filename']}[/bold] as {record['id']}{note}")
+    record = _send(client, args.file, fields, args.limit_rate, int(args.chunk_size))
+    console.print(f"uploaded [bold]{record['filename']}[/bold] as {record['id']}")
     print(record["id"])
     if not args.watch:
         return 0
@@ -160,6 +165,47 @@ def _upload(client: StackClient, args: argparse.Namespace) -> int:
         return 0
     console.print(f"[red]{status_text}[/red]: {final.get('error_message') or ''}")
     return 1
+
+
+def _send(
+    client: StackClient, path: Path, fields: dict[str, str], limit_rate: float, chunk: int
+) -> dict[str, Any]:
+    """Upload with tus (resuming by itself, and where a killed run stopped); the file record."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from imuflow.cli.resumable import ResumableUpload
+
+    upload = ResumableUpload(client, path, fields, chunk=max(chunk, 1024), limit_rate=limit_rate)
+    columns = (
+        TextColumn("{task.description:>9}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("uploading", total=upload.size)
+        outcome = upload.run(lambda sent: bar.update(task, completed=sent))
+    if outcome.resumed_from:
+        console.print(f"resumed from byte {outcome.resumed_from:,} of {upload.size:,}")
+    record: dict[str, Any] = client.progress("GET", f"/api/files/{outcome.file_id}")
+    return record
+
+
+def _rate(text: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "g": 1e9}
+    raw = text.strip().lower()
+    try:
+        return float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (bytes/s, e.g. 500k or 2M)") from exc
 
 
 def _print(value: Any) -> None:

@@ -7,7 +7,15 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from imuflow.settings import Settings
-from imuflow.storage.base import ObjectMissing, ObjectWriter, Storage, StorageError, is_file_id
+from imuflow.storage.base import (
+    ObjectMissing,
+    ObjectWriter,
+    PartialState,
+    PartialWriter,
+    Storage,
+    StorageError,
+    is_file_id,
+)
 from imuflow.storage.local import LocalStorage
 from imuflow.storage.s3 import S3Storage
 
@@ -15,6 +23,8 @@ __all__ = [
     "LocalStorage",
     "ObjectMissing",
     "ObjectWriter",
+    "PartialState",
+    "PartialWriter",
     "S3Storage",
     "Storage",
     "StorageError",
@@ -42,6 +52,7 @@ def open_storage(settings: Settings) -> Storage:
             region=settings.s3_region,
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
+            spool_dir=settings.data_dir / "spool",
         )
     raise StorageError(f"IMUFLOW_STORAGE_URL must be file:///absolute/path or s3://bucket[/prefix]: {url!r}")
 

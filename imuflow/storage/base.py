@@ -10,7 +10,8 @@ seekable, blocking file object meant for a worker thread (readers are synchronou
 from __future__ import annotations
 
 import uuid
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
 
 
 class StorageError(Exception):
@@ -32,6 +33,43 @@ class ObjectWriter(Protocol):
 
     async def abort(self) -> None:
         """Discard what was written; idempotent, and a no-op after `commit`."""
+
+
+@dataclass
+class PartialState:
+    """What must be remembered (in Postgres) of an object written over several requests.
+
+    `offset` bytes are durable. On S3 they are `parts` of multipart upload `upload_id`
+    (each part at least 5 MiB) plus `tail_bytes` in a small `<key>.tail` object; on a local
+    disk they are the first `offset` bytes of `<key>.tus`.
+    """
+
+    offset: int = 0
+    upload_id: str | None = None
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    tail_bytes: int = 0
+
+
+class PartialWriter(Protocol):
+    """Appends one request's bytes to a partial object (resumable uploads)."""
+
+    state: PartialState
+
+    async def write(self, data: bytes) -> None:
+        """Append bytes (may wait while a part is stored)."""
+
+    def due(self) -> bool:
+        """True when a checkpoint now is cheap and worth recording (a long request records
+        its progress as it goes: local, every 8 MiB; S3, right after a part was stored)."""
+
+    async def checkpoint(self) -> PartialState:
+        """Make everything written durable (local: fsync; S3: store the tail); the new state."""
+
+    async def complete(self) -> str:
+        """Turn the partial object into the final one under its key; its URI."""
+
+    async def close(self) -> None:
+        """Release files; what was not checkpointed is forgotten (the recorded state stays valid)."""
 
 
 class Storage(Protocol):
@@ -57,9 +95,15 @@ class Storage(Protocol):
     async def delete(self, uris: list[str]) -> None:
         """Remove these objects (missing ones are fine); only keys that are file ids."""
 
-    async def sweep(self, older_than: float) -> int:
+    async def sweep(self, older_than: float, keep: frozenset[str] = frozenset()) -> int:
         """Remove unfinished uploads started more than `older_than` seconds ago (a writer
-        that was killed could not abort its own); how many."""
+        that was killed could not abort its own), except those named in `keep`; how many."""
+
+    async def resume(self, key: str, state: PartialState) -> PartialWriter:
+        """Continue writing the partial object `key` from its recorded `state`."""
+
+    async def abort_partial(self, key: str, state: PartialState) -> None:
+        """Remove a partial object and everything stored for it (idempotent)."""
 
     async def check(self) -> str | None:
         """None when the store answers (cheap; for `/readyz`), else why not."""

@@ -11,7 +11,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from imuflow.logs import fields
-from imuflow.storage.base import ObjectMissing, StorageError, is_file_id
+from imuflow.storage.base import ObjectMissing, PartialState, StorageError, is_file_id
 
 log = logging.getLogger("imuflow.storage")
 
@@ -60,6 +60,84 @@ class LocalWriter:
             self.part.unlink(missing_ok=True)
 
 
+CHECKPOINT_BYTES = 8 * 1024 * 1024  # fsync and record progress this often within one request
+
+
+class LocalPartialWriter:
+    """Appends to `<dir>/<key>.tus`, cut back first to the recorded offset.
+
+    A killed ingest may have written bytes past the offset Postgres knows; they are
+    dropped here, so the file always holds exactly the acknowledged bytes.
+    """
+
+    def __init__(self, path: Path, state: PartialState, file: BinaryIO) -> None:
+        self.path = path
+        self.state = PartialState(offset=state.offset)
+        self._file: BinaryIO | None = file
+        self._written = state.offset
+        self._unsynced = 0
+
+    @classmethod
+    def open(cls, path: Path, state: PartialState) -> LocalPartialWriter:
+        """Open (or create, at offset 0) the partial file and cut it to `state.offset`."""
+        file: BinaryIO
+        if state.offset == 0:
+            file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        else:
+            try:
+                file = open(path, "r+b")  # noqa: SIM115 - closed in close()
+            except FileNotFoundError as exc:
+                raise ObjectMissing(f"the partial upload {path.name} is gone") from exc
+            size = os.fstat(file.fileno()).st_size
+            if size < state.offset:
+                file.close()
+                raise ObjectMissing(f"the partial upload {path.name} is shorter than its offset")
+            file.truncate(state.offset)
+            file.seek(state.offset)
+        return cls(path, state, file)
+
+    async def write(self, data: bytes) -> None:
+        """Append (page cache; fsync at checkpoints)."""
+        if self._file is None:
+            raise StorageError("write after close")
+        self._file.write(data)
+        self._written += len(data)
+        self._unsynced += len(data)
+
+    def due(self) -> bool:
+        """True once CHECKPOINT_BYTES were written since the last fsync."""
+        return self._unsynced >= CHECKPOINT_BYTES
+
+    async def checkpoint(self) -> PartialState:
+        """fsync; everything written is now the offset."""
+        f = self._file
+        if f is None:
+            raise StorageError("checkpoint after close")
+
+        def sync() -> None:
+            f.flush()
+            os.fsync(f.fileno())
+
+        await asyncio.to_thread(sync)
+        self._unsynced = 0
+        self.state = PartialState(offset=self._written)
+        return self.state
+
+    async def complete(self) -> str:
+        """fsync and rename to the final name."""
+        await self.checkpoint()
+        await self.close()
+        final = self.path.with_name(self.path.name.removesuffix(".tus"))
+        await asyncio.to_thread(os.replace, self.path, final)
+        return final.as_uri()
+
+    async def close(self) -> None:
+        """Close the file (bytes past the recorded offset are cut at the next resume)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class LocalStorage:
     """A directory of uploads (the embedded default: `DATA_DIR/uploads`)."""
 
@@ -100,8 +178,21 @@ class LocalStorage:
                 continue
             path.unlink(missing_ok=True)
 
-    async def sweep(self, older_than: float) -> int:
-        """Remove `<id>.part` files not written to for `older_than` seconds."""
+    async def resume(self, key: str, state: PartialState) -> LocalPartialWriter:
+        """Append to `<dir>/<key>.tus` from `state.offset`."""
+        if not is_file_id(key):
+            raise StorageError(f"not a file id: {key!r}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return await asyncio.to_thread(LocalPartialWriter.open, self.directory / f"{key}.tus", state)
+
+    async def abort_partial(self, key: str, state: PartialState) -> None:
+        """Remove `<dir>/<key>.tus`."""
+        if is_file_id(key):
+            (self.directory / f"{key}.tus").unlink(missing_ok=True)
+
+    async def sweep(self, older_than: float, keep: frozenset[str] = frozenset()) -> int:
+        """Remove `<id>.part` files not written to for `older_than` seconds (tus `.tus`
+        files are the expiry sweeper's: their age is in Postgres)."""
         if not self.directory.is_dir():
             return 0
         cutoff = time.time() - older_than

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
 
@@ -24,12 +27,13 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imuflow.logs import fields
-from imuflow.storage.base import ObjectMissing, StorageError, is_file_id
+from imuflow.storage.base import ObjectMissing, PartialState, StorageError, is_file_id
 from imuflow.storage.reader import BLOCK, RangedReader
 
 log = logging.getLogger("imuflow.storage")
 
 PART = 8 * 1024 * 1024  # S3 wants >= 5 MiB per part but the last; 8 MiB = 512 GiB at 10,000 parts
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 
@@ -123,6 +127,123 @@ class S3Writer:
             )
 
 
+class S3PartialWriter:
+    """One request's bytes of a resumable upload, as multipart parts of `<key>`.
+
+    Bytes go to a spool file on disk (never memory); each time it holds a part's worth
+    (8 MiB) it is stored as the next part. At a checkpoint what is left (the tail) becomes
+    part of the upload too when it is at least S3's 5 MiB minimum, else it is stored as the
+    small object `<key>.tail`, which the next request reads back into its spool: so another
+    ingest, with no shared disk, can continue the upload.
+    """
+
+    def __init__(self, storage: S3Storage, key: str, state: PartialState, spool: BinaryIO) -> None:
+        self._storage = storage
+        self._key = key
+        self._spool: BinaryIO | None = spool
+        self._spooled = state.tail_bytes
+        self._stored = state.offset - state.tail_bytes  # bytes in recorded parts
+        self._part_done = False
+        self.state = PartialState(state.offset, state.upload_id, list(state.parts), state.tail_bytes)
+
+    @property
+    def tail_key(self) -> str:
+        return f"{self._key}.tail"
+
+    async def write(self, data: bytes) -> None:
+        """Spool; store the spool as the next part once it holds PART bytes."""
+        spool = self._open_spool()
+        spool.write(data)
+        self._spooled += len(data)
+        if self._spooled >= PART:
+            await self._store_part()
+
+    def _open_spool(self) -> BinaryIO:
+        if self._spool is None:
+            raise StorageError("write after close")
+        return self._spool
+
+    async def _store_part(self) -> None:
+        spool = self._open_spool()
+        spool.seek(0)
+        body = await asyncio.to_thread(spool.read)  # one part in flight, as S3Writer
+        client = await self._storage.client()
+        bucket = self._storage.bucket
+        number = len(self.state.parts) + 1
+        try:
+            if self.state.upload_id is None:
+                created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
+                self.state.upload_id = str(created["UploadId"])
+            answer = await client.upload_part(
+                Bucket=bucket, Key=self._key, UploadId=self.state.upload_id, PartNumber=number, Body=body
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
+        self.state.parts.append({"PartNumber": number, "ETag": answer["ETag"], "Size": len(body)})
+        self._stored += len(body)
+        spool.seek(0)
+        spool.truncate()
+        self._spooled = 0
+        self._part_done = True
+
+    def due(self) -> bool:
+        """True right after a part was stored (the spool is empty: nothing else to save)."""
+        return self._part_done and self._spooled == 0
+
+    async def checkpoint(self) -> PartialState:
+        """Store the spool as a part (>= 5 MiB) or as the `<key>.tail` object."""
+        self._part_done = False
+        if self._spooled >= MIN_PART:
+            await self._store_part()
+            self._part_done = False
+        elif self._spooled:
+            spool = self._open_spool()
+            spool.seek(0)
+            body = await asyncio.to_thread(spool.read)  # < 5 MiB
+            spool.seek(0, os.SEEK_END)
+            client = await self._storage.client()
+            try:
+                await client.put_object(Bucket=self._storage.bucket, Key=self.tail_key, Body=body)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"storing the upload's tail failed: {exc}") from exc
+        self.state = PartialState(
+            self._stored + self._spooled, self.state.upload_id, list(self.state.parts), self._spooled
+        )
+        return self.state
+
+    async def complete(self) -> str:
+        """The spool becomes the last part (or the whole object); complete; drop the tail object."""
+        client = await self._storage.client()
+        bucket = self._storage.bucket
+        try:
+            if self.state.upload_id is None:
+                spool = self._open_spool()
+                spool.seek(0)
+                body = await asyncio.to_thread(spool.read)  # < 8 MiB: never a part was stored
+                await client.put_object(Bucket=bucket, Key=self._key, Body=body)
+            else:
+                if self._spooled:
+                    await self._store_part()
+                parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in self.state.parts]
+                await client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._key,
+                    UploadId=self.state.upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            await client.delete_object(Bucket=bucket, Key=self.tail_key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"completing the upload failed: {exc}") from exc
+        await self.close()
+        return f"s3://{bucket}/{self._key}"
+
+    async def close(self) -> None:
+        """Drop the spool file."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
 class S3Storage:
     """A bucket (and optional prefix) of an S3-compatible store."""
 
@@ -134,8 +255,10 @@ class S3Storage:
         region: str = "us-east-1",
         access_key_id: str = "",
         secret_access_key: str = "",
+        spool_dir: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.spool_dir = spool_dir  # resumable uploads' tails (None: the system's temp dir)
         self.bucket, self.prefix = split_url(url)
         self._options: dict[str, Any] = {"region_name": region}
         if endpoint_url:
@@ -277,8 +400,47 @@ class S3Storage:
             if answer.get("Errors"):
                 raise StorageError(f"deleting uploads failed: {answer['Errors'][:3]}")
 
-    async def sweep(self, older_than: float) -> int:
-        """Abort multipart uploads under the prefix initiated more than `older_than` s ago."""
+    async def resume(self, key: str, state: PartialState) -> S3PartialWriter:
+        """Continue the multipart upload of `key`; its tail object is read back into a spool."""
+        if not is_file_id(key):
+            raise StorageError(f"not a file id: {key!r}")
+        try:
+            await self.ensure_bucket()
+        except BotoCoreError as exc:
+            raise StorageError(f"storage unreachable: {exc}") from exc
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        spool = cast(BinaryIO, tempfile.TemporaryFile(dir=self.spool_dir))  # noqa: SIM115 - closed by the writer
+        writer = S3PartialWriter(self, self.key(key), state, spool)
+        if state.tail_bytes:
+            try:
+                tail = await self._range(writer.tail_key, 0, state.tail_bytes)
+            except BaseException:
+                spool.close()
+                raise
+            if len(tail) != state.tail_bytes:
+                spool.close()
+                raise ObjectMissing(f"the tail of upload {key} is shorter than recorded")
+            spool.write(tail)
+        return writer
+
+    async def abort_partial(self, key: str, state: PartialState) -> None:
+        """Abort the multipart upload and delete the tail object."""
+        client = await self.client()
+        full = self.key(key)
+        try:
+            if state.upload_id is not None:
+                with contextlib.suppress(ClientError):  # already aborted or completed
+                    await client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=state.upload_id
+                    )
+            await client.delete_object(Bucket=self.bucket, Key=f"{full}.tail")
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"removing the partial upload failed: {exc}") from exc
+
+    async def sweep(self, older_than: float, keep: frozenset[str] = frozenset()) -> int:
+        """Abort multipart uploads under the prefix initiated more than `older_than` s ago,
+        except those whose name is in `keep` (resumable uploads, which expire on their own)."""
         client = await self.client()
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         prefix = f"{self.prefix}/" if self.prefix else ""
@@ -286,7 +448,8 @@ class S3Storage:
         paginator = client.get_paginator("list_multipart_uploads")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
-                if upload["Initiated"] <= cutoff and is_file_id(upload["Key"].rsplit("/", 1)[-1]):
+                name = upload["Key"].rsplit("/", 1)[-1]
+                if upload["Initiated"] <= cutoff and is_file_id(name) and name not in keep:
                     await client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
-import zoneinfo
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 
 import asyncpg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord
 from imuflow import db, kafka, metrics
 from imuflow.auth import User
@@ -37,14 +33,13 @@ from imuflow.web import (
     install_origin_guard,
     readiness_report,
 )
-from services.ingest import archive, repository
+from services.ingest import repository, tus, tus_expiry, tus_headers, tus_repository
+from services.ingest.acceptance import StoredUpload, accept_stored, parse_options
 from services.ingest.limits import LimitExceeded, UploadLimiter
 from services.ingest.multipart import UploadRejected, receive_upload
-from services.ingest.storage import UploadSink, sanitize_filename
+from services.ingest.storage import UploadSink
 
 log = logging.getLogger("imuflow.ingest")
-SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
-TRUE = {"1", "true", "yes", "on"}
 STALE_UPLOAD_SECONDS = 6 * 3600  # a 4 GiB upload takes minutes; any older unfinished one is dead
 
 
@@ -55,6 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await db.create_pool(settings.database_url)
+        # Each running tus PATCH holds one connection for its advisory lock: a pool of their own.
+        app.state.lock_pool = await db.create_pool(settings.database_url, min_size=0, max_size=64)
+        app.state.hashes = tus.RunningHashes()
         app.state.storage = open_storage(settings)
         app.state.limiter = UploadLimiter(
             settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
@@ -76,7 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         supervisor.start("lost-events", LostEventCheck(settings, app.state.pool, producer).run)
-        sweeping = asyncio.create_task(_sweep(app.state.storage), name="storage-sweep")
+        supervisor.start("tus-expiry", partial(tus_expiry.run, settings, app.state.pool, app.state.storage))
+        sweeping = asyncio.create_task(_sweep(app.state.pool, app.state.storage), name="storage-sweep")
         try:
             yield
         finally:
@@ -84,14 +83,22 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(sweeping, return_exceptions=True)
             await supervisor.stop()
             await producer.stop()
+            await app.state.lock_pool.close()
             await app.state.pool.close()
             await app.state.storage.close()
 
     app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
     install_error_shape(app)
     install_origin_guard(app, settings)
-    install_cors(app, settings)
+    install_cors(
+        app,
+        settings,
+        methods=["HEAD", "PATCH"],
+        headers=tus_headers.REQUEST_HEADERS,
+        expose=tus_headers.EXPOSED_HEADERS,
+    )
     app.include_router(health_router(readiness_report))
+    app.include_router(tus.router())
 
     @app.post(
         "/api/files",
@@ -152,7 +159,7 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
         raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
     try:
         form = await receive_upload(request, sink)
-        options = _options(form.fields)
+        options = parse_options(form.fields)
         if sink.size == 0:
             raise UploadRejected(400, "the file is empty")
         await sink.finish()
@@ -168,86 +175,30 @@ async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: S
     except BaseException:
         await sink.discard()
         raise
-    duplicate_of = await repository.find_duplicate(pool, user.id, sink.sha256)
-    if duplicate_of is not None and not options.allow_duplicate:
-        await sink.discard()
-        existing = await repository.file_record(pool, duplicate_of, user.id)
-        metrics.UPLOADS.labels("duplicate").inc()
-        return JSONResponse(_dump(existing), status_code=200)
-    new = repository.NewFile(
-        id=file_id,
+    stored = StoredUpload(
+        file_id=file_id,
         user_id=user.id,
-        filename=sanitize_filename(form.filename),
-        size_bytes=sink.size,
+        filename=form.filename,
+        size=sink.size,
         sha256=sink.sha256,
-        storage_uri=sink.uri,
-        format=options.format,
-        sensor=options.sensor,
-        timezone=options.timezone,
-        duplicate_of=duplicate_of,
+        uri=sink.uri,
+        first_bytes=sink.first_bytes,
+        options=options,
     )
-    try:
-        # A phone app's ZIP export becomes one record per sensor stream (services/ingest/archive.py).
-        record = await archive.accept(pool, new, storage, cfg, sink.first_bytes)
-        if record is None:
-            record = await repository.record_upload(pool, new)
-    except UploadRejected as exc:
-        await sink.discard()
-        raise HTTPException(exc.status, exc.detail) from exc
-    except repository.StorageUnavailable as exc:
-        await sink.discard()
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
-    except StorageError as exc:
-        await sink.discard()
-        raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
-    except BaseException:
-        await sink.discard()
-        raise
-    metrics.UPLOADS.labels("accepted").inc()
-    metrics.UPLOAD_BYTES.inc(sink.size)
-    log.info(
-        "upload stored",
-        extra=fields(file_id=str(file_id), size_bytes=sink.size, action="upload"),
-    )
-    return JSONResponse(_dump(record), status_code=202)
+    status, record = await accept_stored(pool, storage, cfg, stored, sink.discard)
+    return JSONResponse(record, status_code=status)
 
 
-async def _sweep(storage: Storage) -> None:
-    """Once at start: abort uploads an ingest killed mid-body left (older than any live one)."""
+async def _sweep(pool: asyncpg.Pool, storage: Storage) -> None:
+    """Once at start: abort uploads an ingest killed mid-body left (older than any live one).
+
+    Resumable uploads are left alone: they expire on their own clock (services/ingest/tus_expiry.py).
+    """
     try:
-        removed = await storage.sweep(STALE_UPLOAD_SECONDS)
-    except (StorageError, OSError) as exc:
+        keep = frozenset(await tus_repository.unfinished_ids(pool))
+        removed = await storage.sweep(STALE_UPLOAD_SECONDS, keep)
+    except (StorageError, OSError, repository.StorageUnavailable) as exc:
         log.warning("could not sweep unfinished uploads", extra=fields(error=str(exc), action="sweep"))
         return
     if removed:
         log.info("unfinished uploads removed", extra=fields(count=removed, action="sweep"))
-
-
-@dataclass(frozen=True)
-class _Options:
-    format: str | None
-    sensor: str | None
-    timezone: str
-    allow_duplicate: bool
-
-
-def _options(form: dict[str, str]) -> _Options:
-    fmt = (form.get("format") or "").strip().lower() or None
-    if fmt is not None and fmt not in FORMATS:
-        raise UploadRejected(400, f"unknown format {fmt!r}: use one of {', '.join(sorted(FORMATS))}")
-    sensor = form.get("sensor") or None
-    if sensor is not None and not SENSOR_NAME.match(sensor):
-        raise UploadRejected(400, "sensor must be a short name such as 'accelerometer'")
-    tz = form.get("timezone") or "UTC"
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise UploadRejected(400, f"unknown timezone {tz!r}: use an IANA name such as Europe/Berlin") from exc
-    allow = form.get("allow_duplicate", "false").lower() in TRUE
-    return _Options(fmt, sensor, tz, allow)
-
-
-def _dump(record: dict[str, object] | None) -> dict[str, object]:
-    if record is None:
-        raise HTTPException(404, "file not found")
-    return FileRecord.model_validate(record).model_dump(mode="json")

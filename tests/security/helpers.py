@@ -18,6 +18,7 @@ OPEN_ROUTES = {
     ("GET", "/api/config"),
     ("POST", "/api/session"),
     ("DELETE", "/api/session"),
+    ("OPTIONS", "/api/uploads"),  # tus discovery (SPEC §7)
 }
 SSE_READ_SECONDS = 1.5
 
@@ -44,8 +45,8 @@ class Route:
 
     @property
     def is_file_scoped(self) -> bool:
-        """True when the route names one file in its path."""
-        return "{file_id}" in self.path
+        """True when the route names one file (or one resumable upload) in its path."""
+        return "{file_id}" in self.path or "{upload_id}" in self.path
 
     @property
     def is_read(self) -> bool:

@@ -119,7 +119,14 @@ async def test_every_route_isolates_users(
     # `completed`: wait for it to settle so only bob's calls could change the snapshot.
     before = await _settled_snapshot(database_url, file_id, final.record["batch_number"])
     alice_data = (file_id, XIO.name)
-    params = {"file_id": file_id, "outbox_id": "1"}  # no such dead letter: 404 to its admin
+    async with httpx.AsyncClient(timeout=15) as client:
+        created = await client.post(
+            f"{stack.ingest_url}/api/uploads",
+            headers={**bearer(alice), "Tus-Resumable": "1.0.0", "Upload-Length": "100"},
+        )
+    assert created.status_code == 201, created.text
+    upload_id = created.headers["location"].rsplit("/", 1)[-1]  # alice's unfinished tus upload
+    params = {"file_id": file_id, "outbox_id": "1", "upload_id": upload_id}  # no such dead letter: 404
 
     problems: list[str] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client:

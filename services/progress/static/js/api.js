@@ -85,35 +85,3 @@ export async function download(id, as) {
   link.click();
   link.remove();
 }
-
-// XMLHttpRequest because fetch has no upload progress. The cookie rides along cross-origin
-// (withCredentials; ingest allows this page's origin with credentials).
-export function upload(ingestUrl, file, onProgress) {
-  const xhr = new XMLHttpRequest();
-  const done = new Promise((resolve, reject) => {
-    xhr.open("POST", `${ingestUrl}/api/files`);
-    xhr.withCredentials = true;
-    xhr.responseType = "json";
-    xhr.upload.onprogress = (e) => {
-      if (e.lengthComputable) onProgress(e.loaded, e.total);
-    };
-    xhr.onload = () => {
-      const body = xhr.response;
-      if (xhr.status >= 200 && xhr.status < 300) {
-        resolve({ status: xhr.status, record: body });
-      } else {
-        const detail = body && typeof body.detail === "string" ? body.detail : `upload failed (${xhr.status})`;
-        const error = new ApiError(xhr.status, detail);
-        // Readable only if ingest exposes the header to this origin; else the caller backs off.
-        error.retryAfter = Number(xhr.getResponseHeader("Retry-After")) || null;
-        reject(error);
-      }
-    };
-    xhr.onerror = () => reject(new ApiError(0, "the upload service could not be reached"));
-    xhr.onabort = () => reject(new ApiError(0, "upload cancelled"));
-    const form = new FormData();
-    form.append("file", file, file.name);
-    xhr.send(form);
-  });
-  return { done, abort: () => xhr.abort() };
-}

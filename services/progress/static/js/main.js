@@ -4,6 +4,7 @@ import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { DetailView } from "./detail.js";
 import { FileList, progressBar, setBar, statusLabel } from "./files.js";
+import { ResumableUpload } from "./resumable.js";
 
 const $ = (id) => document.getElementById(id);
 const UPLOADS_AT_ONCE = 3;
@@ -199,36 +200,66 @@ function pump() {
   }
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+function describe({ sent, total, speed, secondsLeft }) {
+  const parts = [`${fmt.bytes(sent)} of ${fmt.bytes(total)}`, fmt.percent((sent / total) * 100)];
+  if (speed) parts.push(`${fmt.bytes(speed)}/s`);
+  if (secondsLeft !== null && sent < total) parts.push(`${fmt.duration(secondsLeft)} left`);
+  return parts.join(" · ");
+}
 
-// Ingest answers 429 when a user sends very many files at once: wait and send again.
-async function uploadWithRetry(file, bar, info) {
-  for (let attempt = 1; ; attempt += 1) {
-    info.textContent = `${fmt.bytes(file.size)} · uploading`;
-    const job = api.upload(state.config.ingest_url, file, (loaded, total) => {
-      const pct = (loaded / total) * 100;
-      setBar(bar, pct, false);
-      info.textContent = `${fmt.bytes(loaded)} of ${fmt.bytes(total)} · ${fmt.percent(pct)}`;
+// Upload with tus: progress with speed and time left, pause/resume, retries by itself.
+function uploadResumably(file, item, bar, info) {
+  return new Promise((resolve, reject) => {
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "btn small ghost upload-toggle";
+    toggle.textContent = "Pause";
+    toggle.setAttribute("aria-label", `Pause the upload of ${file.name}`);
+    const job = new ResumableUpload(state.config.ingest_url, file, {
+      onProgress: (p) => {
+        setBar(bar, (p.sent / p.total) * 100, false);
+        item.dataset.sent = String(p.sent);
+        info.textContent = job.paused ? `${describe(p)} · paused` : describe(p);
+      },
+      onStatus: (text) => {
+        info.textContent = `${fmt.bytes(file.size)} · ${text}`;
+      },
+      onDone: (fileId) => {
+        toggle.remove();
+        resolve(fileId);
+      },
+      onError: (err) => {
+        toggle.remove();
+        reject(err);
+      },
     });
-    try {
-      return await job.done;
-    } catch (err) {
-      if (err.status !== 429 || attempt >= 6) throw err;
-      const wait = (err.retryAfter || 2 ** attempt) * 1000;
-      info.textContent = `${fmt.bytes(file.size)} · busy, trying again in ${Math.round(wait / 1000)} s`;
-      setBar(bar, 0, false);
-      await sleep(wait);
-    }
-  }
+    toggle.addEventListener("click", () => {
+      if (job.paused) {
+        job.resume();
+        toggle.textContent = "Pause";
+        toggle.setAttribute("aria-label", `Pause the upload of ${file.name}`);
+        info.textContent = `${fmt.bytes(file.size)} · resuming…`;
+      } else {
+        job.pause();
+        toggle.textContent = "Resume";
+        toggle.setAttribute("aria-label", `Resume the upload of ${file.name}`);
+        info.textContent = `${info.textContent.split(" · paused")[0]} · paused`;
+      }
+    });
+    item.append(toggle);
+    info.textContent = `${fmt.bytes(file.size)} · uploading`;
+    job.start().catch(reject);
+  });
 }
 
 async function send({ file, item, info, bar }) {
   try {
-    const { status, record } = await uploadWithRetry(file, bar, info);
+    const fileId = await uploadResumably(file, item, bar, info);
     setBar(bar, 100, false);
+    const record = await api.request("GET", `/api/files/${fileId}`);
     files.apply(record);
     refreshCount();
-    announce(status === 200 ? `${file.name} was already uploaded` : `${file.name} uploaded`);
+    announce(`${file.name} uploaded`);
     item.remove();
   } catch (err) {
     if (err.status === 401) {
