@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -98,17 +98,7 @@ async def _insert(conn: asyncpg.Connection, new: NewFile, *, enqueue: bool) -> N
         new.parent_id,
     )
     if enqueue:
-        event = FileQueued(
-            file_id=new.id,
-            user_id=new.user_id,
-            storage_uri=new.storage_uri,
-            filename=new.filename,
-            size_bytes=new.size_bytes,
-            format=new.format,
-            sensor=new.sensor,
-            timezone=new.timezone,
-            queued_at=datetime.now(UTC),
-        )
+        event = FileQueued.of_file(dataclasses.asdict(new), "upload")
         await outbox.enqueue(conn, topics.FILES, new.id, event.model_dump(mode="json"))
 
 

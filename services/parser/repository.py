@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -220,7 +220,12 @@ class ParserRepository:
                 row = await conn.fetchrow(QUERIES["defer"], file_id, run, MAX_DEFERRALS)
                 if row is None:
                     return False  # deferred enough, or not queued (any more): the claim decides
-                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row)))
+                await outbox.enqueue(
+                    conn,
+                    topics.FILES,
+                    file_id,
+                    events.FileQueued.of_file(row, "requeue"),
+                )
         except DRIVER_ERRORS as exc:
             raise TransientError(f"defer: {exc}") from exc
         return True
@@ -245,7 +250,12 @@ class ParserRepository:
                 )
                 if row is None:
                     return False
-                await outbox.enqueue(conn, topics.FILES, claim.file_id, queued_event(dict(row)))
+                await outbox.enqueue(
+                    conn,
+                    topics.FILES,
+                    claim.file_id,
+                    events.FileQueued.of_file(row, "requeue"),
+                )
                 await conn.fetchval("SELECT record_file_event($1)", claim.file_id)
         except DRIVER_ERRORS as exc:
             raise TransientError(f"yield: {exc}") from exc
@@ -267,24 +277,6 @@ class ParserRepository:
 
 
 COPY_CHUNK = 4 * 1024 * 1024
-
-
-def queued_event(row: dict[str, Any]) -> dict[str, Any]:
-    """The `files.v1` event (as JSON) that requeues the job of an `imu_data_files` row."""
-    event = events.FileQueued(
-        file_id=row["id"],
-        user_id=row["user_id"],
-        reason="requeue",
-        run=row["run"],
-        storage_uri=row["storage_uri"],
-        filename=row["filename"],
-        size_bytes=row["size_bytes"],
-        format=row["format"],
-        sensor=row["sensor"],
-        timezone=row["timezone"],
-        queued_at=datetime.now(UTC),
-    )
-    return event.model_dump(mode="json")
 
 
 def _log_row(event: dict[str, Any]) -> tuple[Any, ...]:

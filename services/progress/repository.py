@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -67,7 +67,7 @@ class ProgressRepository:
                 row = await conn.fetchrow(QUERIES["requeue_for_retry"], file_id, user_id)
                 if row is None:
                     return False
-                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row), "retry"))
+                await outbox.enqueue(conn, topics.FILES, file_id, FileQueued.of_file(row, "retry"))
                 await conn.fetchval(QUERIES["record_event"], file_id)
         except DRIVER_ERRORS as exc:
             raise Unavailable(str(exc)) from exc
@@ -104,23 +104,3 @@ class ProgressRepository:
         except DRIVER_ERRORS as exc:
             raise Unavailable(str(exc)) from exc
         return rows
-
-
-def queued_event(
-    row: dict[str, Any], reason: Literal["upload", "retry", "requeue", "reparse"]
-) -> dict[str, Any]:
-    """The `files.v1` event (as JSON) that requeues the file of an `imu_data_files` row."""
-    event = FileQueued(
-        file_id=row["id"],
-        user_id=row["user_id"],
-        reason=reason,
-        run=row["run"],
-        storage_uri=row["storage_uri"],
-        filename=row["filename"],
-        size_bytes=row["size_bytes"],
-        format=row["format"],
-        sensor=row["sensor"],
-        timezone=row["timezone"],
-        queued_at=datetime.now(UTC),
-    )
-    return event.model_dump(mode="json")
