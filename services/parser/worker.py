@@ -168,10 +168,12 @@ class ParserWorker:
         policy = retrying.while_result(
             lambda outcome: outcome is Outcome.RETRY, abandon, "parse", initial=1.0, maximum=30.0
         )
+
+        async def attempt() -> Outcome:  # a new FileJob per attempt (a new claim)
+            return await FileJob(self.settings, self.repo, self.producer, event, abandon).run()
+
         try:
-            outcome: Outcome = await policy(
-                lambda: FileJob(self.settings, self.repo, self.producer, event, abandon).run()
-            )
+            outcome: Outcome = await policy(attempt)
         except retrying.Stopped:
             return Outcome.ABANDONED
         return outcome

@@ -71,8 +71,12 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
         initial=0.05,
         maximum=0.5,
     )
+
+    async def attempt() -> T:  # tenacity would call a plain callable without awaiting it
+        return await work()
+
     try:
-        return await policy(work)
+        return await policy(attempt)
     except asyncpg.DeadlockDetectedError:
         raise HTTPException(503, "the file is busy; try again shortly") from None
     except DRIVER_ERRORS as exc:

@@ -21,7 +21,7 @@ class ProgressError(Exception):
     """Root of the progress service's errors."""
 
 
-class Unavailable(ProgressError):
+class Unavailable(ProgressError, dberrors.Unavailable):
     """Postgres did not answer."""
 
 
@@ -62,15 +62,13 @@ class ProgressRepository:
 
     async def retry(self, file_id: UUID, user_id: UUID) -> bool:
         """Requeue a failed or cancelled job to resume from its checkpoint."""
-        try:
+        with dberrors.translated(Unavailable):
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(QUERIES["requeue_for_retry"], file_id, user_id)
                 if row is None:
                     return False
                 await outbox.enqueue(conn, topics.FILES, file_id, FileQueued.of_file(row, "retry"))
                 await conn.fetchval(QUERIES["record_event"], file_id)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
         return True
 
     async def max_event_id(self) -> int:
@@ -99,8 +97,6 @@ class ProgressRepository:
         return int(rows[0][0])
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+        with dberrors.translated(Unavailable):
             rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
         return rows
