@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     upload_burst: int = Field(200, ge=1)
     max_concurrent_uploads: int = Field(8, ge=1)
     stuck_after: float = Field(300.0, gt=0)
+    # The longest the progress service's apply transaction may hold files' row locks
+    # (seconds); applying a poll takes milliseconds.
+    progress_hold_timeout: float = Field(30.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     # Where uploads live (SPEC §7): file:///absolute/path (default DATA_DIR/uploads) or
     # s3://bucket[/prefix]; credentials are the standard AWS_* variables (else botocore's chain);

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
+
 from imuflow.logs import fields
 
 log = logging.getLogger("imuflow.stack.postgres")
@@ -81,7 +83,53 @@ class EmbeddedPostgres:
         )
 
 
-def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+def _clear_stale_lock(pgdata: Path) -> None:
+    """Remove a `postmaster.pid` whose process is not this data dir's postmaster.
+
+    A SIGKILLed server leaves the file behind; once its PID is reused by another program
+    (PIDs wrap at 32768 on this machine, or start again after a reboot) the library takes
+    that program for the server, starts nothing, and every connection is refused (seen in
+    the chaos soak). A zombie, or a process that is not a postgres working in `pgdata`, is
+    not the server; one we may not inspect is left alone."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE
+        ours = alive and proc.name().startswith("postgres") and Path(proc.cwd()).resolve() == pgdata
+    except psutil.AccessDenied:
+        return
+    except psutil.Error:
+        ours = False
+    if not ours:
+        log.warning(
+            "removing a stale postmaster.pid",
+            extra=fields(action="postgres_stale_lock", pgdata=str(pgdata), pid=pid),
+        )
+        pid_file.unlink(missing_ok=True)
+
+
+def _wait_until_ready(pgserver: Any, pgdata: Path, deadline: float) -> bool:
+    """Wait for the postmaster of `pgdata` to say `ready`; False if none runs or time is up.
+
+    Forgets the library's handle of the failed start first (it would hand it back as is)."""
+    failed = pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
+    if failed is not None:
+        atexit.unregister(failed._cleanup)
+    while time.monotonic() < deadline:
+        info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running():
+            return False
+        if info.status == "ready":
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def start_postgres(data_dir: Path, *, ready_within: float = 180.0) -> EmbeddedPostgres:
     """Start (or reuse) the embedded Postgres whose data lives in `data_dir/postgres`."""
     pgserver = _import_pgserver()
     data_dir = data_dir.expanduser().resolve()
@@ -89,14 +137,21 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     pgdata = data_dir / "postgres"
     reused = (pgdata / "PG_VERSION").exists()
     began = time.monotonic()
+    _clear_stale_lock(pgdata)
     try:
         # cleanup_mode=None: we stop it ourselves. The library's own refcount lives in a
         # pid file that a SIGKILLed run would leave stale, so the server would never stop.
         server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the library raises bare RuntimeError/CalledProcessError
-        log_file = pgdata / "log"
-        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-        raise EmbeddedPostgresError(f"embedded Postgres failed to start in {pgdata}: {exc}\n{tail}") from exc
+        # Its pg_ctl gives up after 10 s, but a postmaster replaying WAL after a crash
+        # (slower on a loaded machine: seen in the chaos soak) goes on: wait for it.
+        if not _wait_until_ready(pgserver, pgdata, began + ready_within):
+            log_file = pgdata / "log"
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise EmbeddedPostgresError(
+                f"embedded Postgres failed to start in {pgdata}: {exc}\n{tail}"
+            ) from exc
+        server = pgserver.get_server(pgdata, cleanup_mode=None)  # adopts the running postmaster
     info = server.get_postmaster_info()
     socket_dir = Path(info.socket_dir) if info.socket_dir else pgdata
     elapsed = time.monotonic() - began

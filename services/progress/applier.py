@@ -63,6 +63,12 @@ def _decoder(message: StreamMessage[Any]) -> list[events.ProgressEvent]:
     return decode(records if isinstance(records, (tuple, list)) else (records,))
 
 
+async def bound_transaction(conn: asyncpg.Connection, timeout_ms: str) -> None:
+    """Bound the caller's transaction: a statement running, or the transaction idling,
+    longer than `timeout_ms` is ended by Postgres, releasing its row locks."""
+    await conn.execute(QUERIES["hold_timeout"], timeout_ms)
+
+
 async def apply(conn: asyncpg.Connection, batch: list[events.ProgressEvent]) -> set[UUID]:
     """Apply events inside the caller's transaction; return the files whose display changed."""
     ids = sorted({e.file_id for e in batch})
@@ -173,6 +179,10 @@ class ProgressApplier:
         self.settings = settings
         self.pool = pool
         self.stop = stop or asyncio.Event()
+        # The longest an apply transaction may hold its files' row locks. A progress
+        # service frozen inside one (SIGSTOP, VM pause) would otherwise block every
+        # parser checkpointing those files until it woke up; Postgres ends it instead.
+        self.hold_timeout_ms = str(max(int(settings.progress_hold_timeout * 1000), 1000))
         self.broker = kafka.broker(settings, consumer_only=True)
         self.subscriber = subscribe(self.broker, settings, self.handle)
 
@@ -215,6 +225,7 @@ class ProgressApplier:
 
     async def _apply(self, decoded: list[events.ProgressEvent]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
+            await bound_transaction(conn, self.hold_timeout_ms)
             await apply(conn, decoded)
 
     async def _apply_one_by_one(self, decoded: list[events.ProgressEvent]) -> None:

@@ -59,13 +59,16 @@ async def test_a_job_that_slows_down_is_flagged_before_it_is_stuck(
 
 
 async def _stall_batches(database_url: str, stop: asyncio.Event) -> None:
-    """Hold a SHARE lock on imu_samples for 1 s at a time: each batch's COPY waits for it."""
+    """Hold a SHARE lock on imu_samples for 1 s at a time: each batch's COPY waits for it.
+
+    The lock is asked for again at once: Postgres queues it behind the COPY that was waiting
+    (granted at the release), so exactly that one batch gets through per second. A pause
+    between the holds let two or three fast batches through, which is not a slowdown."""
     conn = await asyncpg.connect(database_url)
     try:
         while not stop.is_set():
             async with conn.transaction():
                 await conn.execute("LOCK TABLE imu_samples IN SHARE MODE")
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(0.02)  # one batch gets through, the next one waits again
     finally:
         await conn.close()

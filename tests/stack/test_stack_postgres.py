@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import asyncpg
@@ -51,3 +52,43 @@ async def test_embedded_postgres_reachable_and_reused(tmp_path: Path) -> None:
         await conn.close()
     finally:
         again.stop()
+
+
+def test_a_start_that_timed_out_waits_for_the_running_postmaster(tmp_path: Path) -> None:
+    """pg_ctl gives up after 10 s while a crashed server replays its WAL; start_postgres
+    then adopts the postmaster once it says ready, and fails only when none is running."""
+    from imuflow.stack.postgres import _import_pgserver, _wait_until_ready
+
+    pgserver = _import_pgserver()
+    pg = start_postgres(tmp_path)
+    adopted = None
+    try:
+        assert _wait_until_ready(pgserver, pg.pgdata, time.monotonic() + 10)
+        assert pg.pgdata not in pgserver.postgres_server.PostgresServer._instances  # handle forgotten
+        adopted = start_postgres(tmp_path)  # what the retry does: reuse the running server
+        assert adopted.url == pg.url
+    finally:
+        (adopted or pg).stop()  # one handle owns the server now
+    assert not _wait_until_ready(pgserver, pg.pgdata, time.monotonic() + 10)
+
+
+async def test_a_stale_pid_file_whose_pid_was_reused_does_not_stop_the_start(tmp_path: Path) -> None:
+    """A killed server's postmaster.pid naming a PID that another program now has (PIDs
+    wrap at 32768 here): the server still starts and answers."""
+    pg = start_postgres(tmp_path)
+    pg.stop()
+    other = await asyncio.create_subprocess_exec("sleep", "60")  # the program that got the old PID
+    try:
+        lines = ["" for _ in range(8)]
+        lines[0], lines[1] = str(other.pid), str(pg.pgdata)
+        (pg.pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+        again = start_postgres(tmp_path)
+        try:
+            conn = await asyncpg.connect(again.url)
+            assert await conn.fetchval("SELECT 1") == 1
+            await conn.close()
+        finally:
+            again.stop()
+    finally:
+        other.kill()
+        await other.wait()

@@ -1,5 +1,11 @@
 -- Queries of the progress service (services/progress/repository.py).
 
+-- name: hold_timeout
+-- $1 milliseconds (text), for the apply transaction only (a frozen applier holding the
+-- files' row locks would block their parsers' checkpoints).
+SELECT set_config('statement_timeout', $1, true),
+       set_config('idle_in_transaction_session_timeout', $1, true);
+
 -- name: lock_files
 -- $1 file ids. The rows the applier is about to update, locked in id order.
 SELECT id, user_id, status, run, attempts, samples_processed, percent, batch_number,
