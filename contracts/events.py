@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -31,6 +32,32 @@ class FileQueued(_Event):
     sensor: str | None = None
     timezone: str = "UTC"
     queued_at: datetime
+
+    @classmethod
+    def of_file(
+        cls,
+        file: Mapping[str, Any],
+        reason: Literal["upload", "retry", "requeue", "reparse"],
+        queued_at: datetime | None = None,
+    ) -> FileQueued:
+        """The event of an `imu_data_files` row (or anything with its column names).
+
+        The only place a FileQueued is built: ingest, the progress service, the parser and
+        the outbox relay (for rows that SQL requeued) all come here, so none can drift.
+        """
+        return cls(
+            file_id=file["id"],
+            user_id=file["user_id"],
+            reason=reason,
+            run=file.get("run", 1),
+            storage_uri=file["storage_uri"],
+            filename=file["filename"],
+            size_bytes=file["size_bytes"],
+            format=file["format"],
+            sensor=file["sensor"],
+            timezone=file["timezone"],
+            queued_at=queued_at or datetime.now(UTC),
+        )
 
 
 class _ParseEvent(_Event):

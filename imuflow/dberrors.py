@@ -8,6 +8,9 @@ are transient; any other server or driver error is the data's fault and is not r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import asyncpg
 
 # Everything a statement can fail with through asyncpg, server or driver side: what a worker
@@ -38,3 +41,26 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same statement later can succeed."""
     return isinstance(exc, TRANSIENT)
+
+
+class Unavailable(Exception):
+    """Postgres could not run a statement: the one database error every service raises.
+
+    Each repository names its own subclass (ingest `StorageUnavailable`, parser
+    `TransientError`, progress `Unavailable`) so its callers catch one type; all are made
+    the same way, by `translated`. `transient` says whether retrying can help.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@contextlib.contextmanager
+def translated(error: type[Unavailable] = Unavailable, what: str = "") -> Iterator[None]:
+    """Turn any driver error raised inside into `error` (`raise ... from` the driver's)."""
+    try:
+        yield
+    except DRIVER as exc:
+        message = f"{what}: {exc}" if what else str(exc)
+        raise error(message, transient=is_transient(exc)) from exc

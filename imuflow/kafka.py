@@ -16,8 +16,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
 
 from contracts import topics
+from imuflow import retrying
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,16 +96,45 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] 
     return True
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """Wait for all in-sync replicas, send at once; for aiokafka and FastStream alike."""
+    return {
+        "acks": "all",
+        "linger_ms": 0,
+        "request_timeout_ms": 15_000,
+        "retry_backoff_ms": 200,
+        # The relays refuse larger events themselves (dead letters); never below the default.
+        "max_request_size": max(1_048_576, settings.kafka_max_message_bytes + 1_024),
+    }
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """Group membership timings from settings; for aiokafka and FastStream subscribers alike."""
+    return {
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
+        "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+    }
+
+
 def producer(settings: Settings) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas (not started)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=0,
-        request_timeout_ms=15_000,
-        retry_backoff_ms=200,
-        # The relays refuse larger events themselves (dead letters); never below the default.
-        max_request_size=max(1_048_576, settings.kafka_max_message_bytes + 1_024),
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
+
+
+def broker(settings: Settings, *, consumer_only: bool = False) -> KafkaBroker:
+    """A FastStream broker with the same producer options (not started).
+
+    Its per-message logs go to DEBUG: every batch of every job passes through.
+    """
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        consumer_only=consumer_only,
+        logger=logging.getLogger("imuflow.faststream"),
+        log_level=logging.DEBUG,
+        **producer_options(settings),
     )
 
 
@@ -115,11 +146,7 @@ def consumer(settings: Settings, group_id: str, *topic_bases: str, **extra: Any)
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+        **consumer_options(settings),
         **extra,
     )
 
@@ -143,15 +170,11 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
 async def retry_forever(
     what: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
 ) -> None:
-    """Call `start` until it succeeds, backing off to 5 s; for clients at startup."""
-    delay = 0.2
-    while True:
-        try:
-            await start()
-            return
-        except (KafkaError, OSError) as exc:
-            if stop is not None and stop.is_set():
-                raise
-            log.warning("%s not reachable, retrying in %.1fs: %s", what, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    """Call `start` until it succeeds, backing off to 5 s; for clients at startup.
+
+    Until `stop` is set (then retrying.Stopped, or the last error); without one, for ever.
+    """
+    policy = retrying.until_stopped(
+        stop or asyncio.Event(), f"{what} not reachable", transient=retrying.of_type(KafkaError, OSError)
+    )
+    await policy(start)

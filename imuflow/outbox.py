@@ -36,9 +36,10 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 from aiokafka.structs import RecordMetadata
+from pydantic import BaseModel
 
-from contracts import topics
-from imuflow import db, dberrors, kafka, metrics
+from contracts import events, topics
+from imuflow import db, dberrors, kafka, metrics, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
@@ -60,6 +61,8 @@ PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
     CorruptRecordException,
     InvalidTopicError,
 )
+# An outbox row as the relay handles it (claimed, stubs built).
+Row = dict[str, Any]
 # Bytes a record carries beyond key and value (headers, lengths, batch header).
 RECORD_OVERHEAD = 128
 
@@ -72,12 +75,16 @@ class PermanentError(Exception):
         self.reason = reason
 
 
-async def enqueue(conn: asyncpg.Connection, base_topic: str, key: UUID, payload: dict[str, Any]) -> None:
-    """Add a message to the outbox inside the caller's transaction."""
+async def enqueue(
+    conn: asyncpg.Connection, base_topic: str, key: UUID, payload: BaseModel | dict[str, Any]
+) -> None:
+    """Add a message (an event, or its JSON) to the outbox inside the caller's transaction."""
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
     await conn.execute(QUERIES["enqueue"], base_topic, str(key), payload)
 
 
-def encode(settings: Settings, row: asyncpg.Record) -> tuple[str, bytes, bytes]:
+def encode(settings: Settings, row: Row) -> tuple[str, bytes, bytes]:
     """(topic, key, value) of one outbox row; PermanentError if it can never be sent."""
     if row["topic"] not in topics.ALL:
         raise PermanentError("invalid", f"unknown topic {row['topic']!r}")
@@ -100,13 +107,44 @@ def encode(settings: Settings, row: asyncpg.Record) -> tuple[str, bytes, bytes]:
     return topics.topic_name(settings.kafka_topic_prefix, row["topic"]), key, value
 
 
+async def build_stubs(conn: asyncpg.Connection, rows: Sequence[Row]) -> list[Row]:
+    """The rows with every stub (`{"build": "file.queued", ...}`, written by SQL that requeues)
+    replaced by its event, built by FileQueued.of_file from the file's row and stored back.
+
+    A stub whose file is gone (deleted since) announces nothing: it is marked published
+    unsent and left out.
+    """
+    built: list[Row] = [dict(row) for row in rows]
+    stubs = [row for row in built if isinstance(row["payload"], dict) and "build" in row["payload"]]
+    if not stubs:
+        return built
+    files = {
+        str(f["id"]): f
+        for f in await conn.fetch(QUERIES["files_to_build"], [UUID(str(row["key"])) for row in stubs])
+    }
+    gone = [row["id"] for row in stubs if str(row["key"]) not in files]
+    for row in stubs:
+        if row["id"] not in gone:
+            file = files[str(row["key"])]
+            event = events.FileQueued.of_file(file, row["payload"]["reason"], queued_at=row["created_at"])
+            row["payload"] = event.model_dump(mode="json")
+    made = [row for row in stubs if row["id"] not in gone]
+    if made:
+        await conn.execute(
+            QUERIES["store_built"], [row["id"] for row in made], [row["payload"] for row in made]
+        )
+    if gone:
+        await conn.execute(QUERIES["mark_published"], gone)
+    return [row for row in built if row["id"] not in gone]
+
+
 @dataclass
 class BatchOutcome:
     """What became of each row of one claimed batch."""
 
-    published: list[asyncpg.Record] = field(default_factory=list)
-    dead: list[tuple[asyncpg.Record, PermanentError]] = field(default_factory=list)
-    deferred: list[tuple[asyncpg.Record, str]] = field(default_factory=list)
+    published: list[Row] = field(default_factory=list)
+    dead: list[tuple[Row, PermanentError]] = field(default_factory=list)
+    deferred: list[tuple[Row, str]] = field(default_factory=list)
     marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset floor
     placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file-job row id -> (partition, offset)
     transient: Exception | None = None  # the broker failed some rows for a reason not theirs
@@ -131,17 +169,19 @@ class OutboxRelay:
         self.starts_producer = starts_producer
         self._wake = asyncio.Event()
         self._topics_seen_at = 0.0
+        self._next_prune = 0.0
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many rows it settled.
 
         Raises KafkaError when the broker took none of them (the relay backs off).
         """
-        dead: list[tuple[asyncpg.Record, PermanentError]] = []
+        dead: list[tuple[Row, PermanentError]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(QUERIES["claim_pending"], BATCH)
             if not rows:
                 return 0
+            rows = await build_stubs(conn, rows)
             await self._topics_exist()
             outcome = await self._send(rows)
             if outcome.transient is not None:
@@ -178,9 +218,9 @@ class OutboxRelay:
             await kafka.ensure_topics(self.settings)
         self._topics_seen_at = time.monotonic()
 
-    async def _send(self, rows: Sequence[asyncpg.Record]) -> BatchOutcome:
+    async def _send(self, rows: Sequence[Row]) -> BatchOutcome:
         outcome = BatchOutcome()
-        sent: list[tuple[asyncpg.Record, asyncio.Future[RecordMetadata]]] = []
+        sent: list[tuple[Row, asyncio.Future[RecordMetadata]]] = []
         # A send that fails at once (no metadata for the topic within the request timeout:
         # topic missing, broker away) would fail the same way for every row of that topic;
         # they wait their backoff without being tried, and the other topics' rows go on.
@@ -262,24 +302,18 @@ class OutboxRelay:
             except (KafkaError, OSError) as exc:  # the topic keeper tries again
                 log.warning("outbox relay: could not create the topics yet: %r", exc)
         listener = await self._listen()
-        delay = 0.2
-        next_prune = time.monotonic()
+        self._next_prune = time.monotonic()
+        # Any failure of a round is retried (a row the broker refuses is a dead letter, never
+        # an error here); rows are claimed again from Postgres, so nothing is lost meanwhile.
+        policy = retrying.until_stopped(
+            stop, "outbox relay: publish", transient=retrying.of_type(KafkaError, *dberrors.DRIVER)
+        )
         try:
             while not stop.is_set():
                 try:
-                    while await self.publish_pending() == BATCH:
-                        pass
-                    delay = 0.2
-                    if time.monotonic() >= next_prune:
-                        # Every batch of every job passes through here: without pruning
-                        # the table grows for ever.
-                        await self.prune()
-                        next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                except (KafkaError, *dberrors.DRIVER) as exc:
-                    log.warning("outbox relay: publish failed, retrying in %.1fs: %s", delay, exc)
-                    await wait_any(stop, timeout=delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
+                    await policy(self._round)
+                except (retrying.Stopped, KafkaError, *dberrors.DRIVER):
+                    break  # stopping: the rows stay pending for the next relay
                 self._wake.clear()
                 if listener is None or listener.is_closed():
                     listener = await self._listen()
@@ -287,6 +321,16 @@ class OutboxRelay:
         finally:
             if listener is not None and not listener.is_closed():
                 await listener.close()
+
+    async def _round(self) -> None:
+        """Publish until nothing is pending; prune published rows now and then."""
+        while await self.publish_pending() == BATCH:
+            pass
+        if time.monotonic() >= self._next_prune:
+            # Every batch of every job passes through here: without pruning the table grows
+            # for ever.
+            await self.prune()
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
 
     async def prune(self, keep: timedelta = KEEP_PUBLISHED) -> int:
         """Delete rows published longer than `keep` ago; return how many."""

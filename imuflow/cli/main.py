@@ -97,9 +97,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "migrate":
         return _migrate(settings)
     if command == "contracts":
-        from contracts.export import export
+        from imuflow.cli.contracts import export_contracts
 
-        for path in export(args.directory):
+        for path in export_contracts(args.directory, settings):
             print(path)
         return 0
     if command == "token":

@@ -7,14 +7,27 @@ INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3);
 
 -- name: claim_pending
 -- $1 limit. Rows stay locked until the relay's transaction ends; other relays skip them.
+-- A payload with `build` is a stub the relay turns into its event first (created_at is then
+-- the event's queued_at).
 -- Dead letters are set aside; a row that failed transiently waits for its retry_at, so it
 -- is not claimed first again and again ahead of every later row.
-SELECT id, topic, key, payload
+SELECT id, topic, key, payload, created_at
 FROM outbox
 WHERE published_at IS NULL AND dead_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
 ORDER BY id
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
+
+-- name: files_to_build
+-- $1 file ids (uuid[]). The rows FileQueued.of_file needs for the stubs of a batch.
+SELECT id, user_id, run, storage_uri, filename, size_bytes, format, sensor, timezone
+FROM imu_data_files WHERE id = ANY($1::uuid[]);
+
+-- name: store_built
+-- $1 ids (bigint[]), $2 payloads (jsonb[], same order): what the relay built and sends.
+UPDATE outbox o SET payload = b.payload
+FROM unnest($1::bigint[], $2::jsonb[]) AS b(id, payload)
+WHERE o.id = b.id;
 
 -- name: mark_published
 -- $1 ids. The clock after the sends (not the transaction's start): the lost-event check
@@ -195,12 +208,7 @@ queued AS (
     RETURNING f.*
 )
 INSERT INTO outbox (topic, key, payload)
-SELECT $1, q.id::text, jsonb_build_object(
-    'schema_version', 1, 'event_id', gen_random_uuid(), 'file_id', q.id,
-    'user_id', q.user_id, 'type', 'file.queued', 'reason', 'requeue', 'run', q.run,
-    'storage_uri', q.storage_uri, 'filename', q.filename, 'size_bytes', q.size_bytes,
-    'format', q.format, 'sensor', q.sensor, 'timezone', q.timezone,
-    'queued_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+SELECT $1, q.id::text, imuflow_file_queued_stub('requeue')
 FROM queued q
 RETURNING key;
 
@@ -244,11 +252,6 @@ queued AS (
     RETURNING f.*
 )
 INSERT INTO outbox (topic, key, payload)
-SELECT $1, q.id::text, jsonb_build_object(
-    'schema_version', 1, 'event_id', gen_random_uuid(), 'file_id', q.id,
-    'user_id', q.user_id, 'type', 'file.queued', 'reason', 'requeue', 'run', q.run,
-    'storage_uri', q.storage_uri, 'filename', q.filename, 'size_bytes', q.size_bytes,
-    'format', q.format, 'sensor', q.sensor, 'timezone', q.timezone,
-    'queued_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+SELECT $1, q.id::text, imuflow_file_queued_stub('requeue')
 FROM queued q
 RETURNING key;

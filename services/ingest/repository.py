@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,7 +21,7 @@ class IngestError(Exception):
     """Root of the ingest service's errors."""
 
 
-class StorageUnavailable(IngestError):
+class StorageUnavailable(IngestError, dberrors.Unavailable):
     """Postgres could not record the upload."""
 
 
@@ -44,22 +44,18 @@ class NewFile:
 
 async def find_duplicate(pool: asyncpg.Pool, user_id: UUID, sha256: str) -> UUID | None:
     """The user's earlier upload of the same bytes, if any."""
-    try:
+    with dberrors.translated(StorageUnavailable):
         found: UUID | None = await pool.fetchval(QUERIES["find_duplicate"], user_id, sha256)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
     return found
 
 
 async def record_upload(pool: asyncpg.Pool, new: NewFile, *, enqueue: bool = True) -> dict[str, Any]:
     """Insert the file and (unless `enqueue` is False) its outbox event in one transaction."""
-    try:
+    with dberrors.translated(StorageUnavailable):
         async with pool.acquire() as conn, conn.transaction():
             await _insert(conn, new, enqueue=enqueue)
             await conn.fetchval(QUERIES["record_event"], new.id)
             row = await conn.fetchrow(QUERIES["file_record"], new.id, new.user_id)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
     assert row is not None
     return dict(row)
 
@@ -68,7 +64,7 @@ async def record_archive(
     pool: asyncpg.Pool, parent: NewFile, children: list[NewFile], notes: list[str]
 ) -> dict[str, Any]:
     """Insert a ZIP upload (never parsed itself) and its queued streams in one transaction."""
-    try:
+    with dberrors.translated(StorageUnavailable):
         async with pool.acquire() as conn, conn.transaction():
             await _insert(conn, parent, enqueue=False)
             await conn.execute(QUERIES["mark_archive"], parent.id, notes)
@@ -76,8 +72,6 @@ async def record_archive(
                 await _insert(conn, child, enqueue=True)
                 await conn.fetchval(QUERIES["record_event"], child.id)
             row = await conn.fetchrow(QUERIES["file_record"], parent.id, parent.user_id)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
     assert row is not None
     return dict(row)
 
@@ -98,24 +92,12 @@ async def _insert(conn: asyncpg.Connection, new: NewFile, *, enqueue: bool) -> N
         new.parent_id,
     )
     if enqueue:
-        event = FileQueued(
-            file_id=new.id,
-            user_id=new.user_id,
-            storage_uri=new.storage_uri,
-            filename=new.filename,
-            size_bytes=new.size_bytes,
-            format=new.format,
-            sensor=new.sensor,
-            timezone=new.timezone,
-            queued_at=datetime.now(UTC),
-        )
+        event = FileQueued.of_file(dataclasses.asdict(new), "upload")
         await outbox.enqueue(conn, topics.FILES, new.id, event.model_dump(mode="json"))
 
 
 async def file_record(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> dict[str, Any] | None:
     """The caller's file record, or None."""
-    try:
+    with dberrors.translated(StorageUnavailable):
         row = await pool.fetchrow(QUERIES["file_record"], file_id, user_id)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
     return db.record(row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -31,7 +31,7 @@ class ParserError(Exception):
     """Root of the parser's errors."""
 
 
-class TransientError(ParserError):
+class TransientError(ParserError, dberrors.Unavailable):
     """Postgres is unavailable or timed out; the job is retried later."""
 
 
@@ -82,13 +82,11 @@ class ParserRepository:
 
     async def claim(self, file_id: UUID, run: int) -> Claim | None:
         """Take the job (counting an attempt); None when it is no longer to be parsed."""
-        try:
+        with dberrors.translated(TransientError, "claim"):
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(QUERIES["claim"], file_id, run)
                 if row is not None:
-                    await conn.fetchval("SELECT record_file_event($1)", file_id)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"claim: {exc}") from exc
+                    await conn.fetchval(QUERIES["record_event"], file_id)
         if row is None:
             return None
         values = dict(row)
@@ -130,7 +128,7 @@ class ParserRepository:
         """
         if payload is None:
             payload = pgcopy.encode_parts(claim.file_id, batch)
-        try:
+        with dberrors.translated(TransientError, "store batch"):
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(QUERIES["hold_timeout"], self.hold_timeout_ms)
                 status = "UPDATE 1"
@@ -163,8 +161,6 @@ class ParserRepository:
                     if checkpoint:
                         await conn.execute(QUERIES["insert_batch_log"], *_log_row(event))
                     await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, event)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"store batch: {exc}") from exc
 
     async def complete(self, claim: Claim, total_samples: int) -> bool:
         """Mark the job completed with its exact count; False if fenced."""
@@ -184,21 +180,17 @@ class ParserRepository:
         `dead_letter` (the job's file event) goes to the dead-letter topic through the
         outbox, committed with the failure, so a broker outage cannot lose it.
         """
-        try:
+        with dberrors.translated(TransientError):
             async with self.pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(QUERIES["fail"], file_id, lease, run, message)
                 if rows and dead_letter is not None:
                     await outbox.enqueue(conn, topics.FILES_DEAD_LETTER, file_id, dead_letter)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(str(exc)) from exc
         return bool(rows)
 
     async def status_of(self, file_id: UUID) -> dict[str, Any] | None:
         """The job's status, run, attempt count and lease (None once deleted)."""
-        try:
+        with dberrors.translated(TransientError, "status"):
             return db.record(await self.pool.fetchrow(QUERIES["status_of"], file_id))
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"status: {exc}") from exc
 
     async def note_transient_error(self, claim: Claim, message: str) -> None:
         """Keep the last transient error on the job for operators (best effort)."""
@@ -213,24 +205,25 @@ class ParserRepository:
         Its event goes to the back of its partition through the outbox, in the same
         transaction; no attempt is counted. True when deferred.
         """
-        try:
+        with dberrors.translated(TransientError, "defer"):
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["behind_in_fair_order"], file_id):
                     return False
                 row = await conn.fetchrow(QUERIES["defer"], file_id, run, MAX_DEFERRALS)
                 if row is None:
                     return False  # deferred enough, or not queued (any more): the claim decides
-                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row)))
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"defer: {exc}") from exc
+                await outbox.enqueue(
+                    conn,
+                    topics.FILES,
+                    file_id,
+                    events.FileQueued.of_file(row, "requeue"),
+                )
         return True
 
     async def others_waiting(self, claim: Claim) -> bool:
         """Whether another user with fewer running jobs has queued work (fair share)."""
-        try:
+        with dberrors.translated(TransientError, "fair share"):
             return bool(await self.pool.fetchval(QUERIES["others_waiting"], claim.user_id))
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"fair share: {exc}") from exc
 
     async def yield_job(self, claim: Claim, batch_number: int) -> bool:
         """Give the parser back at a batch boundary: queued again from the checkpoint.
@@ -238,53 +231,34 @@ class ParserRepository:
         The event that resumes it is republished through the outbox in the same
         transaction (behind the waiting work); False if the job was no longer ours.
         """
-        try:
+        with dberrors.translated(TransientError, "yield"):
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     QUERIES["yield_job"], claim.file_id, claim.lease, claim.run, batch_number
                 )
                 if row is None:
                     return False
-                await outbox.enqueue(conn, topics.FILES, claim.file_id, queued_event(dict(row)))
-                await conn.fetchval("SELECT record_file_event($1)", claim.file_id)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"yield: {exc}") from exc
+                await outbox.enqueue(
+                    conn,
+                    topics.FILES,
+                    claim.file_id,
+                    events.FileQueued.of_file(row, "requeue"),
+                )
+                await conn.fetchval(QUERIES["record_event"], claim.file_id)
         return True
 
     async def _execute(self, query: str, *args: Any) -> str:
-        try:
+        with dberrors.translated(TransientError):
             result: str = await self.pool.execute(query, *args)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(str(exc)) from exc
         return result
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+        with dberrors.translated(TransientError):
             rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(str(exc)) from exc
         return rows
 
 
 COPY_CHUNK = 4 * 1024 * 1024
-
-
-def queued_event(row: dict[str, Any]) -> dict[str, Any]:
-    """The `files.v1` event (as JSON) that requeues the job of an `imu_data_files` row."""
-    event = events.FileQueued(
-        file_id=row["id"],
-        user_id=row["user_id"],
-        reason="requeue",
-        run=row["run"],
-        storage_uri=row["storage_uri"],
-        filename=row["filename"],
-        size_bytes=row["size_bytes"],
-        format=row["format"],
-        sensor=row["sensor"],
-        timezone=row["timezone"],
-        queued_at=datetime.now(UTC),
-    )
-    return event.model_dump(mode="json")
 
 
 def _log_row(event: dict[str, Any]) -> tuple[Any, ...]:

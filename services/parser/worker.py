@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass, field
 
 from aiokafka import (
@@ -32,7 +31,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import events, topics
-from imuflow import kafka, metrics
+from imuflow import kafka, metrics, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -164,16 +163,20 @@ class ParserWorker:
                 "skipping malformed file event: %s", exc.errors()[:1], extra=fields(offset=record.offset)
             )
             return Outcome.DONE
-        delay = 1.0
-        while True:
-            outcome = await FileJob(self.settings, self.repo, self.producer, event, abandon).run()
-            if outcome is not Outcome.RETRY:
-                return outcome
-            # Backoff with jitter; each new claim counts an attempt, so this is bounded.
-            sleep = min(delay, 30.0) * random.uniform(0.5, 1.5)
-            delay *= 2
-            if await wait_any(abandon, timeout=sleep):
-                return Outcome.ABANDONED
+        # Backoff with jitter, 1 s doubling to 30 s; each new claim counts an attempt, so
+        # MAX_ATTEMPTS bounds it in Postgres. An abandoned job makes no new attempt.
+        policy = retrying.while_result(
+            lambda outcome: outcome is Outcome.RETRY, abandon, "parse", initial=1.0, maximum=30.0
+        )
+
+        async def attempt() -> Outcome:  # a new FileJob per attempt (a new claim)
+            return await FileJob(self.settings, self.repo, self.producer, event, abandon).run()
+
+        try:
+            outcome: Outcome = await policy(attempt)
+        except retrying.Stopped:
+            return Outcome.ABANDONED
+        return outcome
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         assert self.consumer is not None

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,10 +24,14 @@ from uuid import UUID
 import asyncpg
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.message import StreamMessage
 from pydantic import ValidationError
 
 from contracts import events, topics
-from imuflow import db, dberrors, kafka, metrics
+from imuflow import db, dberrors, kafka, metrics, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
@@ -37,7 +42,7 @@ QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
 DRIVER_ERRORS = dberrors.DRIVER
 
 
-def decode(records: list[ConsumerRecord]) -> list[events.ProgressEvent]:
+def decode(records: Sequence[ConsumerRecord]) -> list[events.ProgressEvent]:
     """Validate every record against the contract; skip (and count) the bad ones."""
     decoded: list[events.ProgressEvent] = []
     for record in records:
@@ -50,6 +55,12 @@ def decode(records: list[ConsumerRecord]) -> list[events.ProgressEvent]:
                 extra=fields(action="invalid_event", offset=record.offset, error=str(exc.errors()[:1])),
             )
     return decoded
+
+
+def _decoder(message: StreamMessage[Any]) -> list[events.ProgressEvent]:
+    """FastStream's decoder for the batch: the valid events (a bad one never fails the rest)."""
+    records = message.raw_message
+    return decode(records if isinstance(records, (tuple, list)) else (records,))
 
 
 async def bound_transaction(conn: asyncpg.Connection, timeout_ms: str) -> None:
@@ -156,82 +167,117 @@ def _log_row(event: events.BatchProgress) -> tuple[Any, ...]:
 
 
 class ProgressApplier:
-    """The progress service's consumer of `progress.v1`."""
+    """The progress service's consumer of `progress.v1`, on FastStream.
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    Ack policy MANUAL, because FastStream's default (ACK_FIRST: auto-commit) would commit
+    offsets before the events are applied, and a crash then loses them. The handler commits
+    the batch's offsets itself, only after its Postgres transaction committed; a batch it
+    could not apply (stopping during an outage) is rewound (nack) and delivered again.
+    """
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.stop = stop or asyncio.Event()
         # The longest an apply transaction may hold its files' row locks. A progress
         # service frozen inside one (SIGSTOP, VM pause) would otherwise block every
         # parser checkpointing those files until it woke up; Postgres ends it instead.
         self.hold_timeout_ms = str(max(int(settings.progress_hold_timeout * 1000), 1000))
-        self.consumer = kafka.consumer(
-            settings, settings.progress_group_id, topics.PROGRESS, max_poll_records=1000
-        )
+        self.broker = kafka.broker(settings, consumer_only=True)
+        self.subscriber = subscribe(self.broker, settings, self.handle)
+
+    async def handle(self, batch: list[events.ProgressEvent], message: KafkaMessage) -> None:
+        """Apply one polled batch, then commit its offsets (the work is durable by then)."""
+        try:
+            if batch:
+                await self._apply_until_done(batch)
+        except retrying.Stopped:
+            await message.nack()  # not applied: rewound, delivered again (here or elsewhere)
+            return
+        try:  # bounded (see kafka.commit); on failure the events repeat, which is harmless
+            await asyncio.wait_for(message.ack(), kafka.COMMIT_TIMEOUT_SECONDS)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("offset commit failed (the events will be delivered again): %r", exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, apply and commit until `stop` is set."""
-        await kafka.retry_forever("kafka", self.consumer.start, stop)
+        self.stop = stop
+        await kafka.retry_forever("kafka", self.broker.start, stop)
         try:
-            while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=500)
-                records = [r for rs in batch.values() for r in rs]
-                if not records:
-                    continue
-                await self._apply_until_done(decode(records), stop)
-                if stop.is_set():
-                    break  # not applied for sure: leave uncommitted, redelivered later
-                await kafka.commit(self.consumer)  # on failure the events repeat (idempotent)
+            await stop.wait()
         finally:
-            await self.consumer.stop()
+            await self.broker.stop()
 
-    async def _apply_until_done(self, decoded: list[events.ProgressEvent], stop: asyncio.Event) -> None:
-        delay = 0.2
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await bound_transaction(conn, self.hold_timeout_ms)
-                    await apply(conn, decoded)
-                metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - t0)
-                return
-            except DRIVER_ERRORS as exc:
-                if not dberrors.is_transient(exc):
-                    # A poison event in the poll (found by fault tests: a batch number
-                    # beyond int4 retried forever and wedged the consumer). Find it.
-                    await self._apply_one_by_one(decoded, stop)
-                    return
-                log.warning("cannot apply progress, retrying in %.1fs: %s", delay, exc)
-                await wait_any(stop, timeout=delay)
-                delay = min(delay * 2, 5.0)
+    async def _apply_until_done(self, decoded: list[events.ProgressEvent]) -> None:
+        """One transaction for the batch, retried while Postgres is away (until stopped)."""
+        policy = retrying.until_stopped(self.stop, "applying progress", transient=dberrors.is_transient)
+        t0 = time.perf_counter()
+        try:
+            await policy(self._apply, decoded)
+        except DRIVER_ERRORS as exc:
+            if self.stop.is_set() and dberrors.is_transient(exc):
+                raise retrying.Stopped from exc
+            # A poison event in the poll (found by fault tests: a batch number beyond int4
+            # retried forever and wedged the consumer). Find it.
+            await self._apply_one_by_one(decoded)
+            return
+        metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - t0)
 
-    async def _apply_one_by_one(self, decoded: list[events.ProgressEvent], stop: asyncio.Event) -> None:
+    async def _apply(self, decoded: list[events.ProgressEvent]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await bound_transaction(conn, self.hold_timeout_ms)
+            await apply(conn, decoded)
+
+    async def _apply_one_by_one(self, decoded: list[events.ProgressEvent]) -> None:
         """Apply each event in its own transaction; skip (log, count) those the database rejects."""
+        policy = retrying.until_stopped(self.stop, "applying progress", transient=dberrors.is_transient)
         for event in decoded:
-            delay = 0.2
-            while not stop.is_set():
-                try:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        await bound_transaction(conn, self.hold_timeout_ms)
-                        await apply(conn, [event])
-                    break
-                except DRIVER_ERRORS as exc:
-                    if not dberrors.is_transient(exc):
-                        metrics.PROGRESS_EVENTS.labels("invalid").inc()
-                        log.warning(
-                            "skipping progress event the database rejects: %s",
-                            exc,
-                            extra=fields(action="invalid_event", file_id=str(event.file_id)),
-                        )
-                        break
-                    log.warning("cannot apply progress, retrying in %.1fs: %s", delay, exc)
-                    await wait_any(stop, timeout=delay)
-                    delay = min(delay * 2, 5.0)
+            try:
+                await policy(self._apply, [event])
+            except DRIVER_ERRORS as exc:
+                if self.stop.is_set() and dberrors.is_transient(exc):
+                    raise retrying.Stopped from exc
+                metrics.PROGRESS_EVENTS.labels("invalid").inc()
+                log.warning(
+                    "skipping progress event the database rejects: %s",
+                    exc,
+                    extra=fields(action="invalid_event", file_id=str(event.file_id)),
+                )
 
     async def report_lag(self, stop: asyncio.Event) -> None:
         """Keep `imuflow_consumer_lag{group=progress}` current."""
         gauge = metrics.CONSUMER_LAG.labels(self.settings.progress_group_id)
         while not stop.is_set():
-            with contextlib.suppress(KafkaError, AssertionError, OSError):
-                gauge.set(await kafka.consumer_lag(self.consumer))
+            consumer = self.subscriber.consumer
+            if consumer is not None:
+                with contextlib.suppress(KafkaError, AssertionError, OSError):
+                    gauge.set(await kafka.consumer_lag(consumer))
             await wait_any(stop, timeout=5.0)
+
+
+def subscribe(
+    broker: KafkaBroker,
+    settings: Settings,
+    handler: Callable[[list[events.ProgressEvent], KafkaMessage], Awaitable[None]],
+) -> BatchSubscriber:
+    """Register the progress consumer on `broker` (also how the AsyncAPI document sees it)."""
+    subscriber = broker.subscriber(
+        kafka.topic(settings, topics.PROGRESS),
+        batch=True,
+        group_id=settings.progress_group_id,
+        ack_policy=AckPolicy.MANUAL,
+        max_records=1000,
+        batch_timeout_ms=500,
+        auto_offset_reset="earliest",
+        decoder=_decoder,
+        title=f"{topics.PROGRESS}:progress",
+        description="The progress service applies each polled batch in one transaction, then commits.",
+        # The group timings of kafka.consumer_options, spelled out for the typed overloads.
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+    )
+    subscriber(handler)
+    return subscriber

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from imuflow import db
-from services.progress.repository import DRIVER_ERRORS, Unavailable
+from imuflow import db, dberrors
+from services.progress.repository import Unavailable
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "dashboard.sql")
 
@@ -32,7 +32,5 @@ class DashboardRepository:
         return await self._fetch(QUERIES["failures"], hours, limit)
 
     async def _fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        try:
+        with dberrors.translated(Unavailable):
             return [dict(r) for r in await self.pool.fetch(sql, *args)]
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc

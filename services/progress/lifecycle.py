@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import zoneinfo
@@ -14,15 +13,15 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 
-from contracts import topics
+from contracts import events, topics
 from contracts.formats import FORMATS
 from contracts.records import ErrorBody, FileRecord, ReparseRequest
-from imuflow import db, outbox, storage
+from imuflow import db, outbox, retrying, storage
 from imuflow.logs import fields
 from imuflow.storage import Storage
 from imuflow.web import CurrentUser
 from services.progress.api import NOT_FOUND, OwnedFile, Repo, owned_file
-from services.progress.repository import DRIVER_ERRORS, queued_event
+from services.progress.repository import DRIVER_ERRORS
 
 log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "data.sql")
@@ -65,15 +64,23 @@ async def reparse(
 
 async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
     """Run a transaction, again after a deadlock (another writer locked in another order)."""
-    for attempt in range(3):
-        try:
-            return await work()
-        except asyncpg.DeadlockDetectedError:
-            if attempt == 2:
-                raise HTTPException(503, "the file is busy; try again shortly") from None
-        except DRIVER_ERRORS as exc:
-            raise HTTPException(503, UNAVAILABLE) from exc
-    raise AssertionError("unreachable")
+    policy = retrying.bounded(
+        "file transaction",
+        transient=retrying.of_type(asyncpg.DeadlockDetectedError),
+        attempts=3,
+        initial=0.05,
+        maximum=0.5,
+    )
+
+    async def attempt() -> T:  # tenacity would call a plain callable without awaiting it
+        return await work()
+
+    try:
+        return await policy(attempt)
+    except asyncpg.DeadlockDetectedError:
+        raise HTTPException(503, "the file is busy; try again shortly") from None
+    except DRIVER_ERRORS as exc:
+        raise HTTPException(503, UNAVAILABLE) from exc
 
 
 def _checked(options: ReparseRequest) -> ReparseRequest:
@@ -115,7 +122,12 @@ async def reparse_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID, optio
         )
         await conn.execute(QUERIES["delete_samples"], targets)
         for row in rows:
-            await outbox.enqueue(conn, topics.FILES, row["id"], queued_event(dict(row), "reparse"))
+            await outbox.enqueue(
+                conn,
+                topics.FILES,
+                row["id"],
+                events.FileQueued.of_file(row, "reparse"),
+            )
             await conn.fetchval(QUERIES["record_event"], row["id"])
     return True
 
@@ -150,13 +162,15 @@ async def delete_family(pool: asyncpg.Pool, file_id: UUID, user_id: UUID) -> lis
 
 async def remove_stored(store: Storage, uris: list[str], attempts: int = 4) -> None:
     """Remove the stored uploads (every object of the family), retrying a store that fails."""
-    for attempt in range(attempts):
-        try:
-            await storage.delete_any(store, uris)
-            return
-        except storage.StorageError as exc:
-            log.warning("removing stored uploads failed", extra=fields(error=str(exc), action="delete"))
-            if attempt + 1 == attempts:
-                log.error("stored uploads left behind", extra=fields(uris=uris, action="delete"))
-                raise HTTPException(503, "the file is deleted but its upload could not be removed") from exc
-            await asyncio.sleep(0.2 * 2**attempt)
+    policy = retrying.bounded(
+        "removing stored uploads",
+        transient=retrying.of_type(storage.StorageError),
+        attempts=attempts,
+        initial=0.2,
+        maximum=2.0,
+    )
+    try:
+        await policy(storage.delete_any, store, uris)
+    except storage.StorageError as exc:
+        log.error("stored uploads left behind", extra=fields(uris=uris, action="delete"))
+        raise HTTPException(503, "the file is deleted but its upload could not be removed") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -43,12 +44,21 @@ class FileEvent:
     user_id: UUID
     event_type: str
     payload: str  # the file record as SSE `data`, serialised once for every client
+    # The parser's batch-completed time, for the event-to-SSE latency metric.
+    last_checkpoint_at: datetime | None = None
 
 
 def file_event(row: asyncpg.Record) -> FileEvent:
     """A `file_events` row as a FileEvent with its SSE payload."""
-    payload = FileRecord.model_validate(row["data"]).model_dump_json()
-    return FileEvent(row["id"], row["file_id"], row["user_id"], row["event_type"], payload)
+    record = FileRecord.model_validate(row["data"])
+    return FileEvent(
+        row["id"],
+        row["file_id"],
+        row["user_id"],
+        row["event_type"],
+        record.model_dump_json(),
+        record.last_checkpoint_at,
+    )
 
 
 @dataclass(eq=False)  # identity hashing: each client is its own subscription

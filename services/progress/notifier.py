@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import httpx
 
-from imuflow import metrics
+from imuflow import metrics, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
@@ -139,33 +139,43 @@ class Notifier:
 
     async def _deliver(self, client: httpx.AsyncClient, alert: Alert, stop: asyncio.Event) -> bool:
         body = render(alert, self.fmt)
-        delay = self.backoff
-        for attempt in range(1, self.retries + 2):
-            problem = await self._post(client, body)
-            if problem is None:
-                metrics.ALERT_NOTIFICATIONS.labels("sent").inc()
-                return True
-            final = attempt > self.retries or problem.startswith("refused")
+        policy = retrying.bounded(
+            "alert webhook",
+            transient=retrying.of_type(WebhookBusy),
+            attempts=self.retries + 1,
+            initial=self.backoff,
+            maximum=30.0,
+            stop=stop,
+        )
+        try:
+            await policy(self._post, client, body)
+        except (WebhookError, retrying.Stopped) as exc:
             log.warning(
-                "alert webhook: %s%s",
-                problem,
-                "" if final else f"; retrying in {delay:.1f}s",
-                extra=fields(action="alert_retry", file_id=alert.file_id, attempt=attempt),
+                "alert webhook: %s",
+                exc or "stopping",
+                extra=fields(action="alert_failed", file_id=alert.file_id),
             )
-            if final or await wait_any(stop, timeout=delay):
-                break
-            delay *= 2
-        metrics.ALERT_NOTIFICATIONS.labels("failed").inc()
-        return False
+            metrics.ALERT_NOTIFICATIONS.labels("failed").inc()
+            return False
+        metrics.ALERT_NOTIFICATIONS.labels("sent").inc()
+        return True
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str | None:
+    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> None:
         try:
             response = await client.post(self.url, json=body)
         except httpx.HTTPError as exc:
-            return f"cannot reach the webhook: {exc!r}"
+            raise WebhookBusy(f"cannot reach the webhook: {exc!r}") from exc
         if response.status_code < 300:
-            return None
+            return
         if response.status_code in (408, 429) or response.status_code >= 500:
-            return f"webhook answered {response.status_code}"
+            raise WebhookBusy(f"webhook answered {response.status_code}")
         # Any other 4xx will not get better by retrying (bad URL, bad body, no permission).
-        return f"refused by the webhook ({response.status_code}): {response.text[:200]}"
+        raise WebhookError(f"refused by the webhook ({response.status_code}): {response.text[:200]}")
+
+
+class WebhookError(Exception):
+    """The webhook did not take the alert."""
+
+
+class WebhookBusy(WebhookError):
+    """The webhook is away or overloaded: worth another attempt."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from imuflow import db
-from services.progress.repository import DRIVER_ERRORS, Unavailable
+from imuflow import db, dberrors
+from services.progress.repository import Unavailable
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "operations.sql")
 # One arbitrary constant: the replica holding it this round is the one that acts.
@@ -38,7 +38,7 @@ class OperationsRepository:
 
     async def watchdog_round(self, *, collect_failed: bool) -> WatchdogRound:
         """Reset stuck jobs (and read new failures to alert on) if this replica gets the lock."""
-        try:
+        with dberrors.translated(Unavailable):
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(QUERIES["try_watchdog_lock"], WATCHDOG_LOCK):
                     return WatchdogRound(acted=False)
@@ -48,8 +48,6 @@ class OperationsRepository:
                 actions = [dict(r) for r in await conn.fetch(QUERIES["reset_stuck"], None)]
                 failed = await self._failed_since_cursor(conn) if collect_failed else []
                 return WatchdogRound(acted=True, actions=actions, failed=failed)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
 
     async def _failed_since_cursor(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         after = int(await conn.fetchval(QUERIES["alert_cursor"]))
@@ -92,7 +90,5 @@ class OperationsRepository:
         return [dict(r) for r in await self._run(self.pool.fetch, QUERIES["performance"], limit)]
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
+        with dberrors.translated(Unavailable):
             return await fn(*args)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -21,7 +21,7 @@ class ProgressError(Exception):
     """Root of the progress service's errors."""
 
 
-class Unavailable(ProgressError):
+class Unavailable(ProgressError, dberrors.Unavailable):
     """Postgres did not answer."""
 
 
@@ -62,15 +62,13 @@ class ProgressRepository:
 
     async def retry(self, file_id: UUID, user_id: UUID) -> bool:
         """Requeue a failed or cancelled job to resume from its checkpoint."""
-        try:
+        with dberrors.translated(Unavailable):
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(QUERIES["requeue_for_retry"], file_id, user_id)
                 if row is None:
                     return False
-                await outbox.enqueue(conn, topics.FILES, file_id, queued_event(dict(row), "retry"))
+                await outbox.enqueue(conn, topics.FILES, file_id, FileQueued.of_file(row, "retry"))
                 await conn.fetchval(QUERIES["record_event"], file_id)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
         return True
 
     async def max_event_id(self) -> int:
@@ -99,28 +97,6 @@ class ProgressRepository:
         return int(rows[0][0])
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+        with dberrors.translated(Unavailable):
             rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
-        except DRIVER_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
         return rows
-
-
-def queued_event(
-    row: dict[str, Any], reason: Literal["upload", "retry", "requeue", "reparse"]
-) -> dict[str, Any]:
-    """The `files.v1` event (as JSON) that requeues the file of an `imu_data_files` row."""
-    event = FileQueued(
-        file_id=row["id"],
-        user_id=row["user_id"],
-        reason=reason,
-        run=row["run"],
-        storage_uri=row["storage_uri"],
-        filename=row["filename"],
-        size_bytes=row["size_bytes"],
-        format=row["format"],
-        sensor=row["sensor"],
-        timezone=row["timezone"],
-        queued_at=datetime.now(UTC),
-    )
-    return event.model_dump(mode="json")

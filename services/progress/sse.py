@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -162,15 +161,5 @@ def _sse(event: FileEvent) -> ServerSentEvent:
 
 
 def _observe_latency(event: FileEvent) -> None:
-    # The record's last_checkpoint_at is the parser's batch-completed time.
-    marker = '"last_checkpoint_at":"'
-    start = event.payload.find(marker)
-    if start < 0:
-        return
-    start += len(marker)
-    end = event.payload.find('"', start)
-    try:
-        checkpoint = datetime.fromisoformat(event.payload[start:end].replace("Z", "+00:00"))
-    except ValueError:
-        return
-    metrics.EVENT_TO_SSE.observe(max(time.time() - checkpoint.timestamp(), 0.0))
+    if event.last_checkpoint_at is not None:  # the parser's batch-completed time
+        metrics.EVENT_TO_SSE.observe(max(time.time() - event.last_checkpoint_at.timestamp(), 0.0))

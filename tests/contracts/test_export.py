@@ -1,18 +1,47 @@
-"""`imuflow contracts export DIR` writes a JSON Schema per event and an AsyncAPI document."""
+"""`imuflow contracts export DIR` writes a JSON Schema per event and FastStream's AsyncAPI document."""
 
 import json
 from pathlib import Path
 
+import pytest
+
+from contracts import topics
 from contracts.events import EVENT_MODELS
-from contracts.export import export
+from imuflow import kafka
+from imuflow.cli.contracts import export_contracts
+from imuflow.settings import Settings
 
 
-def test_export_writes_valid_json_for_every_event(tmp_path: Path) -> None:
-    written = {p.name for p in export(tmp_path)}
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", kafka_topic_prefix="doc.")
+
+
+def test_export_writes_valid_json_for_every_event(tmp_path: Path, settings: Settings) -> None:
+    written = {p.name for p in export_contracts(tmp_path, settings)}
     for model in EVENT_MODELS:
         name = f"{model.__name__}.schema.json"
         assert name in written
         schema = json.loads((tmp_path / name).read_text())
         assert schema["properties"]["schema_version"]["const"] == 1
-    asyncapi = json.loads((tmp_path / "asyncapi.json").read_text())
-    assert set(asyncapi["channels"]) == {"files.v1", "progress.v1", "files.dlq.v1"}
+
+
+def test_asyncapi_lists_every_topic_with_its_messages(tmp_path: Path, settings: Settings) -> None:
+    export_contracts(tmp_path, settings)
+    doc = json.loads((tmp_path / "asyncapi.json").read_text())
+    assert doc["asyncapi"] == "3.0.0"
+    addresses = {channel["address"] for channel in doc["channels"].values()}
+    assert addresses == {kafka.topic(settings, base) for base in topics.ALL}
+    schemas = doc["components"]["schemas"]
+    # Every event's schema is the contract model's own (pydantic, contracts/events.py).
+    for model in EVENT_MODELS:
+        assert schemas[model.__name__]["properties"] == model.model_json_schema()["properties"]
+    # The progress consumer is FastStream's real subscriber: a receive operation on progress.v1.
+    receives = [op for op in doc["operations"].values() if op["action"] == "receive"]
+    assert [doc["channels"][op["channel"]["$ref"].split("/")[-1]]["address"] for op in receives] == [
+        kafka.topic(settings, topics.PROGRESS)
+    ]
+    files = doc["channels"][topics.FILES]["messages"]
+    [message] = files.values()
+    ref = message["$ref"].split("/")[-1]
+    assert doc["components"]["messages"][ref]["payload"] == {"$ref": "#/components/schemas/FileQueued"}

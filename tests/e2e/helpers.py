@@ -62,6 +62,11 @@ async def events(
     ):
         source.response.raise_for_status()
         async for sse in source.aiter_sse():
+            if not sse.data:
+                # A keep-alive comment (sse-starlette pings every IMUFLOW_SSE_PING_SECONDS):
+                # httpx-sse 0.4 keeps the last id across events and so reports the blank line
+                # after a comment as an event with no data. Not an event of ours.
+                continue
             yield Event(sse.event, sse.id, json.loads(sse.data))
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from contracts import topics
 from contracts.events import FILE_EVENT
-from imuflow import db, dberrors
+from imuflow import db, dberrors, outbox
 from tests.ops.jobs import add_batches, make_job, make_user
 
 pytestmark = pytest.mark.integration
@@ -91,9 +91,14 @@ async def test_reset_requeues_through_the_outbox_and_records_an_event(conn: asyn
         "SELECT status, queued_at > now() - interval '5 s' AS fresh FROM imu_data_files"
     )
     assert state["status"] == "queued" and state["fresh"]
-    outbox = await conn.fetchrow("SELECT topic, key, payload FROM outbox")
-    assert outbox["topic"] == topics.FILES and outbox["key"] == str(job)
-    event = FILE_EVENT.validate_python(outbox["payload"])
+    # SQL writes a stub; the relay builds the contract event from the file's row.
+    stub = await conn.fetchrow("SELECT topic, key, payload FROM outbox")
+    assert stub["topic"] == topics.FILES and stub["key"] == str(job)
+    assert stub["payload"] == {"build": "file.queued", "reason": "requeue"}
+    async with conn.transaction():
+        [built] = await outbox.build_stubs(conn, await conn.fetch(outbox.QUERIES["claim_pending"], 10))
+    assert await conn.fetchval("SELECT payload FROM outbox") == built["payload"]
+    event = FILE_EVENT.validate_python(built["payload"])
     assert (event.file_id, event.user_id, event.reason, event.run) == (job, user, "requeue", 1)
     assert event.storage_uri == f"file:///nowhere/{job}"
     events = await conn.fetch("SELECT event_type, data FROM file_events WHERE id > $1", before)

@@ -70,6 +70,8 @@ async def read_events(
         ):
             source.response.raise_for_status()
             async for sse in source.aiter_sse():
+                if not sse.data:  # a keep-alive comment (see tests/e2e/helpers.py `events`)
+                    continue
                 got.append(Event(sse.event, sse.id, json.loads(sse.data)))
                 if count is not None and len(got) >= count:
                     return

@@ -151,3 +151,7 @@ UPDATE imu_data_files
 SET status = 'queued', queued_at = now(), yielded_at = now(), updated_at = now()
 WHERE id = $1 AND lease = $2 AND run = $3 AND status = 'parsing' AND resume_batch_number = $4
 RETURNING id, user_id, storage_uri, filename, size_bytes, format, sensor, timezone, run;
+
+-- name: record_event
+-- $1 file id. Append the file's displayed record to the SSE event log (file_events).
+SELECT record_file_event($1);

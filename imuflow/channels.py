@@ -1,0 +1,50 @@
+"""Every Kafka channel as FastStream declares it, and the AsyncAPI document made from them.
+
+`imuflow contracts export` builds a broker with the services' real FastStream subscribers
+(the progress consumer, services/progress/applier.py) and a publisher per topic carrying
+its contract message (contracts/events.py), and asks FastStream for the AsyncAPI document.
+The parser still consumes `files.v1` on aiokafka and the outbox relay still sends through
+aiokafka's producer (docs/architecture.md says why); their channels are these publishers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.usecase import DefaultPublisher
+from faststream.specification import AsyncAPI
+
+from contracts import events, topics
+from imuflow import kafka
+from imuflow.settings import Settings
+
+MESSAGES: dict[str, Any] = {
+    topics.FILES: events.FileQueued,
+    topics.PROGRESS: events.ProgressEvent,
+    topics.FILES_DEAD_LETTER: events.FileQueued,
+}
+DESCRIPTIONS = {
+    topics.FILES: "File jobs (upload, retry, requeue, re-parse), keyed by file id; consumed by the "
+    "parser workers (one group, manual commits after the job).",
+    topics.PROGRESS: "What the parsers report, one event per batch, keyed by file id; consumed by the "
+    "progress service.",
+    topics.FILES_DEAD_LETTER: "Jobs that exhausted their attempts, kept for inspection.",
+}
+
+
+def publishers(broker: KafkaBroker, settings: Settings) -> dict[str, DefaultPublisher]:
+    """A publisher per topic of this deployment, with the contract model of its messages."""
+    return {
+        base: broker.publisher(
+            kafka.topic(settings, base), schema=MESSAGES[base], title=base, description=DESCRIPTIONS[base]
+        )
+        for base in topics.ALL
+    }
+
+
+def asyncapi(broker: KafkaBroker) -> dict[str, Any]:
+    """FastStream's AsyncAPI 3.0 document of everything registered on `broker`."""
+    spec = AsyncAPI(broker, title="imuflow events", version="1", schema_version="3.0.0")
+    document: dict[str, Any] = spec.to_specification().to_jsonable()
+    return document
