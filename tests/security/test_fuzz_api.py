@@ -9,6 +9,7 @@ handler does real work. Streams (SSE) never end, so they are left to the isolati
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +31,11 @@ from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token, uploa
 from tests.stack import StartStack
 
 # 420 s: the five tus operations (SPEC §7) added ~500 fuzzed requests to the ingest half.
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 XIO = DATA / "xio_fusion_sensor_data.csv"
-EXAMPLES = 50
+# Per operation and mode. 50 took 140-400 s on 2 loaded cores once the tus routes came; a
+# deeper run is a separate command: IMUFLOW_FUZZ_EXAMPLES=200 pytest tests/security/test_fuzz_api.py
+EXAMPLES = int(os.environ.get("IMUFLOW_FUZZ_EXAMPLES", "20"))
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 # Destructive operations run last, so the pinned file exists for everything else.
 LAST = ("DELETE",)
