@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     ingest_port: int = Field(8001, ge=0, le=65535)
     progress_port: int = Field(8000, ge=0, le=65535)
     parser_metrics_port: int = Field(8002, ge=0, le=65535)
+    # The broker `imuflow up` embeds when KAFKA_BOOTSTRAP_SERVERS is empty: this port if
+    # free, else any free one (0: any free one).
+    embedded_broker_port: int = Field(9092, ge=0, le=65535)
     host: str = "127.0.0.1"
     batch_size: int = Field(50_000, ge=1, le=5_000_000)
     adaptive_batching: bool = True

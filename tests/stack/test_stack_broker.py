@@ -1,16 +1,20 @@
-"""Embedded Tansu broker: starts on a free port, round-trips a message, restarts in place."""
+"""Embedded Tansu broker: starts on a free port, round-trips a message, restarts in place;
+with its log in S3 a SIGKILLed broker comes back with its messages and committed offsets."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from imuflow.stack.broker import BrokerError, kafka_ready, start_broker
+from imuflow.stack.broker import BrokerError, kafka_ready, s3_broker_storage, start_broker
+from imuflow.stack.objectstore import REGION
 from imuflow.stack.procs import free_port
+from tests.objectstore import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +78,64 @@ async def test_broker_gives_up_on_a_port_that_stays_taken(tmp_path: Path) -> Non
         port = holder.getsockname()[1]
         with pytest.raises(BrokerError, match="in use"):
             await start_broker(port, log_path=tmp_path / "broker.log", retry_for=1)
+
+
+async def test_broker_on_s3_keeps_messages_and_committed_offsets_through_sigkill(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    bucket = f"tansu-{uuid.uuid4().hex[:10]}"
+    s3 = s3_server.storage("", bucket=bucket)
+    try:
+        await s3.ensure_bucket()
+    finally:
+        await s3.close()
+    storage = s3_broker_storage(
+        bucket,
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+        region=REGION,
+    )
+    log_path = tmp_path / "broker.log"
+    broker = await start_broker(None, log_path=log_path, storage=storage)
+    tp = TopicPartition("kept", 0)
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for i in range(5):
+                await producer.send_and_wait(tp.topic, f"m{i}".encode(), partition=0)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap_servers, group_id="g", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])  # aiokafka commits only for assigned partitions
+            await consumer.commit({tp: 3})
+        finally:
+            await consumer.stop()
+    finally:
+        broker.process.kill()  # a crash: nothing flushed on the way out
+        broker.process.wait()
+
+    again = await start_broker(broker.port, log_path=log_path, storage=storage)
+    try:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=again.bootstrap_servers,
+            group_id="g",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            assert await consumer.committed(tp) == 3
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            got = [(await asyncio.wait_for(consumer.getone(), 20)).value for _ in range(5)]
+        finally:
+            await consumer.stop()
+    finally:
+        again.stop()
+    assert got == [f"m{i}".encode() for i in range(5)]

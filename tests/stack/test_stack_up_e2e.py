@@ -33,6 +33,7 @@ async def test_up_runs_the_sample_and_stops_cleanly(tmp_path: Path) -> None:
         "IMUFLOW_PROGRESS_PORT": str(free_port()),
         "IMUFLOW_INGEST_PORT": str(free_port()),
         "IMUFLOW_PARSER_METRICS_PORT": str(free_port()),
+        "IMUFLOW_EMBEDDED_BROKER_PORT": str(free_port()),  # never 9092, which a real `up` may hold
         "COLUMNS": "200",
     }
     imuflow = str(Path(sys.executable).parent / "imuflow")

@@ -1,4 +1,5 @@
-"""`imuflow up --object-store`: uploads in the embedded SeaweedFS, settings in stack.env."""
+"""`imuflow up --object-store`: uploads in the embedded SeaweedFS, settings in stack.env, and
+the embedded broker's log in the same store (its own bucket)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from imuflow.settings import load_settings, read_env_file
+from imuflow.stack.objectstore import BROKER_BUCKET
 from imuflow.stack.procs import free_port
 from imuflow.storage import S3Storage, open_storage
 from tests.objectstore import leftovers
@@ -29,15 +31,14 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, output: str
     return output
 
 
-async def test_up_with_object_store_keeps_uploads_in_s3(
-    tmp_path: Path, database_url: str, kafka_bootstrap: str
+async def test_up_with_object_store_keeps_uploads_and_the_broker_log_in_s3(
+    tmp_path: Path, database_url: str
 ) -> None:
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMUFLOW_", "AWS_"))}
     env |= {
-        "IMUFLOW_DATABASE_URL": database_url,  # this test's own database and a shared broker:
-        "IMUFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,  # only the object store is embedded
-        "IMUFLOW_KAFKA_TOPIC_PREFIX": f"up{os.getpid()}.",
+        "IMUFLOW_DATABASE_URL": database_url,  # this test's own database; broker and store embedded
+        "IMUFLOW_EMBEDDED_BROKER_PORT": str(free_port()),
         "IMUFLOW_PROGRESS_PORT": str(free_port()),
         "IMUFLOW_INGEST_PORT": str(free_port()),
         "IMUFLOW_PARSER_METRICS_PORT": str(free_port()),
@@ -51,6 +52,7 @@ async def test_up_with_object_store_keeps_uploads_in_s3(
     output = ""
     try:
         output = await _read_until(proc, "imuflow is up", output)
+        assert f"log in s3://{BROKER_BUCKET}/" in output, output
         values = read_env_file(data_dir / "stack.env")
         assert values["IMUFLOW_STORAGE_URL"] == "s3://imuflow"
         assert values["IMUFLOW_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:")
@@ -72,6 +74,20 @@ async def test_up_with_object_store_keeps_uploads_in_s3(
             await store.close()
         assert objects == [uri.removeprefix("s3://imuflow/")] and uploads == []
         assert not (data_dir / "uploads").exists()
+        # The broker's topics and messages are objects in its own bucket, not in memory.
+        broker_log = S3Storage(
+            f"s3://{BROKER_BUCKET}",
+            endpoint_url=values["IMUFLOW_S3_ENDPOINT_URL"],
+            region=values["IMUFLOW_S3_REGION"],
+            access_key_id=values["AWS_ACCESS_KEY_ID"],
+            secret_access_key=values["AWS_SECRET_ACCESS_KEY"],
+        )
+        try:
+            kept, _ = await leftovers(broker_log)
+        finally:
+            await broker_log.close()
+        topic_prefix = values["IMUFLOW_KAFKA_TOPIC_PREFIX"]
+        assert any(topic_prefix + "files.v1" in key for key in kept), kept[:20]
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
