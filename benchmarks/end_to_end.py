@@ -2,7 +2,7 @@
 
 * End to end: upload through the ingest API until the `completed` SSE event arrives
   (samples stored in Postgres), median of 3, with progress tracking on (checkpoint per
-  batch + progress event per batch) and off (`IMUFLOW_PROGRESS_TRACKING=false`), the
+  batch + progress event per batch) and off (the parser run as `benchmarks.untracked_parser`), the
   parser restarted between the two and the runs interleaved (on, off, on, off, ...).
 * Checkpoint cadence: for the tracking-on runs, the seconds between consecutive batch
   checkpoints (`streaming_processing_logs.completed_at`), which the adaptive batch sizer
@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -37,6 +38,7 @@ from imuflow import db
 from imuflow.stack.objectstore import start_object_store
 
 SAMPLES = 2_000_000
+UNTRACKED_PARSER = (sys.executable, "-m", "benchmarks.untracked_parser")  # tracking off
 LATENCY_FILES = 10
 LATENCY_SAMPLES = 400_000
 
@@ -79,8 +81,8 @@ async def parser_ready(stack: EmbeddedStack, tracking: bool, extra: Mapping[str,
     """(Re)start the parser with progress tracking on or off; return once it takes jobs."""
     if "parser" in stack.supervisors:
         await stack.stop("parser")
-    env = {"IMUFLOW_PROGRESS_TRACKING": "true" if tracking else "false", **(extra or {})}
-    await stack.start("parser", services=("parser",), env=env)
+    argv = None if tracking else {"parser": UNTRACKED_PARSER}
+    await stack.start("parser", services=("parser",), env=extra, argv=argv)
     # Healthy is not yet in the consumer group (Tansu takes seconds for a first join):
     # one small job first, so the measured runs see a parser that is ready.
     warmup = stack.dir / "warmup.csv"

@@ -20,8 +20,12 @@ from benchmarks.common import Table, machine
 MODULES = (
     "text_reader",
     "binary_reader",
+    "parser_stages",
     "storage",
+    "psql_peer",
     "end_to_end",
+    "tracking_overhead",
+    "sustained",
     "sse_fanout",
     "upload",
     "preview",

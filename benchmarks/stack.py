@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import tempfile
 import time
@@ -77,10 +78,20 @@ class EmbeddedStack:
         self._tmp.cleanup()
 
     async def start(
-        self, name: str, services: Sequence[str] = SERVICES, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        services: Sequence[str] = SERVICES,
+        env: Mapping[str, str] | None = None,
+        argv: Mapping[str, Sequence[str]] | None = None,
     ) -> Supervisor:
-        """Run `services` under a supervisor called `name` and wait until they are healthy."""
-        supervisor = Supervisor(service_specs(self.settings, env, services), backoff_initial=0.2, grace=5.0)
+        """Run `services` under a supervisor called `name` and wait until they are healthy.
+
+        `argv` replaces a service's command (benchmarks.untracked_parser for the parser)."""
+        specs = [
+            dataclasses.replace(spec, argv=list(argv[spec.name])) if argv and spec.name in argv else spec
+            for spec in service_specs(self.settings, env, services)
+        ]
+        supervisor = Supervisor(specs, backoff_initial=0.2, grace=5.0)
         await supervisor.start()
         try:
             await supervisor.wait_healthy(within=90)

@@ -120,8 +120,6 @@ class Settings(BaseSettings):
     # boundary when another user with fewer running jobs has work waiting. 0 = off.
     fair_share_slice: float = Field(10.0, ge=0)
 
-    # Benchmark-only switch: with False the parser emits no progress events and no checkpoint.
-    progress_tracking: bool = True
     log_level: str = "INFO"
     sse_ping_seconds: float = Field(15.0, gt=0)
     # Per-user limits of the progress service (429 with Retry-After beyond them). SSE streams

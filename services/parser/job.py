@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import time
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -23,8 +24,9 @@ from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
 from imuflow.storage.local import path_of
-from services.parser import pgcopy
+from services.parser import pgcopy, preview_blocks
 from services.parser.batching import BatchSizer
+from services.parser.cursor import Cursor
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
@@ -208,14 +210,13 @@ class FileJob:
         sizer = BatchSizer(self.settings.batch_size, adaptive=self.settings.adaptive_batching)
         share = _FairShare(self.settings.fair_share_slice)
         batches: Iterator[SampleBatch] = reader.batches(sizer)
-        batch_number = claim.resume_batch_number
-        samples_done = claim.resume_samples
-        rows_skipped = claim.rows_skipped
+        cursor = Cursor(
+            claim.resume_batch_number, claim.resume_samples, claim.rows_skipped, warnings, claim.resume_offset
+        )
         # Pipelining: a thread reads and encodes batch N+1 while batch N is copied into
         # Postgres (another process, so the two use both cores). Checkpoints stay exact:
         # batch N's transaction (samples + checkpoint N) commits before N+1 is stored.
         pending = self._read_ahead(batches, claim, thread)
-        t0 = time.perf_counter()  # a batch's time runs from the previous commit to its own
         try:
             while True:
                 if self.abandon.is_set():
@@ -223,57 +224,47 @@ class FileJob:
                 item = await pending
                 if item is None:
                     break
-                batch, payload, started = item
                 pending = self._read_ahead(batches, claim, thread)
-                samples_done += len(batch)
-                rows_skipped += batch.rows_skipped
-                warnings = _merge(warnings, batch.warnings)
-                with context(batch_number=batch_number + 1):
+                batch = item.batch
+                moved = cursor.after(batch)
+                with context(batch_number=moved.batch_number):
                     # The batch's progress event is built inside its transaction (so its time
                     # includes the COPY) and committed with it through the outbox.
-                    progress = functools.partial(
-                        self._progress_payload,
-                        claim, info, batch, batch_number + 1, samples_done, rows_skipped, warnings,
-                        started, t0,
-                    )  # fmt: skip
                     c0 = time.perf_counter()
                     await self.repo.store_batch(
                         claim,
                         batch,
-                        batch_number,
-                        samples_done,
-                        rows_skipped,
-                        warnings,
-                        checkpoint=self.settings.progress_tracking,
-                        progress=progress if self.settings.progress_tracking else None,
-                        payload=payload,
+                        moved,
+                        progress=partial(self._progress_payload, claim, info, batch, moved, item.started),
+                        payload=item.payload,
+                        preview=item.preview,
                     )
-                    metrics.CHECKPOINT_WRITE.observe(time.perf_counter() - c0)
-                    batch_number += 1
                     now = time.perf_counter()
-                    seconds, t0 = now - t0, now
+                    metrics.CHECKPOINT_WRITE.observe(now - c0)
+                    seconds, cursor = now - moved.since, replace(moved, since=now)
                     sizer.observe(len(batch), seconds)
                     metrics.BATCH_DURATION.observe(seconds)
                     metrics.SAMPLES_PARSED.inc(len(batch))
-                    if share.due() and await self._yield(claim, batch_number):
+                    if share.due() and await self._yield(claim, cursor.batch_number):
                         return Outcome.YIELDED
         finally:
             # The job's thread closes the file after the read-ahead: nothing to wait for.
             pending.add_done_callback(_retrieve)
-        if samples_done == 0:
+        if cursor.samples_done == 0:
             raise FormatError("the file holds no readable IMU samples")
-        if not await self.repo.complete(claim, samples_done):
+        if not await self.repo.complete(claim, cursor.samples_done):
             raise Fenced("complete matched no row")
         log.info(
-            "parse completed", extra=fields(action="completed", samples=samples_done, batches=batch_number)
+            "parse completed",
+            extra=fields(action="completed", samples=cursor.samples_done, batches=cursor.batch_number),
         )
         await self._publish(
             events.ParseCompleted(
                 **claim.event_ids,
-                batch_number=batch_number,
-                total_samples=samples_done,
-                rows_skipped=rows_skipped,
-                warnings=warnings,
+                batch_number=cursor.batch_number,
+                total_samples=cursor.samples_done,
+                rows_skipped=cursor.rows_skipped,
+                warnings=cursor.warnings,
                 completed_at=datetime.now(UTC),
             )
         )
@@ -297,39 +288,31 @@ class FileJob:
 
     def _read_ahead(
         self, batches: Iterator[SampleBatch], claim: Claim, thread: JobThread
-    ) -> asyncio.Future[_Encoded | None]:
+    ) -> asyncio.Future[_Prepared | None]:
         """Start reading and encoding the next batch in the job's thread."""
-        return thread.submit(_next_encoded, batches, claim.file_id)
+        return thread.submit(_prepare_next, batches, claim.file_id)
 
     def _progress_payload(
-        self,
-        claim: Claim,
-        info: FileInfo,
-        batch: SampleBatch,
-        batch_number: int,
-        samples_done: int,
-        rows_skipped: int,
-        warnings: list[str],
-        started: datetime,
-        t0: float,
+        self, claim: Claim, info: FileInfo, batch: SampleBatch, cursor: Cursor, started: datetime
     ) -> dict[str, Any]:
+        """The batch's progress event (as JSON) for the position after it."""
         bytes_total = max(info.bytes_total, 1)
-        bytes_done = min(batch.end_offset, bytes_total)
+        bytes_done = min(cursor.offset, bytes_total)
         if info.sample_count is not None:
             estimate = info.sample_count
         else:
-            estimate = round(samples_done * bytes_total / max(bytes_done, 1))
+            estimate = round(cursor.samples_done * bytes_total / max(bytes_done, 1))
         event = events.BatchProgress(
             **claim.event_ids,
-            batch_number=batch_number,
+            batch_number=cursor.batch_number,
             samples_in_batch=len(batch),
-            total_samples_processed=samples_done,
-            estimated_total_samples=max(estimate, samples_done),
+            total_samples_processed=cursor.samples_done,
+            estimated_total_samples=max(estimate, cursor.samples_done),
             bytes_processed=bytes_done,
             bytes_total=bytes_total,
-            rows_skipped=rows_skipped,
-            warnings=warnings,
-            batch_processing_time_ms=(time.perf_counter() - t0) * 1000,
+            rows_skipped=cursor.rows_skipped,
+            warnings=cursor.warnings,
+            batch_processing_time_ms=(time.perf_counter() - cursor.since) * 1000,
             started_at=started,
             completed_at=datetime.now(UTC),
         )
@@ -379,8 +362,6 @@ class FileJob:
 
     async def _publish(self, event: BaseModel, base: str = topics.PROGRESS) -> None:
         """Send without waiting for the broker; the Postgres state is already committed."""
-        if not self.settings.progress_tracking and base == topics.PROGRESS:
-            return
         file_id = event.file_id  # type: ignore[attr-defined]
         try:
             future = await self.producer.send(
@@ -392,16 +373,25 @@ class FileJob:
         future.add_done_callback(_log_send_failure)
 
 
-_Encoded = tuple[SampleBatch, list[memoryview], datetime]
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch made ready to store in the job's thread, off the event loop."""
+
+    batch: SampleBatch
+    payload: list[memoryview]  # its COPY BINARY rows
+    preview: list[tuple[Any, ...]]  # its preview pyramid rows
+    started: datetime  # when reading it began
 
 
-def _next_encoded(batches: Iterator[SampleBatch], file_id: UUID) -> _Encoded | None:
-    """The next batch, its COPY payload and when reading it began (None at the end)."""
+def _prepare_next(batches: Iterator[SampleBatch], file_id: UUID) -> _Prepared | None:
+    """The next batch with its COPY payload and preview rows (None at the end)."""
     started = datetime.now(UTC)
     batch = next(batches, None)
     if batch is None:
         return None
-    return batch, pgcopy.encode_parts(file_id, batch), started
+    return _Prepared(
+        batch, pgcopy.encode_parts(file_id, batch), preview_blocks.block_rows(file_id, batch), started
+    )
 
 
 def _is_stored(path: Path) -> bool:

@@ -22,8 +22,13 @@ from services.parser.worker import ParserWorker
 log = logging.getLogger("imuflow.parser")
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the parser until `stop` is set; in-flight jobs are abandoned at a batch boundary."""
+async def serve(
+    settings: Settings, stop: asyncio.Event, repository: type[ParserRepository] = ParserRepository
+) -> None:
+    """Run the parser until `stop` is set; in-flight jobs are abandoned at a batch boundary.
+
+    `repository` is for benchmarks only (benchmarks/untracked_parser.py stores batches
+    without their checkpoint and progress event, to measure what tracking costs)."""
     settings.require_servers()
     pool = await db.create_pool(settings.database_url, max_size=settings.parser_concurrency + 4)
     producer = kafka.producer(settings)
@@ -55,7 +60,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await kafka.ensure_topics(settings)
         # A batch transaction may hold the job's row lock at most this long (a hung parser's
         # lock must go before the watchdog can requeue the job): beyond the stuck threshold.
-        repo = ParserRepository(pool, hold_timeout=max(2 * settings.stuck_after, 10.0))
+        repo = repository(pool, hold_timeout=max(2 * settings.stuck_after, 10.0))
         worker = ParserWorker(settings, repo, producer)
         supervisor.start("consumer", worker.run)
         supervisor.start("outbox-relay", OutboxRelay(settings, pool, producer).run)

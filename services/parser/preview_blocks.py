@@ -30,12 +30,19 @@ COLUMNS = ("file_id", "sensor", "level", "first_index", "n", "t_first", "t_last"
            "dt_max", "gaps", "mins", "maxs", "sums", "counts", "clipped")  # fmt: skip
 
 
-async def store(conn: asyncpg.Connection, file_id: uuid.UUID, batch: SampleBatch) -> None:
+async def store(
+    conn: asyncpg.Connection,
+    file_id: uuid.UUID,
+    batch: SampleBatch,
+    rows: list[tuple[Any, ...]] | None = None,
+) -> None:
     """Write the batch's blocks (inside the caller's transaction), first dropping blocks an
-    earlier run left where this batch starts (per sensor: one may first appear late)."""
+    earlier run left where this batch starts (per sensor: one may first appear late).
+    `rows` are `block_rows(file_id, batch)` when the caller made them already."""
     if len(batch) == 0:
         return
-    rows = block_rows(file_id, batch)
+    if rows is None:
+        rows = block_rows(file_id, batch)
     firsts = {r[1]: r[3] for r in reversed(rows) if r[2] == FINE}  # sensor -> first index
     await conn.execute(QUERIES["forget_from"], file_id, list(firsts), list(firsts.values()))
     if min(firsts.values()) == 0:

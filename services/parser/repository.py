@@ -20,6 +20,7 @@ import asyncpg
 from contracts import events, topics
 from imuflow import db, dberrors, outbox
 from services.parser import pgcopy, preview_blocks
+from services.parser.cursor import Cursor
 from services.parser.formats.base import SampleBatch
 
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
@@ -108,59 +109,62 @@ class ParserRepository:
         self,
         claim: Claim,
         batch: SampleBatch,
-        previous_batch: int,
-        samples_done: int,
-        rows_skipped: int,
-        warnings: list[str],
+        cursor: Cursor,
         *,
-        checkpoint: bool = True,
         progress: Callable[[], dict[str, Any]] | None = None,
         payload: Sequence[memoryview] | None = None,
+        preview: list[tuple[Any, ...]] | None = None,
     ) -> None:
-        """Commit the batch's samples, the resume checkpoint and its progress event in one transaction.
+        """Commit the batch's samples, the checkpoint `cursor` (the position after the
+        batch) and its progress event in one transaction.
 
         `progress` builds the batch's progress event once the samples are written; it goes
         to the outbox in the same transaction (fault tests found fire-and-forget sends lost
-        to a crash right after the commit: holes in the batch log). `checkpoint=False`
-        (benchmarks only) stores the samples alone, to measure what progress tracking costs.
-        `payload` is the batch already encoded by `pgcopy.encode_parts` (the parser does it
-        in its read-ahead thread).
+        to a crash right after the commit: holes in the batch log). `payload` and `preview`
+        are the batch already encoded by `pgcopy.encode_parts` and its preview rows (the
+        parser makes them in its read-ahead thread).
         """
-        if payload is None:
-            payload = pgcopy.encode_parts(claim.file_id, batch)
         with dberrors.translated(TransientError, "store batch"):
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(QUERIES["hold_timeout"], self.hold_timeout_ms)
-                status = "UPDATE 1"
-                if checkpoint:
-                    status = await conn.execute(
-                        QUERIES["checkpoint"],
-                        claim.file_id,
-                        claim.lease,
-                        claim.run,
-                        previous_batch,
-                        previous_batch + 1,
-                        batch.end_offset,
-                        samples_done,
-                        batch.state,
-                        rows_skipped,
-                        warnings,
-                    )
+                status = await conn.execute(
+                    QUERIES["checkpoint"],
+                    claim.file_id,
+                    claim.lease,
+                    claim.run,
+                    cursor.batch_number - 1,
+                    cursor.batch_number,
+                    batch.end_offset,
+                    cursor.samples_done,
+                    batch.state,
+                    cursor.rows_skipped,
+                    cursor.warnings,
+                )
                 if status != "UPDATE 1":
                     raise Fenced("checkpoint matched no row")
-                if len(batch):
-                    await conn.copy_to_table(
-                        "imu_samples",
-                        source=_chunks(payload),
-                        columns=list(pgcopy.COLUMNS),
-                        format="binary",
-                    )
-                await preview_blocks.store(conn, claim.file_id, batch)  # the preview pyramid (0014)
+                await self.copy_samples(conn, claim, batch, payload, preview)
                 if progress is not None:
                     event = progress()
-                    if checkpoint:
-                        await conn.execute(QUERIES["insert_batch_log"], *_log_row(event))
+                    await conn.execute(QUERIES["insert_batch_log"], *_log_row(event))
                     await outbox.enqueue(conn, topics.PROGRESS, claim.file_id, event)
+
+    @staticmethod
+    async def copy_samples(
+        conn: asyncpg.Connection,
+        claim: Claim,
+        batch: SampleBatch,
+        payload: Sequence[memoryview] | None = None,
+        preview: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        """COPY the batch's samples and its preview pyramid rows (in the caller's transaction)."""
+        if len(batch):
+            await conn.copy_to_table(
+                "imu_samples",
+                source=_chunks(payload or pgcopy.encode_parts(claim.file_id, batch)),
+                columns=list(pgcopy.COLUMNS),
+                format="binary",
+            )
+        await preview_blocks.store(conn, claim.file_id, batch, preview)  # the preview pyramid (0014)
 
     async def complete(self, claim: Claim, total_samples: int) -> bool:
         """Mark the job completed with its exact count; False if fenced."""

@@ -14,6 +14,7 @@ import pytest
 
 from imuflow import db
 from imuflow.settings import Settings
+from services.parser.cursor import Cursor
 from services.parser.formats.base import SampleBatch
 from services.parser.repository import Fenced, ParserRepository
 from services.progress.lifecycle import delete_family
@@ -49,7 +50,7 @@ async def test_a_parser_mid_batch_cannot_reinsert_samples_after_a_delete(databas
         repo = ParserRepository(pool)
         claim = await repo.claim(file_id, 1)  # as a parser takes the job
         assert claim is not None
-        await repo.store_batch(claim, _batch(0, 100, 10), 0, 100, 0, [])
+        await repo.store_batch(claim, _batch(0, 100, 10), Cursor(1, 100, 0, []))
         # Batch 2 is mid-flight: its checkpoint is updated, its samples not yet committed.
         parser = await db.connect(database_url)
         tx = parser.transaction()
@@ -71,7 +72,7 @@ async def test_a_parser_mid_batch_cannot_reinsert_samples_after_a_delete(databas
         assert await pool.fetchval("SELECT count(*) FROM imu_samples WHERE file_id = $1", file_id) == 0
         # The parser's next batch finds no row to checkpoint: fenced, samples rolled back.
         with pytest.raises(Fenced):
-            await repo.store_batch(claim, _batch(200, 100, 30), 2, 300, 0, [])
+            await repo.store_batch(claim, _batch(200, 100, 30), Cursor(3, 300, 0, []))
         assert await pool.fetchval("SELECT count(*) FROM imu_samples WHERE file_id = $1", file_id) == 0
         assert await pool.fetchval("SELECT count(*) FROM imu_data_files WHERE id = $1", file_id) == 0
     finally:
