@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from imuflow.stack.broker import BrokerStorage, s3_broker_storage
 from imuflow.stack.objectstore import REGION, start_object_store
 from imuflow.storage import LocalStorage, S3Storage, Storage
 
@@ -50,6 +51,22 @@ class S3Server:
             region=REGION,
             access_key_id=self.access_key_id,
             secret_access_key=self.secret_access_key,
+        )
+
+    async def broker_storage(self, name: str) -> BrokerStorage:
+        """A new bucket `name-<random>` for a durable Tansu's log, and its storage flags."""
+        bucket = f"{name}-{uuid.uuid4().hex[:10]}"
+        s3 = self.storage("", bucket=bucket)
+        try:
+            await s3.ensure_bucket()
+        finally:
+            await s3.close()
+        return s3_broker_storage(
+            bucket,
+            endpoint_url=self.endpoint_url,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            region=REGION,
         )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from contracts import topics
 from imuflow import kafka
 from imuflow.settings import Settings
-from imuflow.stack.broker import SupervisedBroker, s3_broker_storage, supervise_broker
-from imuflow.stack.objectstore import REGION
+from imuflow.stack.broker import SupervisedBroker, supervise_broker
 from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import (
     fetchval,
@@ -45,19 +43,7 @@ QUEUED_SAMPLES = 5_000
 @pytest.fixture
 async def durable_broker(tmp_path: Path, s3_server: S3Server) -> AsyncIterator[SupervisedBroker]:
     """Tansu under its supervisor with its log in a bucket of its own, as `up --object-store` runs it."""
-    bucket = f"broker-{uuid.uuid4().hex[:10]}"
-    s3 = s3_server.storage("", bucket=bucket)
-    try:
-        await s3.ensure_bucket()
-    finally:
-        await s3.close()
-    storage = s3_broker_storage(
-        bucket,
-        endpoint_url=s3_server.endpoint_url,
-        access_key_id=s3_server.access_key_id,
-        secret_access_key=s3_server.secret_access_key,
-        region=REGION,
-    )
+    storage = await s3_server.broker_storage("broker")
     broker = await supervise_broker(None, log_path=tmp_path / "broker.log", storage=storage)
     try:
         yield broker

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from imuflow.stack.broker import BrokerError, kafka_ready, s3_broker_storage, start_broker
-from imuflow.stack.objectstore import REGION
+from imuflow.stack.broker import BrokerError, kafka_ready, start_broker
 from imuflow.stack.procs import free_port
 from tests.objectstore import S3Server
 
@@ -83,19 +81,7 @@ async def test_broker_gives_up_on_a_port_that_stays_taken(tmp_path: Path) -> Non
 async def test_broker_on_s3_keeps_messages_and_committed_offsets_through_sigkill(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
-    bucket = f"tansu-{uuid.uuid4().hex[:10]}"
-    s3 = s3_server.storage("", bucket=bucket)
-    try:
-        await s3.ensure_bucket()
-    finally:
-        await s3.close()
-    storage = s3_broker_storage(
-        bucket,
-        endpoint_url=s3_server.endpoint_url,
-        access_key_id=s3_server.access_key_id,
-        secret_access_key=s3_server.secret_access_key,
-        region=REGION,
-    )
+    storage = await s3_server.broker_storage("tansu")
     log_path = tmp_path / "broker.log"
     broker = await start_broker(None, log_path=log_path, storage=storage)
     tp = TopicPartition("kept", 0)
