@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from imuflow import dberrors
 from imuflow.runner import run_worker
 from imuflow.settings import load_settings
 from services.parser.cursor import Cursor
 from services.parser.formats.base import SampleBatch
 from services.parser.main import serve
-from services.parser.repository import DRIVER_ERRORS, Claim, ParserRepository, TransientError
+from services.parser.repository import Claim, ParserRepository, TransientError
 
 
 class UntrackedRepository(ParserRepository):
@@ -34,11 +35,9 @@ class UntrackedRepository(ParserRepository):
         preview: list[tuple[Any, ...]] | None = None,
     ) -> None:
         """The samples and preview rows in one transaction; `cursor` and `progress` unused."""
-        try:
+        with dberrors.translated(TransientError, "store batch"):
             async with self.pool.acquire() as conn, conn.transaction():
                 await self.copy_samples(conn, claim, batch, payload, preview)
-        except DRIVER_ERRORS as exc:
-            raise TransientError(f"store batch: {exc}") from exc
 
 
 def main() -> None:
