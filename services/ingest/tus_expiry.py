@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from uuid import UUID
 
 import asyncpg
 
@@ -26,19 +27,33 @@ def interval(settings: Settings) -> float:
 async def sweep_once(pool: asyncpg.Pool, storage: Storage) -> int:
     """Remove what expired; how many unfinished uploads were removed."""
     removed = 0
-    for upload in await tus_repository.expired(pool):
+    for candidate in await tus_repository.expired(pool):
+        try:
+            removed += await _expire(pool, storage, candidate.id)
+        except tus_repository.UploadBusy:
+            continue  # a PATCH is writing it: its state is not final yet; the next round
+    metrics.TUS_IN_PROGRESS.set(await tus_repository.in_progress(pool))
+    return removed
+
+
+async def _expire(pool: asyncpg.Pool, storage: Storage, upload_id: UUID) -> int:
+    """Remove one expired upload; 1 if it was unfinished (its bytes cleaned from storage).
+
+    Under the upload's lock and read again: a PATCH still writing when the upload expired
+    may have started its multipart upload since, which must be aborted too (a suite run on
+    a loaded machine leaked one), or may have moved the expiry."""
+    async with tus_repository.writing(pool, upload_id):
+        upload = await tus_repository.still_expired(pool, upload_id)
+        if upload is None:
+            return 0
         if not upload.completed:
             state = PartialState(upload.offset, upload.s3_upload_id, upload.s3_parts, upload.tail_bytes)
             await storage.abort_partial(str(upload.id), state)
-            removed += 1
             metrics.TUS_EXPIRED.inc()
-            log.info(
-                "upload expired",
-                extra=fields(upload_id=str(upload.id), offset=upload.offset, action="expire"),
-            )
+            where = fields(upload_id=str(upload.id), offset=upload.offset, action="expire")
+            log.info("upload expired", extra=where)
         await tus_repository.delete(pool, upload.id)
-    metrics.TUS_IN_PROGRESS.set(await tus_repository.in_progress(pool))
-    return removed
+        return 0 if upload.completed else 1
 
 
 async def run(settings: Settings, pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> None:

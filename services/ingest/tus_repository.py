@@ -120,6 +120,12 @@ async def expired(pool: asyncpg.Pool, limit: int = 100) -> list[TusUpload]:
     return [TusUpload.from_row(r) for r in rows]
 
 
+async def still_expired(pool: asyncpg.Pool, upload_id: UUID) -> TusUpload | None:
+    """The upload if it is still expired (read again under its lock)."""
+    row = await _call(pool, "fetchrow", "expired_upload", upload_id)
+    return None if row is None else TusUpload.from_row(row)
+
+
 async def unfinished_ids(pool: asyncpg.Pool) -> set[str]:
     """Ids of every unfinished upload."""
     rows = await _call(pool, "fetch", "unfinished_ids")

@@ -41,6 +41,11 @@ DELETE FROM tus_uploads WHERE id = $1;
 -- $1 limit. Rows past their expiry: unfinished ones are cleaned from storage, finished ones forgotten.
 SELECT * FROM tus_uploads WHERE expires_at <= now() ORDER BY expires_at LIMIT $1;
 
+-- name: expired_upload
+-- $1 upload id. The row again, under its lock, if it is still expired (a PATCH that
+-- finished meanwhile moved its expiry).
+SELECT * FROM tus_uploads WHERE id = $1 AND expires_at <= now();
+
 -- name: unfinished_ids
 -- Unfinished uploads (the start-up storage sweep must leave their multipart uploads alone).
 SELECT id FROM tus_uploads WHERE completed_at IS NULL;
