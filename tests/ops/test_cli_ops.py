@@ -69,10 +69,13 @@ async def test_operator_commands(service_stack: StartStack, test_settings: Setti
     code, out = await imuflow(data_dir, "stuck")
     assert code == 0 and str(stuck) in out and "1 of 5" in out, out
 
-    await hold.rollback()
-    await holder.close()
+    # Still holding the watchdog's lock: released before, the watchdog could requeue the job
+    # while the CLI starts (a loaded run saw "nothing was stuck"). The manual reset does not
+    # take that lock.
     code, out = await imuflow(data_dir, "reset-stuck", "--older-than", "600")
     assert code == 0 and "requeued" in out and str(stuck) in out, out
+    await hold.rollback()
+    await holder.close()
     code, out = await imuflow(data_dir, "stuck")
     assert code == 0 and "no stuck jobs" in out, out
 
