@@ -42,7 +42,9 @@ async def wait_for(check: Any, within: float = 30.0) -> Any:
 async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
     service_stack: StartStack, settings_factory: Any, tmp_path: Path
 ) -> None:
-    settings: Settings = settings_factory(stuck_after=30.0)
+    # Long enough that the stuck rule (and the watchdog requeueing these jobs, whose files do
+    # not exist) cannot fire while the test runs, however loaded the machine (it did at 30 s).
+    settings: Settings = settings_factory(stuck_after=600.0)
     url = settings.database_url
     conn = await db.connect(url)
     try:
