@@ -27,7 +27,12 @@ from tests.faults.helpers import (
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(240),
+    pytest.mark.xdist_group("cpu"),
+]
 SAMPLES = 200_000
 BATCH = 1_000  # 200 batches: the job is still running when the broker goes
 

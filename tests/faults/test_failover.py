@@ -26,7 +26,12 @@ from tests.faults.helpers import (
 )
 from tests.stack import ServiceStack, StartStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(180),
+    pytest.mark.xdist_group("cpu"),
+]
 SAMPLES = 500_000
 BATCH = 1_000  # 500 batches: the job outlives the failover
 

@@ -14,7 +14,12 @@ from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import FAST_JOB_ENV, fetchval, stored, synth_csv, wait_for, wait_terminal
 from tests.stack import StartStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("cpu"),
+]
 BIG = 200_000  # in batches of 100: ~30 s or more per file with two running side by side
 SMALL = 23_000  # ~1.4 MB of CSV, the upload of the issue
 ENV = {

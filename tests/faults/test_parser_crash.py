@@ -15,7 +15,12 @@ from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import FAST_JOB_ENV, kill, service_pid, synth_csv, wait_for, wait_terminal
 from tests.stack import StartStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("cpu"),
+]
 SAMPLES = 500_000
 BATCH = 5_000  # 100 batches: many boundaries to crash between
 KILLS = 10

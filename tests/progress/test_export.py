@@ -140,6 +140,7 @@ def _peak_rss(pid: int) -> int:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("cpu")
 async def test_export_of_five_million_rows_stays_within_a_memory_bound(
     test_settings: Settings, service_stack: StartStack, database_url: str, tmp_path: Path
 ) -> None:
