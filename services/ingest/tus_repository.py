@@ -59,10 +59,8 @@ class TusUpload:
 
 
 async def _call(pool: asyncpg.Pool, method: str, name: str, *args: Any) -> Any:
-    try:
+    with dberrors.translated(StorageUnavailable):
         return await getattr(pool, method)(QUERIES[name], *args)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
 
 
 async def create(
@@ -152,18 +150,15 @@ async def writing(pool: asyncpg.Pool, upload_id: UUID) -> AsyncIterator[None]:
     another (or the restarted) ingest is not refused.
     """
     key = lock_key(upload_id)
-    try:
+    with dberrors.translated(StorageUnavailable):
         conn = await pool.acquire()
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
     try:
-        if not await conn.fetchval(QUERIES["try_lock"], key):
-            raise UploadBusy(str(upload_id))
-        try:
-            yield
-        finally:
-            await conn.fetchval(QUERIES["unlock"], key)
-    except dberrors.DRIVER as exc:
-        raise StorageUnavailable(str(exc)) from exc
+        with dberrors.translated(StorageUnavailable):
+            if not await conn.fetchval(QUERIES["try_lock"], key):
+                raise UploadBusy(str(upload_id))
+            try:
+                yield
+            finally:
+                await conn.fetchval(QUERIES["unlock"], key)
     finally:
         await pool.release(conn)
