@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import numpy as np
 
 from imuflow import dberrors
 from imuflow.stack.supervisor import Supervisor
+from tests.waiting import until
 
 TERMINAL = ("completed", "failed", "cancelled")
 # Small batches, no adaptation: many batch boundaries to crash between, in a few seconds.
@@ -86,18 +85,27 @@ async def wait_for(
     database_url: str, query: str, *args: Any, timeout: float, interval: float = 0.1, what: str = ""
 ) -> Any:
     """Poll `query` until it returns a truthy value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+
+    async def answer() -> Any:
         try:
-            last = await fetchval(database_url, query, *args)
-        except dberrors.DRIVER as exc:
-            last = exc  # the server may be restarting in the test
-        else:
-            if last:
-                return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or query} (last: {last!r})")
+            return await fetchval(database_url, query, *args)
+        except dberrors.DRIVER as exc:  # the server may be restarting in the test
+            return _Refused(exc)
+
+    return await until(answer, what or query, within=timeout, every=interval)
+
+
+class _Refused:
+    """A driver error seen while polling: falsy, so polling goes on, and named on failure."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return repr(self.error)
 
 
 async def wait_terminal(database_url: str, file_id: str, timeout: float) -> Stored:
@@ -142,14 +150,12 @@ def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
 
 async def wait_restarted(supervisor: Supervisor, name: str, old_pid: int, timeout: float = 30.0) -> int:
     """Wait until the supervisor runs a new process for `name`; return its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def new_pid() -> int | None:
         state = supervisor.services[name]
-        if (
-            state.pid not in (None, old_pid)
-            and state.process is not None
-            and state.process.returncode is None
-        ):
-            return state.pid
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} was not restarted within {timeout:.0f}s")
+        running = state.process is not None and state.process.returncode is None
+        return state.pid if running and state.pid not in (None, old_pid) else None
+
+    pid = await until(new_pid, f"{name} restarted", within=timeout)
+    assert pid is not None
+    return pid

@@ -34,6 +34,7 @@ from tests.faults.helpers import (
 )
 from tests.servers import SettingsFactory
 from tests.stack import ServiceStack, StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(240)]
 BUSY_SAMPLES = 400_000  # 400 batches of 1,000: still parsing when the broker goes
@@ -61,14 +62,14 @@ async def readyz(url: str) -> tuple[int, dict[str, Any]]:
 async def wait_readiness(stack: ServiceStack, broker: str, timeout: float = 20.0) -> dict[str, Any]:
     """Wait until every service reports `broker` as given (and the others ok); their answers."""
     urls = {"ingest": stack.ingest_url, "progress": stack.progress_url, "parser": stack.parser_metrics_url}
-    deadline = time.monotonic() + timeout
-    answers: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        answers = {name: await readyz(url) for name, url in urls.items()}
-        if all(body.get("broker") == broker for _, body in answers.values()):
-            return answers
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"readiness never showed broker {broker}: {answers}")
+
+    async def answers() -> dict[str, Any] | None:
+        found = {name: await readyz(url) for name, url in urls.items()}
+        return found if all(body.get("broker") == broker for _, body in found.values()) else None
+
+    found = await until(answers, f"readiness showing broker {broker}", within=timeout, every=0.2)
+    assert found is not None
+    return found
 
 
 def hold_port(port: int) -> socket.socket:

@@ -3,7 +3,6 @@ seconds (measured: kill to the survivor's claim) and the result is exact."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.faults.helpers import (
     wait_terminal,
 )
 from tests.stack import ServiceStack, StartStack
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,15 +54,14 @@ def _assigned(stack: ServiceStack) -> set[int]:
     return {int(p) for p in listed.split(",") if p.strip()}
 
 
-async def _settled(first: ServiceStack, second: ServiceStack, partitions: int) -> bool:
+async def _settled(first: ServiceStack, second: ServiceStack, partitions: int) -> None:
     """Wait (up to 60 s) until the two parsers split the partitions between them."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    async def split() -> bool:
         a, b = _assigned(first), _assigned(second)
-        if a and b and not a & b and len(a | b) == partitions:
-            return True
-        await asyncio.sleep(0.2)
-    return False
+        return bool(a and b and not a & b and len(a | b) == partitions)
+
+    await until(split, "the two parsers split the partitions", within=60, every=0.2)
 
 
 async def test_dead_parser_partitions_move_within_seconds(
@@ -120,7 +119,7 @@ async def test_a_parser_joining_does_not_cost_running_jobs_an_attempt(
         update={"parser_metrics_port": free_port(), "data_dir": tmp_path / "parser2"}
     )
     second = await service_stack(second_settings, env=env, services=("parser",))
-    assert await _settled(first, second, test_settings.kafka_topic_partitions)
+    await _settled(first, second, test_settings.kafka_topic_partitions)
     partitions = list(range(test_settings.kafka_topic_partitions))
     partition = DefaultPartitioner()(message_key(file_id), partitions, partitions)
     kept = partition in _assigned(first)

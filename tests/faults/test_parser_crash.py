@@ -14,6 +14,7 @@ from imuflow.settings import Settings
 from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import FAST_JOB_ENV, kill, service_pid, synth_csv, wait_for, wait_terminal
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,15 +29,15 @@ KILLS = 10
 
 async def _wait_claim(conn: asyncpg.Connection, file_id: str, after: int, timeout: float = 60.0) -> int:
     """Wait for a delivery newer than attempt `after` to claim the job; return its attempt."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        attempts: int = await conn.fetchval(
-            "SELECT attempts FROM imu_data_files WHERE id = $1::uuid", file_id
-        )
-        if attempts > after:
-            return attempts
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no attempt after {after} within {timeout:.0f}s")
+
+    async def newer() -> int | None:
+        query = "SELECT attempts FROM imu_data_files WHERE id = $1::uuid"
+        attempts: int = await conn.fetchval(query, file_id)
+        return attempts if attempts > after else None
+
+    attempts = await until(newer, f"an attempt after {after}", within=timeout, every=0.01)
+    assert attempts is not None
+    return attempts
 
 
 async def _wait_batches(conn: asyncpg.Connection, file_id: str, more: int) -> asyncpg.Record:

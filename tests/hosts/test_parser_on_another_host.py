@@ -37,6 +37,7 @@ from tests.ingest.test_archive import PHYPHOX, phyphox_zip
 from tests.parser.formats.test_gt3x import RATE, make_gt3x, synthetic_log
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 BATCH = 2000
@@ -79,13 +80,15 @@ async def _final(
     progress_url: str, token: str, ids: list[str], within: float = 60
 ) -> dict[str, dict[str, Any]]:
     async with httpx.AsyncClient(timeout=30, headers=bearer(token), trust_env=False) as client:
-        deadline = time.monotonic() + within
-        while True:
+
+        async def all_ended() -> dict[str, dict[str, Any]] | None:
             records = [(await client.get(f"{progress_url}/api/files/{i}")).json() for i in ids]
-            if all(r["status"] in ("completed", "failed", "cancelled") for r in records):
-                return {r["id"]: r for r in records}
-            assert time.monotonic() < deadline, records
-            await asyncio.sleep(0.3)
+            ended = all(r["status"] in ("completed", "failed", "cancelled") for r in records)
+            return {r["id"]: r for r in records} if ended else None
+
+        found = await until(all_ended, "every upload ended", within=within, every=0.3)
+        assert found is not None
+        return found
 
 
 async def test_parser_in_another_namespace_parses_every_kind_and_resumes_exact(

@@ -5,7 +5,6 @@ while every export connection is taken."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -19,6 +18,7 @@ from imuflow.settings import Settings
 from tests.e2e.helpers import bearer, make_token
 from tests.progress.sse_helpers import new_file
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 ROWS = 400_000  # ~20 MB of CSV: more than the sockets buffer, so an unread export stays open
@@ -43,11 +43,13 @@ async def _held(
 
 async def _until_ok(call: Callable[[], Awaitable[int]], what: str) -> None:
     """Retry `call` until it answers 200: a slot comes back once the server sees the disconnect."""
-    deadline = time.monotonic() + 10
-    while (status := await call()) != 200:
-        assert status == 429, (what, status)
-        assert time.monotonic() < deadline, f"{what}: the slot was not released"
-        await asyncio.sleep(0.2)
+
+    async def answered_ok() -> bool:
+        status = await call()
+        assert status in (200, 429), (what, status)
+        return status == 200
+
+    await until(answered_ok, f"{what}: the slot was released", within=10, every=0.2)
 
 
 def _assert_too_many(response: httpx.Response) -> None:
