@@ -1,10 +1,13 @@
 """Every retry with backoff and jitter goes through here, on tenacity.
 
-Two shapes cover the services. `until_stopped` outlasts an outage of a server the process
+Two shapes cover the services, and a third the CLI. `until_stopped` outlasts an outage of a server the process
 cannot work without (Postgres, the broker): it retries the errors its caller names as
 transient, backing off with jitter to a ceiling, for as long as the process runs; the
 process's stop event bounds it, and interrupts its sleeps. `bounded` gives up after a number
-of attempts or seconds (a webhook, a parse that failed transiently). An error the policy
+of attempts or seconds (a webhook, a parse that failed transiently). `patiently` is the
+synchronous one of the CLI's tus client, which has no event loop: it gives up after some
+seconds, honours a server's Retry-After, and its caller starts it afresh after each step
+forward, so that time is time without progress. An error the policy
 does not name is raised at once: retrying a poison message wedges its consumer.
 
 Why tenacity and not stamina (docs/architecture.md): both are async; stamina's defaults are
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    Retrying,
     retry_if_exception,
     retry_if_result,
     stop_after_attempt,
@@ -144,6 +149,34 @@ def while_result(
         wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
         sleep=sleep or _sleeper(stop),
         before_sleep=_logger(what),
+    )
+
+
+def patiently(
+    what: str,
+    *,
+    transient: Transient,
+    within: float,
+    initial: float = 0.5,
+    maximum: float = 10.0,
+    asked: Callable[[BaseException], float | None] = lambda exc: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Retrying:
+    """Sync: retry `transient` errors for `within` seconds, waiting at least what `asked(error)`
+    says the server asked for (Retry-After); then the last error is raised."""
+    backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        return max(backoff(state), (asked(error) if error is not None else None) or 0.0)
+
+    return Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_delay(within),
+        wait=wait,
+        sleep=sleep,
+        before_sleep=_logger(what),
+        reraise=True,
     )
 
 

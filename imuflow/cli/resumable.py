@@ -1,7 +1,8 @@
 """`imuflow upload`'s client of ingest's resumable uploads (tus 1.0.0, SPEC §7).
 
 The file goes up in PATCHes of `CHUNK` bytes, each with its sha1 (`Upload-Checksum`). A
-dropped connection, a 5xx or an ingest restart is retried with backoff: the client asks
+dropped connection, a 5xx or an ingest restart is retried with backoff
+(`imuflow.retrying.patiently`, started afresh after every PATCH that lands): the client asks
 the server for its offset (HEAD) and continues from there. The upload's URL is kept in
 `DATA_DIR/uploads.json`, keyed by the file's absolute path, size and mtime, until the
 upload is finished, so running the same command again after the CLI itself was killed
@@ -21,7 +22,9 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
+from tenacity import Retrying
 
+from imuflow import retrying
 from imuflow.cli.client import CliError, StackClient
 
 CHUNK = 8 * 1024 * 1024  # as ingest's S3 part: each PATCH is one part
@@ -114,31 +117,44 @@ class ResumableUpload:
             url, offset, file_id = self._start(http, key)
             resumed_from = offset
             progress(offset)
-            backoff, last_progress = BACKOFF_INITIAL, time.monotonic()
             while file_id is None:
-                try:
-                    offset, file_id = self._patch(http, url, offset, progress)
-                    backoff, last_progress = BACKOFF_INITIAL, time.monotonic()
-                    continue
-                except _Gone as exc:
-                    raise CliError(f"{exc}; run the command again to start over") from exc
-                except _Retry as exc:
-                    reason = str(exc)
-                if time.monotonic() - last_progress > GIVE_UP_AFTER:
-                    raise CliError(
-                        f"upload stalled for {GIVE_UP_AFTER:.0f}s ({reason}); run the same command to resume"
-                    )
-                self.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                try:
-                    offset, file_id = self._head(http, url)
-                    progress(offset)
-                except _Gone as exc:
-                    raise CliError(f"{exc}; run the command again to start over") from exc
-                except _Retry:
-                    continue  # still unreachable: wait longer
+                offset, file_id = self._step(http, url, offset, progress)
         self.urls.put(key, None)
         return Outcome(file_id, resumed_from)
+
+    def _patience(self, what: str) -> Retrying:
+        """Retries of one step forward: backoff from the start, given up after GIVE_UP_AFTER s."""
+        return retrying.patiently(
+            what,
+            transient=_worth_retrying,
+            within=GIVE_UP_AFTER,
+            initial=BACKOFF_INITIAL,
+            maximum=BACKOFF_MAX,
+            asked=lambda exc: exc.after if isinstance(exc, _Retry) else None,
+            sleep=self.sleep,
+        )
+
+    def _step(
+        self, http: httpx.Client, url: str, offset: int, progress: ProgressFn
+    ) -> tuple[int, str | None]:
+        """One PATCH forward. After a failure ask the server where it stands (HEAD) and go on
+        from there, until GIVE_UP_AFTER seconds pass without a PATCH landing."""
+        try:
+            for attempt in self._patience("uploading"):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        offset, file_id = self._head(http, url)
+                        progress(offset)
+                        if file_id is not None:
+                            return offset, file_id
+                    return self._patch(http, url, offset, progress)
+        except _Gone as exc:
+            raise CliError(f"{exc}; run the command again to start over") from exc
+        except _Retry as exc:
+            raise CliError(
+                f"upload stalled for {GIVE_UP_AFTER:.0f}s ({exc}); run the same command to resume"
+            ) from exc
+        raise AssertionError("tenacity ended without an outcome")
 
     def _start(self, http: httpx.Client, key: str) -> tuple[str, int, str | None]:
         """Resume the stored upload of this file, or create one."""
@@ -154,26 +170,25 @@ class ResumableUpload:
         return url, 0, None
 
     def _create(self, http: httpx.Client) -> str:
+        try:
+            for attempt in self._patience("starting the upload"):
+                with attempt:
+                    return self._post(http)
+        except _Retry as exc:
+            raise CliError(f"could not start the upload ({exc})") from exc
+        raise AssertionError("tenacity ended without an outcome")
+
+    def _post(self, http: httpx.Client) -> str:
         headers = {"Upload-Length": str(self.size), "Upload-Metadata": _metadata(self.metadata)}
-        backoff = BACKOFF_INITIAL
-        deadline = time.monotonic() + GIVE_UP_AFTER
-        while True:
-            try:
-                answer = http.post(self.endpoint, headers=headers)
-            except httpx.TransportError as exc:
-                reason = f"cannot reach ingest: {exc}"
-            else:
-                if answer.status_code == 201:
-                    return urljoin(self.endpoint, answer.headers["location"])
-                if answer.status_code not in RETRYABLE:
-                    raise CliError(f"upload refused ({answer.status_code}): {_detail(answer)}")
-                reason = f"{answer.status_code}: {_detail(answer)}"
-                if retry_after := answer.headers.get("retry-after", "").strip():
-                    backoff = max(backoff, float(retry_after)) if retry_after.isdigit() else backoff
-            if time.monotonic() > deadline:
-                raise CliError(f"could not start the upload ({reason})")
-            self.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        try:
+            answer = http.post(self.endpoint, headers=headers)
+        except httpx.TransportError as exc:
+            raise _Retry(f"cannot reach ingest: {exc}") from exc
+        if answer.status_code == 201:
+            return urljoin(self.endpoint, answer.headers["location"])
+        if answer.status_code in RETRYABLE:
+            raise _Retry.of(answer)
+        raise CliError(f"upload refused ({answer.status_code}): {_detail(answer)}")
 
     def _head(self, http: httpx.Client, url: str) -> tuple[int, str | None]:
         try:
@@ -207,7 +222,7 @@ class ResumableUpload:
             progress(new)
             return new, answer.headers.get("imuflow-file-id")
         if answer.status_code in RETRYABLE:
-            raise _Retry(f"{answer.status_code}: {_detail(answer)}")
+            raise _Retry.of(answer)
         if answer.status_code in (404, 410):
             raise CliError(
                 f"the upload is gone ({answer.status_code}): {_detail(answer)}; run the command again"
@@ -228,11 +243,26 @@ class ResumableUpload:
 
 
 class _Retry(Exception):
-    """A failure worth retrying after a pause."""
+    """A failure worth retrying after a pause (`after` seconds at least, if the server said)."""
+
+    def __init__(self, reason: str, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.after = after
+
+    @classmethod
+    def of(cls, answer: httpx.Response) -> _Retry:
+        """A retryable answer, with its Retry-After (in seconds) if it gave one."""
+        retry_after = answer.headers.get("retry-after", "").strip()
+        after = float(retry_after) if retry_after.isdigit() else None
+        return cls(f"{answer.status_code}: {_detail(answer)}", after)
 
 
 class _Gone(_Retry):
     """The server no longer knows the upload (expired or terminated)."""
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    return isinstance(error, _Retry) and not isinstance(error, _Gone)
 
 
 def _metadata(values: dict[str, str]) -> str:

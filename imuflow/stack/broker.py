@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imuflow import retrying
 from imuflow.logs import fields
 from imuflow.stack.procs import child_preexec, free_port, terminate
 from imuflow.stack.supervisor import ServiceSpec, Supervisor
@@ -191,44 +192,59 @@ async def start_broker(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     chosen = port if port else free_port(host)
     began = time.monotonic()
-    delay = 0.25
-    while True:
-        offset = _log_size(log_path)
-        proc = _spawn(binary, host, chosen, log_path, storage)
-        error = await _wait_ready(proc, f"{host}:{chosen}", ready_timeout)
-        if error is None:
-            broker = Broker(host, chosen, log_path, proc, time.monotonic() - began)
-            log.info(
-                "broker ready",
-                extra=fields(
-                    action="broker_start",
-                    port=chosen,
-                    seconds=round(broker.started_in, 3),
-                    storage=storage.engine,
-                    log=str(log_path),
-                ),
-            )
-            return broker
-        tail = _log_since(log_path, offset)
-        addr_in_use = any(marker in tail for marker in _ADDR_IN_USE)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if addr_in_use and time.monotonic() - began > retry_for:
-            raise BrokerError(
-                f"port {chosen} on {host} is in use by another program (still after "
-                f"{retry_for:.0f}s); stop it or pick another port"
-            )
-        if not addr_in_use:
-            raise BrokerError(f"Tansu did not start on {host}:{chosen}: {error}\n{tail}")
-        # Seen when a broker is restarted on its old port within seconds: the previous
-        # process (or its sockets) still holds it briefly.
-        log.warning(
-            "broker port still in use, retrying",
-            extra=fields(action="broker_retry", port=chosen, delay=delay),
-        )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 4.0)
+    # Seen when a broker is restarted on its old port within seconds: the previous
+    # process (or its sockets) still holds it briefly. Only that is retried.
+    policy = retrying.bounded(
+        "broker start (port still in use)",
+        transient=retrying.of_type(_PortInUse),
+        attempts=1_000,
+        within=retry_for,
+        initial=0.25,
+        maximum=4.0,
+    )
+    try:
+        async for attempt in policy:
+            with attempt:
+                proc = await _start_once(binary, host, chosen, log_path, storage, ready_timeout)
+    except _PortInUse as exc:
+        raise BrokerError(
+            f"port {chosen} on {host} is in use by another program (still after "
+            f"{retry_for:.0f}s); stop it or pick another port"
+        ) from exc
+    broker = Broker(host, chosen, log_path, proc, time.monotonic() - began)
+    log.info(
+        "broker ready",
+        extra=fields(
+            action="broker_start",
+            port=chosen,
+            seconds=round(broker.started_in, 3),
+            storage=storage.engine,
+            log=str(log_path),
+        ),
+    )
+    return broker
+
+
+class _PortInUse(Exception):
+    """Tansu exited with AddrInUse."""
+
+
+async def _start_once(
+    binary: str, host: str, port: int, log_path: Path, storage: BrokerStorage, ready_timeout: float
+) -> subprocess.Popen[bytes]:
+    """One broker process, ready; _PortInUse or BrokerError if it did not come up."""
+    offset = _log_size(log_path)
+    proc = _spawn(binary, host, port, log_path, storage)
+    error = await _wait_ready(proc, f"{host}:{port}", ready_timeout)
+    if error is None:
+        return proc
+    tail = _log_since(log_path, offset)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if any(marker in tail for marker in _ADDR_IN_USE):
+        raise _PortInUse(tail)
+    raise BrokerError(f"Tansu did not start on {host}:{port}: {error}\n{tail}")
 
 
 async def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, within: float) -> str | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
+from tenacity import Retrying
 
 from imuflow import retrying
 
@@ -106,3 +109,68 @@ async def test_while_result_calls_again_until_the_outcome_is_final() -> None:
     )
     assert await policy(attempt) == "done"
     assert len(clock.delays) == 2
+
+
+class Refused(Exception):
+    """A retryable answer that may say how long to wait (Retry-After)."""
+
+    def __init__(self, after: float | None = None) -> None:
+        super().__init__(f"refused, retry after {after}")
+        self.after = after
+
+
+def _patiently(within: float, sleep: Callable[[float], None]) -> Retrying:
+    return retrying.patiently(
+        "uploading",
+        transient=retrying.of_type(Refused),
+        within=within,
+        initial=0.05,
+        maximum=0.2,
+        asked=lambda exc: exc.after if isinstance(exc, Refused) else None,
+        sleep=sleep,
+    )
+
+
+def test_patiently_waits_at_least_what_the_server_asked() -> None:
+    delays: list[float] = []
+    errors = [Refused(after=3.0), Refused(), Refused()]
+
+    def step() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "done"
+
+    for attempt in _patiently(within=60, sleep=delays.append):
+        with attempt:
+            result = step()
+    assert result == "done"
+    assert len(delays) == 3
+    assert delays[0] >= 3.0  # Retry-After beats the 0.05 s backoff
+    assert all(0.0 < d <= 0.2 + 0.05 for d in delays[1:])  # then backoff, jitter, ceiling
+
+
+def test_patiently_gives_up_after_its_seconds_with_the_last_error() -> None:
+    calls = 0
+
+    def step() -> None:
+        nonlocal calls
+        calls += 1
+        raise Refused()
+
+    started = time.monotonic()
+    with pytest.raises(Refused):
+        for attempt in _patiently(within=0.3, sleep=time.sleep):
+            with attempt:
+                step()
+    assert calls >= 2
+    assert time.monotonic() - started < 2.0
+
+
+def test_patiently_raises_an_error_not_named_transient_at_once() -> None:
+    calls = 0
+    with pytest.raises(KeyError):
+        for attempt in _patiently(within=60, sleep=time.sleep):
+            with attempt:
+                calls += 1
+                raise KeyError("poison")
+    assert calls == 1
