@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.xdist_group("cpu"),
 ]
-BIG = 200_000  # in batches of 100: ~30 s or more per file with two running side by side
+BIG = 100_000  # in batches of 100: ~20 s or more per file with two running side by side
 SMALL = 23_000  # ~1.4 MB of CSV, the upload of the issue
 ENV = {
     **FAST_JOB_ENV,
