@@ -33,8 +33,8 @@ pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.xdist_group("cpu"),
 ]
-SAMPLES = 200_000
-BATCH = 1_000  # 200 batches: the job is still running when the broker goes
+SAMPLES = 100_000
+BATCH = 1_000  # 100 batches: the job is still running at batch 30, when the broker goes
 
 
 @pytest.fixture
