@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
@@ -101,6 +102,11 @@ async def test_the_operator_page_shows_what_needs_attention_first(
                     break
                 await asyncio.sleep(0.2)
         assert record["status"] == "completed"
+        # The parser's next heartbeat row (every 5 s) carries what it parsed: the page shows it.
+        for _ in range(100):  # bounded: ~20 s
+            if await conn.fetchval("SELECT max(samples_parsed) FROM parser_heartbeats") == 13_514:
+                break
+            await asyncio.sleep(0.2)
 
         await page.set_viewport_size({"width": 1280, "height": 1180})
         await page.goto(f"{stack.progress_url}/admin")
@@ -132,6 +138,7 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         parsers = page.locator("#parsers tbody tr")
         await expect(parsers).to_have_count(1, timeout=20_000)
         await expect(parsers.first.locator(".badge")).to_have_text("live")
+        await expect(parsers.first.locator("td").nth(3)).to_have_text("13,514")  # samples parsed
         await expect(page.locator("#lag")).to_contain_text("1 live · consumer lag")
 
         charts = page.locator("#trends svg[role=img]")
@@ -139,9 +146,20 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await expect(charts.first).to_have_attribute(
             "aria-label", "Throughput in samples/s per hour, last 7 days"
         )
+        await expect(charts.nth(1)).to_have_attribute(
+            "aria-label", "Files completed and failed per hour, last 7 days"
+        )
+        await expect(charts.nth(2)).to_have_attribute(
+            "aria-label", "Median queue wait and parse time per hour, last 7 days"
+        )
         assert await page.locator("#trends path.line").count() >= 2
         assert await page.locator("#trends rect.bar-ok").count() >= 6
+        assert await page.locator("#trends rect.bar-bad").count() == 3  # two "format" days, one "attempts"
+        assert await charts.nth(2).locator("circle.dot.second").count() >= 6  # queue wait, every busy hour
         await expect(page.locator("#trend-totals")).to_contain_text("19 files completed")
+        await expect(page.locator("#trend-totals")).to_have_text(
+            re.compile(r"3 failed \((format 2, attempts 1|attempts 1, format 2)\)")
+        )
 
         failures = page.locator("#failures tbody tr")
         await expect(failures).to_have_count(1)
