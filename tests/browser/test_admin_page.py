@@ -78,6 +78,13 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await make_job(conn, grace, checkpoint_ago=4000, claimed_ago=5000, filename="stuck.cwa")
         slowing = await make_job(conn, heidi, checkpoint_ago=0.5, claimed_ago=20, filename="slowing.csv")
         await add_gapped_batches(conn, slowing, heidi, [0.1] * 12 + [1.0] * 5)
+        # A parser killed two minutes ago: its last heartbeat row stays, no longer live.
+        await conn.execute(
+            "INSERT INTO parser_heartbeats (parser_id, hostname, pid, started_at, seen_at,"
+            " interval_seconds, concurrency, jobs_in_flight, samples_parsed, consumer_lag)"
+            " VALUES ('gone-host:4242:dead00', 'gone-host', 4242, now() - interval '1 hour',"
+            " now() - interval '2 minutes', 5, 2, 1, 777777, 999)"
+        )
         broken = await make_job(conn, grace, status="failed", attempts=5, filename="broken.csv")
         await conn.execute(
             "UPDATE imu_data_files SET error_message = 'gave up after 5 attempts; last error: disk full',"
@@ -104,7 +111,8 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         assert record["status"] == "completed"
         # The parser's next heartbeat row (every 5 s) carries what it parsed: the page shows it.
         for _ in range(100):  # bounded: ~20 s
-            if await conn.fetchval("SELECT max(samples_parsed) FROM parser_heartbeats") == 13_514:
+            query = "SELECT max(samples_parsed) FROM parser_heartbeats WHERE hostname <> 'gone-host'"
+            if await conn.fetchval(query) == 13_514:
                 break
             await asyncio.sleep(0.2)
 
@@ -135,11 +143,19 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await expect(attention.nth(1)).to_contain_text("median 10,000/s")
         await expect(page.locator("#all-well")).to_be_hidden()
 
+        # Live parsers first (from their heartbeat rows), then the one that stopped beating.
         parsers = page.locator("#parsers tbody tr")
-        await expect(parsers).to_have_count(1, timeout=20_000)
+        await expect(parsers).to_have_count(2, timeout=20_000)
         await expect(parsers.first.locator(".badge")).to_have_text("live")
         await expect(parsers.first.locator("td").nth(3)).to_have_text("13,514")  # samples parsed
-        await expect(page.locator("#lag")).to_contain_text("1 live · consumer lag")
+        await expect(parsers.nth(1).locator(".badge")).to_have_text("lost")
+        await expect(parsers.nth(1)).to_contain_text("gone-host")
+        # The lag of the parser group comes from live parsers only (not the dead one's 999).
+        lag = page.locator("#lag")
+        await expect(lag).to_contain_text("1 live · consumer lag")
+        groups = rf"{test_settings.parser_group_id}: \d+ · {test_settings.progress_group_id}: \d+$"
+        await expect(lag).to_have_text(re.compile(groups))
+        await expect(lag).not_to_contain_text("999")
 
         charts = page.locator("#trends svg[role=img]")
         await expect(charts).to_have_count(3)
