@@ -1,8 +1,8 @@
-"""`imuflow trends [--days 7|30]`: throughput, outcomes and times per day (admin).
+"""`imuflow trends [--days 7|30] [--per day|hour]`: throughput, outcomes and times (admin).
 
-Reads `GET /api/admin/trends?bucket=day` (the `streaming_trends_daily` view) as the stack's
-admin and prints one row per day plus the whole period, the hourly series being what the
-operator page draws.
+Reads `GET /api/admin/trends` (the SQL function behind the `streaming_trends_daily` and
+`_hourly` views) as the stack's admin and prints one row per day (or per hour, the series
+the operator page draws for 7 days) plus the whole period.
 """
 
 from __future__ import annotations
@@ -26,27 +26,30 @@ def add_parsers(sub: Any) -> None:
         "trends", help="throughput, completions, failures by reason, queue and parse times (admin)"
     )
     trends.add_argument("--days", type=int, choices=(7, 30), default=7, help="period (default 7)")
+    trends.add_argument("--per", choices=("day", "hour"), default="day", help="one row per (default day)")
 
 
 def run(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
     """Print the trend table."""
     out = console or Console(width=140)
     client = StackClient(settings, admin=True, token=args.token)
-    report = client.progress("GET", "/api/admin/trends", params={"days": args.days, "bucket": "day"})
-    out.print(table(report["points"], args.days))
+    params = {"days": args.days, "bucket": args.per}
+    report = client.progress("GET", "/api/admin/trends", params=params)
+    out.print(table(report["points"], args.days, per=args.per))
     return 0
 
 
-def table(points: list[dict[str, Any]], days: int) -> Table:
-    """One row per day (newest last) and a total row."""
+def table(points: list[dict[str, Any]], days: int, *, per: str = "day") -> Table:
+    """One row per day or hour (newest last) and a total row."""
     t = Table(
-        "day", "samples", "samples/s", "busy samples/s", "completed", "failed (by reason)",
+        f"{per} (UTC)", "samples", "samples/s", "busy samples/s", "completed", "failed (by reason)",
         "queue wait p50", "parse p50", "parse p95",
-        title=f"imuflow trends, last {days} days",
+        title=f"imuflow trends, last {days} days, per {per}",
     )  # fmt: skip
+    when = "%Y-%m-%d %H:00" if per == "hour" else "%Y-%m-%d"
     for p in points:
         t.add_row(
-            datetime.fromisoformat(p["bucket_start"]).strftime("%Y-%m-%d"),
+            datetime.fromisoformat(p["bucket_start"]).strftime(when),
             f"{p['samples']:,}",
             f"{p['samples_per_second']:,.1f}",
             _num(p["samples_per_busy_second"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
@@ -77,6 +78,13 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await make_job(conn, grace, checkpoint_ago=4000, claimed_ago=5000, filename="stuck.cwa")
         slowing = await make_job(conn, heidi, checkpoint_ago=0.5, claimed_ago=20, filename="slowing.csv")
         await add_gapped_batches(conn, slowing, heidi, [0.1] * 12 + [1.0] * 5)
+        # A parser killed two minutes ago: its last heartbeat row stays, no longer live.
+        await conn.execute(
+            "INSERT INTO parser_heartbeats (parser_id, hostname, pid, started_at, seen_at,"
+            " interval_seconds, concurrency, jobs_in_flight, samples_parsed, consumer_lag)"
+            " VALUES ('gone-host:4242:dead00', 'gone-host', 4242, now() - interval '1 hour',"
+            " now() - interval '2 minutes', 5, 2, 1, 777777, 999)"
+        )
         broken = await make_job(conn, grace, status="failed", attempts=5, filename="broken.csv")
         await conn.execute(
             "UPDATE imu_data_files SET error_message = 'gave up after 5 attempts; last error: disk full',"
@@ -101,6 +109,12 @@ async def test_the_operator_page_shows_what_needs_attention_first(
                     break
                 await asyncio.sleep(0.2)
         assert record["status"] == "completed"
+        # The parser's next heartbeat row (every 5 s) carries what it parsed: the page shows it.
+        for _ in range(100):  # bounded: ~20 s
+            query = "SELECT max(samples_parsed) FROM parser_heartbeats WHERE hostname <> 'gone-host'"
+            if await conn.fetchval(query) == 13_514:
+                break
+            await asyncio.sleep(0.2)
 
         await page.set_viewport_size({"width": 1280, "height": 1180})
         await page.goto(f"{stack.progress_url}/admin")
@@ -129,19 +143,39 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await expect(attention.nth(1)).to_contain_text("median 10,000/s")
         await expect(page.locator("#all-well")).to_be_hidden()
 
+        # Live parsers first (from their heartbeat rows), then the one that stopped beating.
         parsers = page.locator("#parsers tbody tr")
-        await expect(parsers).to_have_count(1, timeout=20_000)
+        await expect(parsers).to_have_count(2, timeout=20_000)
         await expect(parsers.first.locator(".badge")).to_have_text("live")
-        await expect(page.locator("#lag")).to_contain_text("1 live · consumer lag")
+        await expect(parsers.first.locator("td").nth(3)).to_have_text("13,514")  # samples parsed
+        await expect(parsers.nth(1).locator(".badge")).to_have_text("lost")
+        await expect(parsers.nth(1)).to_contain_text("gone-host")
+        # The lag of the parser group comes from live parsers only (not the dead one's 999).
+        lag = page.locator("#lag")
+        await expect(lag).to_contain_text("1 live · consumer lag")
+        groups = rf"{test_settings.parser_group_id}: \d+ · {test_settings.progress_group_id}: \d+$"
+        await expect(lag).to_have_text(re.compile(groups))
+        await expect(lag).not_to_contain_text("999")
 
         charts = page.locator("#trends svg[role=img]")
         await expect(charts).to_have_count(3)
         await expect(charts.first).to_have_attribute(
             "aria-label", "Throughput in samples/s per hour, last 7 days"
         )
+        await expect(charts.nth(1)).to_have_attribute(
+            "aria-label", "Files completed and failed per hour, last 7 days"
+        )
+        await expect(charts.nth(2)).to_have_attribute(
+            "aria-label", "Median queue wait and parse time per hour, last 7 days"
+        )
         assert await page.locator("#trends path.line").count() >= 2
         assert await page.locator("#trends rect.bar-ok").count() >= 6
+        assert await page.locator("#trends rect.bar-bad").count() == 3  # two "format" days, one "attempts"
+        assert await charts.nth(2).locator("circle.dot.second").count() >= 6  # queue wait, every busy hour
         await expect(page.locator("#trend-totals")).to_contain_text("19 files completed")
+        await expect(page.locator("#trend-totals")).to_have_text(
+            re.compile(r"3 failed \((format 2, attempts 1|attempts 1, format 2)\)")
+        )
 
         failures = page.locator("#failures tbody tr")
         await expect(failures).to_have_count(1)

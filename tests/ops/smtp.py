@@ -7,6 +7,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
@@ -27,6 +28,7 @@ class Mailbox:
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.logins: list[str] = []
+        self.arrived: list[float] = []  # time.monotonic() of each accepted message
         self.tls_sessions = 0
         self._lock = threading.Lock()
 
@@ -34,6 +36,7 @@ class Mailbox:
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
         with self._lock:
             self.messages.append(email.message_from_bytes(content))
+            self.arrived.append(time.monotonic())
             self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
             if session.ssl is not None:
                 self.tls_sessions += 1

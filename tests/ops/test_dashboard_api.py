@@ -6,6 +6,7 @@ Early warning, parsers, trends and failures.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,8 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
     assert code == 0 and "last 7 days" in out and "34,000" in out and "attempts 1" in out, out
     code, out = await imuflow(data_dir, "trends", "--days", "30")
     assert code == 0 and "last 30 days" in out and "format 1" in out, out
+    # The hourly series, as the page draws it: every hour of the week, and the same totals.
+    code, out = await imuflow(data_dir, "trends", "--per", "hour")
+    hours = [line for line in out.splitlines() if re.search(r"\d{4}-\d\d-\d\d \d\d:00", line)]
+    assert code == 0 and "last 7 days, per hour" in out and 168 <= len(hours) <= 170, out
+    assert "34,000" in out and "attempts 1" in out, out

@@ -7,13 +7,18 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sentry_sdk
 
-from imuflow import db, logs
+from imuflow import db, logs, sentry
 from imuflow.sentry import FILTERED, prepare
 from imuflow.settings import Settings
+from tests.e2e.helpers import make_token, upload
+from tests.faults.helpers import synth_csv
+from tests.faults.test_dead_letters import record_poison_upload
 from tests.ops.jobs import make_job, make_user
 from tests.ops.receiver import EnvelopeReceiver
 from tests.stack import StartStack
@@ -53,7 +58,8 @@ APP = textwrap.dedent(
     from imuflow.settings import Settings
 
     async def main() -> None:
-        assert sentry.init("progress", Settings(database_url="x", sentry_dsn=sys.argv[1]))
+        on = sentry.init("progress", Settings(database_url="x", sentry_dsn=sys.argv[1]))
+        assert on == bool(sys.argv[1]), on
         app = FastAPI()
 
         @app.post("/boom")
@@ -88,15 +94,32 @@ APP = textwrap.dedent(
 )
 
 
+async def run_app(dsn: str, **env: str) -> None:
+    """Run APP (errors in a request, a task and a log line) in its own process."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("IMUFLOW_", "SENTRY_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", APP, dsn, env={**clean, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+
+
+def test_off_while_the_dsn_is_empty() -> None:
+    assert not sentry.init("ingest", Settings(database_url="x"))
+    assert not sentry_sdk.is_initialized()
+
+
+async def test_nothing_is_sent_unless_imuflow_sentry_dsn_is_set() -> None:
+    async with EnvelopeReceiver() as receiver:
+        # The SDK would read its own SENTRY_DSN by itself: imuflow never starts it without ours.
+        await run_app("", SENTRY_DSN=receiver.dsn)
+        assert receiver.paths == []
+
+
 async def test_a_service_reports_request_task_and_logged_errors_without_secrets() -> None:
     async with EnvelopeReceiver() as receiver:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMUFLOW_")}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", APP, receiver.dsn, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, out.decode()
+        await run_app(receiver.dsn)
         events = receiver.events()
         raw = receiver.everything()
     assert receiver.paths and all(p == "/api/1/envelope/" for p in receiver.paths)
@@ -177,3 +200,43 @@ async def test_jobs_failed_for_infrastructure_reasons_reach_sentry_with_their_fi
         and watchdog_event["tags"]["failure_reason"] == "stuck"
     )
     assert parser_event["level"] == "error"
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_ingest_reports_an_event_it_can_never_publish_with_its_file_id_and_no_token(
+    service_stack: StartStack, settings_factory: Any, tmp_path: Path
+) -> None:
+    """The third service: ingest's outbox relay meets a row the broker can never take (over
+    IMUFLOW_KAFKA_MAX_MESSAGE_BYTES), an error of ours, reported with the file's id; the
+    token of the upload that went through the same process never reaches Sentry."""
+    async with EnvelopeReceiver() as receiver:
+        settings: Settings = settings_factory(sentry_dsn=receiver.dsn, kafka_max_message_bytes=8192)
+        stack = await service_stack(settings, services=["ingest"])
+        token = await make_token(settings.database_url, "ivan")
+        answer = await upload(stack.ingest_url, token, synth_csv(tmp_path / "fine.csv", 100))
+        assert answer.status_code == 202, answer.text
+        pool = await db.create_pool(settings.database_url)
+        try:
+            conn = await db.connect(settings.database_url)
+            try:
+                ivan = await make_user(conn, "ivan")
+            finally:
+                await conn.close()
+            poison = await record_poison_upload(pool, ivan, 20_000)  # its event: over 8 KiB
+        finally:
+            await pool.close()
+
+        def reported() -> list[dict[str, Any]]:
+            return [e for e in receiver.events() if e.get("tags", {}).get("file_id") == str(poison)]
+
+        for _ in range(300):  # bounded: ~60 s
+            if reported():
+                break
+            await asyncio.sleep(0.2)
+        (event, *_) = reported()
+        raw = receiver.everything()
+    assert event["tags"]["service"] == "ingest" and event["level"] == "error"
+    assert "dead-lettered" in json.dumps(event)
+    assert token.encode() not in raw

@@ -1,74 +1,150 @@
-"""Early warning with a job that really slows down: midway through a parse, the test makes
-every batch wait about a second for Postgres (it holds a SHARE lock on `imu_samples`, as a
-stalled disk or a long-running query would), so the batches slow to a fraction of their
-median rate; the job is flagged `slowing` on the operator API while it still parses (well
-before the stuck rule), and completes with its exact count once the stall ends."""
+"""Early warning with a reader that slows down on purpose (the issue's test).
+
+The parser's own job code (`FileJob`: claim, batches, COPY, checkpoints, progress events)
+parses a real CSV with a reader registered for this test: the generic CSV reader, except
+that from its 16th batch on each batch waits a second (as a reader on a failing disk or a
+stalled network mount would). The batch log then shows the rate falling below a third of
+the job's own median, and the running progress service flags the job `slowing` on the
+operator API, in `imuflow status` and in the gauge `imuflow_slowing_jobs`, while it still
+checkpoints every second, so the stuck rule has not fired. Once the reader recovers the job
+completes with its exact count, never requeued, and the gauge goes back to 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 import pytest
 
+from contracts import events
+from imuflow import kafka
 from imuflow.settings import Settings
-from tests.e2e.helpers import make_token, upload
-from tests.faults.helpers import FAST_JOB_ENV, fetchval, synth_csv, wait_terminal
+from services.parser.formats import registry
+from services.parser.formats.base import FileInfo, ReadOptions, ResumePoint, SampleBatch
+from services.parser.formats.presets import TEXT_PRESETS
+from services.parser.formats.text_engine import TextReader
+from services.parser.job import FileJob, Outcome
+from services.parser.repository import ParserRepository
+from tests.e2e.helpers import make_token
+from tests.faults.helpers import fetchval, synth_csv, wait_terminal
+from tests.ops.jobs import make_job, make_user
+from tests.ops.test_admin_api import sample
+from tests.ops.test_cli_ops import imuflow
 from tests.ops.test_dashboard_api import get, wait_for
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 BATCH = 1000
-ROWS = 300 * BATCH
-ENV = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH), "IMUFLOW_STUCK_AFTER": "60"}
+ROWS = 60 * BATCH
+FAST_BATCHES = 15
+DELAY = 1.0  # seconds each batch waits once the reader slows down
 
 
-async def test_a_job_that_slows_down_is_flagged_before_it_is_stuck(
-    tmp_path: Path, test_settings: Settings, service_stack: StartStack, database_url: str
+class SlowingReader:
+    """The generic CSV reader, slowed on purpose after `FAST_BATCHES` until `recovered` is set."""
+
+    format_id = "slowing_csv"
+
+    def __init__(self, recovered: threading.Event) -> None:
+        self._inner = TextReader(TEXT_PRESETS["generic_csv"])
+        self._recovered = recovered
+
+    def open(self, f: BinaryIO, options: ReadOptions, resume: ResumePoint | None) -> FileInfo:
+        return self._inner.open(f, options, resume)
+
+    def batches(self, target_samples: Callable[[], int]) -> Iterator[SampleBatch]:
+        for number, batch in enumerate(self._inner.batches(target_samples), start=1):
+            if number > FAST_BATCHES:
+                self._recovered.wait(DELAY)  # in the job's reader thread, as real reads block
+            yield batch
+
+
+async def test_a_reader_that_slows_down_is_flagged_before_the_job_is_stuck(
+    tmp_path: Path,
+    settings_factory: Any,
+    service_stack: StartStack,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    stack = await service_stack(test_settings, env=ENV)
-    token = await make_token(database_url, "dora")
-    admin = await make_token(database_url, "root", admin=True)
-    file_id = (await upload(stack.ingest_url, token, synth_csv(tmp_path / "slowing.csv", ROWS))).json()["id"]
+    recovered = threading.Event()
+    monkeypatch.setitem(
+        registry.BINARY_READERS,
+        SlowingReader.format_id,
+        registry.BinaryFormat(lambda: SlowingReader(recovered), lambda head, name: False),
+    )
+    # STUCK_AFTER 30 s: the watchdog (which sets the gauge) runs every 3 s; the job
+    # checkpoints every second even when slow, so the stuck rule cannot fire.
+    settings: Settings = settings_factory(
+        batch_size=BATCH, adaptive_batching=False, fair_share_slice=0, stuck_after=30.0
+    )
+    await kafka.ensure_topics(settings)
+    stack = await service_stack(settings, services=["progress"])
+    admin = await make_token(settings.database_url, "root", admin=True)
+    data_dir = tmp_path / "cli"
+    data_dir.mkdir()
+    (data_dir / "stack.env").write_text(
+        f"IMUFLOW_PROGRESS_URL={stack.progress_url}\nIMUFLOW_ADMIN_TOKEN={admin}\n"
+    )
 
-    async def batches_done() -> bool:
-        query = "SELECT resume_batch_number FROM imu_data_files WHERE id = $1::uuid"
-        return int(await fetchval(database_url, query, file_id)) >= 15
+    csv = synth_csv(tmp_path / "slowing.csv", ROWS)
+    async with pool.acquire() as conn:
+        dora = await make_user(conn, "dora")
+        file_id = await make_job(conn, dora, status="queued", claimed_ago=None, attempts=0, filename=csv.name)
+        await conn.execute(
+            "UPDATE imu_data_files SET storage_uri = $2, size_bytes = $3, format = $4,"
+            " resume_samples = 0, resume_batch_number = 0 WHERE id = $1",
+            file_id, csv.resolve().as_uri(), csv.stat().st_size, SlowingReader.format_id,
+        )  # fmt: skip
+        row = await conn.fetchrow("SELECT * FROM imu_data_files WHERE id = $1", file_id)
+    event = events.FileQueued.of_file(dict(row), "upload")
 
-    await wait_for(batches_done, within=60)
-    stall = asyncio.Event()
-    staller = asyncio.create_task(_stall_batches(database_url, stall))
+    async def gauge() -> float:
+        return sample((await get(f"{stack.progress_url}/metrics")).text, "imuflow_slowing_jobs")
 
     async def flagged() -> list[dict[str, Any]]:
         items = (await get(f"{stack.progress_url}/api/admin/slowing", admin)).json()["items"]
-        return [j for j in items if j["file_id"] == file_id]
+        return [j for j in items if j["file_id"] == str(file_id)]
 
+    async def gauge_at_least_one() -> bool:
+        return await gauge() >= 1
+
+    async def gauge_back_to_zero() -> bool:
+        return await gauge() == 0
+
+    assert await gauge() == 0
+    producer = kafka.producer(settings)
+    await producer.start()
     try:
-        (slowing,) = await wait_for(flagged, within=60)
-        jobs = (await get(f"{stack.progress_url}/api/admin/jobs", admin)).json()["items"]
-        job = next(j for j in jobs if j["id"] == file_id)
+        job = asyncio.create_task(
+            FileJob(settings, ParserRepository(pool), producer, event, asyncio.Event()).run()
+        )
+        try:
+            (slowing,) = await wait_for(flagged, within=60)
+            jobs = (await get(f"{stack.progress_url}/api/admin/jobs", admin)).json()["items"]
+            flags = next(j for j in jobs if j["id"] == str(file_id))
+            await wait_for(gauge_at_least_one, within=30)
+            code, status = await imuflow(data_dir, "status")
+        finally:
+            recovered.set()
+        assert await asyncio.wait_for(job, 60) is Outcome.DONE
     finally:
-        stall.set()
-        await staller
-    assert slowing["slow_batches"] >= 5
-    assert job["status"] == "parsing" and job["is_slowing"] and not job["is_stuck"]
-    final = await wait_terminal(database_url, file_id, timeout=90)
+        await producer.stop()
+
+    # Flagged once five slow batches are logged: from the 20th, or the 19th when a hiccup
+    # (a 50 ms batch against a median of ~15 ms) made the 15th slow enough too.
+    assert slowing["slow_batches"] == 5 and slowing["batch_number"] >= FAST_BATCHES + 4
+    assert slowing["recent_rate"] < slowing["median_rate"] / 3
+    assert flags["status"] == "parsing" and flags["is_slowing"] and not flags["is_stuck"]
+    assert code == 0 and csv.name in status and str(file_id) in status, status
+    assert "1 job(s) slowing" in status, status
+    final = await wait_terminal(settings.database_url, str(file_id), timeout=30)
     assert (final.status, final.samples, final.distinct) == ("completed", ROWS, ROWS), final
-
-
-async def _stall_batches(database_url: str, stop: asyncio.Event) -> None:
-    """Hold a SHARE lock on imu_samples for 1 s at a time: each batch's COPY waits for it.
-
-    The lock is asked for again at once: Postgres queues it behind the COPY that was waiting
-    (granted at the release), so exactly that one batch gets through per second. A pause
-    between the holds let two or three fast batches through, which is not a slowdown."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        while not stop.is_set():
-            async with conn.transaction():
-                await conn.execute("LOCK TABLE imu_samples IN SHARE MODE")
-                await asyncio.sleep(1.0)
-    finally:
-        await conn.close()
+    # Warned before the stuck rule: the one delivery finished the job, nothing requeued it.
+    attempts = "SELECT attempts FROM imu_data_files WHERE id = $1::uuid"
+    assert await fetchval(settings.database_url, attempts, str(file_id)) == 1
+    await wait_for(gauge_back_to_zero, within=30)

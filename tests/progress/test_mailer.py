@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,36 @@ async def test_alerts_after_a_digest_wait_for_the_next_window() -> None:
     first, second = server.mailbox.snapshot()
     assert "walk-1.csv" in body(first) and "walk-2.csv" in body(first) and "walk-3.csv" not in body(first)
     assert "walk-3.csv" in body(second)
+
+
+async def test_a_steady_stream_of_alerts_is_one_digest_per_interval() -> None:
+    interval = 0.5
+    with SmtpServer() as server:
+        digest = EmailDigest(settings(server.port, alert_email_interval=interval))
+        stop = asyncio.Event()
+        task = asyncio.create_task(digest.run(stop))
+        began = asyncio.get_running_loop().time()
+        for i in range(40):  # one alert every 50 ms for 2 s
+            digest.notify(failed(i))
+            await asyncio.sleep(0.05)
+        feeding = asyncio.get_running_loop().time() - began
+
+        def delivered() -> list[str]:
+            return [line.strip() for m in server.mailbox.snapshot() for line in body(m).splitlines()]
+
+        for _ in range(100):  # bounded: ~5 s
+            if all(f"file:   walk-{i}.csv" in delivered() for i in range(40)):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+    arrived = server.mailbox.arrived
+    names = [line for line in delivered() if line.startswith("file:")]
+    assert sorted(names) == sorted(f"file:   walk-{i}.csv" for i in range(40))  # each alert, once
+    # About 2 s of alerts at one digest per 0.5 s: a handful of mails, not 40.
+    assert 2 <= len(arrived) <= feeding / interval + 2, (len(arrived), feeding)
+    gaps = [b - a for a, b in itertools.pairwise(arrived)]
+    assert min(gaps) >= interval * 0.95, gaps
 
 
 async def test_starttls_and_auth_with_a_self_signed_certificate(tmp_path: Path) -> None:
