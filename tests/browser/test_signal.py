@@ -24,10 +24,15 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "detail.png"
 XIO = DATA / "xio_fusion_sensor_data.csv"  # accelerometer, gyroscope and magnetometer
 SMALL_BATCHES = {"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
 
-# Width of the fill over the width of its bar, and the bar's number, read in one go.
-FILL_AND_NUMBER = """(bar) => {
+XSENS_AU = DATA / "opensim_MT_01200454_000-000_00B40DE4.txt"  # magnetometer in a.u., no time
+
+# A row's bar read in one go: the fill's width over the bar's, its number, the number shown
+# as text, and whether it is indeterminate (waiting: no number shown, a sliding fill).
+FILL_AND_NUMBER = """(row) => {
+  const bar = row.querySelector('[role=progressbar]');
   const fill = bar.firstElementChild.getBoundingClientRect().width;
-  return [fill / bar.getBoundingClientRect().width, Number(bar.getAttribute('aria-valuenow'))];
+  return [fill / bar.getBoundingClientRect().width, Number(bar.getAttribute('aria-valuenow')),
+          row.querySelector('.pct').textContent, bar.classList.contains('indeterminate')];
 }"""
 
 
@@ -39,17 +44,17 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await sign_in(page, stack.progress_url, token)
     await page.set_input_files("#file-input", [str(XIO)])
     row = page.locator("li.file", has=page.locator(".file-name", has_text=XIO.name))
-    bar = row.get_by_role("progressbar")
-    # Sample the bar while it moves: every time, the fill is where the number says.
+    # Sample the bar while it moves: whenever a number shows, the fill is exactly there.
     seen = set()
     for _ in range(400):
-        fraction, value = await bar.evaluate(FILL_AND_NUMBER)
-        assert abs(fraction - value / 100) <= 0.011, (fraction, value)
-        seen.add(value)
+        fraction, value, shown, waiting = await row.evaluate(FILL_AND_NUMBER)
+        if not waiting:
+            assert shown == f"{value}%" and abs(fraction - value / 100) <= 0.002, (fraction, value, shown)
+            seen.add(value)
         if value == 100:
             break
         await page.wait_for_timeout(25)
-    assert 100 in seen
+    assert 100 in seen, seen
     await expect(row.locator(".badge")).to_have_text("Completed", timeout=60_000)
 
     await row.locator(".file-name").click()
@@ -94,6 +99,23 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
         "aria-label", label or ""
     )
 
+    # A unit that could not be converted is stored as given: the panel and table say so.
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await page.set_input_files("#file-input", [str(XSENS_AU)])
+    xsens = page.locator("li.file", has=page.locator(".file-name", has_text=XSENS_AU.name))
+    await expect(xsens.locator(".badge")).to_have_text("Completed", timeout=60_000)
+    await xsens.locator(".file-name").click()
+    figure = dialog.get_by_role("img", name=re.compile(r"^Signal"))
+    await expect(figure).to_have_attribute("aria-label", re.compile(r"magnetometer mx, my, mz in a\.u\.;"))
+    await expect(figure).to_have_attribute("aria-label", re.compile(r"4 points by sample index"))
+    await expect(figure.locator("svg.signal-panel[data-sensor=m] .panel-title")).to_have_text(
+        "Magnetometer (a.u.): mx, my, mz"
+    )
+    await expect(figure.locator("svg.signal-panel[data-sensor=a] .panel-title")).to_contain_text("(m/s²)")
+    mx = dialog.locator("table.ranges tbody tr", has=page.locator("th", has_text="mx"))
+    await expect(mx.locator("td").last).to_have_text("a.u.")
+
 
 def paused_walk(path: Path, rows: int) -> Path:
     """A 100 Hz recording (s, g, rad/s) with three 2 s pauses, written like a logger does."""
@@ -118,9 +140,17 @@ async def test_the_signal_refreshes_while_parsing_and_notes_the_gaps(
     await page.set_input_files("#file-input", str(walk))
     row = page.locator("li.file", has=page.locator(".file-name", has_text=walk.name))
     bar = row.get_by_role("progressbar")
-    await page.wait_for_function(
-        "el => Number(el.getAttribute('aria-valuenow')) >= 2", arg=await bar.element_handle(), timeout=120_000
-    )
+    # While this long file moves its bar, every number shown has its fill exactly there.
+    seen: set[int] = set()
+    for _ in range(2400):
+        fraction, value, shown, waiting = await row.evaluate(FILL_AND_NUMBER)
+        if not waiting:
+            assert shown == f"{value}%" and abs(fraction - value / 100) <= 0.002, (fraction, value, shown)
+            seen.add(value)
+        if value >= 2:
+            break
+        await page.wait_for_timeout(50)
+    assert max(seen) >= 2 and len(seen) >= 2, seen
     await row.locator(".file-name").click()
     dialog = page.locator("#detail")
     figure = dialog.get_by_role("img", name=re.compile(r"^Signal preview: accelerometer"))

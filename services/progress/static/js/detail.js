@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { samplesText, statusLabel, UNFINISHED } from "./files.js";
-import { gapNote, shortDuration, signalFigure } from "./signal.js";
+import { gapNote, shortDuration, signalFigure, storedUnits } from "./signal.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFETCH_MS = 1000; // at most one batch-log fetch a second per open file
@@ -13,7 +13,6 @@ const SIGNAL_MS = 1500; // and one preview fetch every 1.5 s
 // The summary of a file still parsing is computed afresh on every request (a long file's
 // reads its whole pyramid), so while parsing it is refetched at most every 10 s.
 const SUMMARY_WHILE_PARSING_MS = 10000;
-const UNITS = { a: "m/s²", g: "rad/s", m: "µT" };
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -129,7 +128,7 @@ export function summaryFacts(s) {
   return dl;
 }
 
-export function summaryTable(s) {
+export function summaryTable(s, units = storedUnits(null)) {
   const wrap = el("div", "summary");
   const overall = el("dl", "facts");
   const add = (term, value) => overall.append(el("dt", "", term), el("dd", "", value));
@@ -153,7 +152,7 @@ export function summaryTable(s) {
       const th = el("th", "", axis);
       th.scope = "row";
       const mean = range.mean == null ? "—" : fmt.number(range.mean);
-      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "", mean), el("td", "muted", UNITS[axis[0]] || ""));
+      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "", mean), el("td", "muted", units[axis[0]] || ""));
       tbody.append(tr);
     }
     table.append(thead, tbody);
@@ -190,6 +189,7 @@ export class DetailView {
     this.lastSummary = null;
     this.summaryAt = 0;
     this.status = record.status;
+    this.record = record;
     this.title.textContent = record.filename;
     this.body.replaceChildren(
       el("div", "facts-slot"),
@@ -209,6 +209,7 @@ export class DetailView {
   update(record) {
     if (record.id !== this.id) return;
     this.status = record.status;
+    this.record = record;
     this.body.querySelector(".facts-slot").replaceChildren(facts(record));
     if (record.status === "parsing") {
       this.scheduleBatches();
@@ -268,10 +269,15 @@ export class DetailView {
       if (summary !== this.lastSummary) [this.lastSummary, this.summaryAt] = [summary, Date.now()];
       if (id !== this.id || zoom !== this.zoom) return;
       const row = el("div", "signal-row");
-      const figure = signalFigure(preview, summary, (lo, hi) => {
-        this.zoom = [lo, hi];
-        this.fetchSignal();
-      });
+      const figure = signalFigure(
+        preview,
+        summary,
+        (lo, hi) => {
+          this.zoom = [lo, hi];
+          this.fetchSignal();
+        },
+        storedUnits(this.record),
+      );
       const side = el("div", "signal-side");
       side.append(summaryFacts(summary));
       if (zoom) {
@@ -298,7 +304,7 @@ export class DetailView {
     slot.replaceChildren(el("h3", "", "Summary"), el("p", "muted", "Computing…"));
     try {
       const s = await api.summary(id);
-      if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), summaryTable(s));
+      if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), summaryTable(s, storedUnits(this.record)));
     } catch (err) {
       if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), el("p", "error", err.message));
     }
