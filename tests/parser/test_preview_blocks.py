@@ -15,7 +15,7 @@ from services.parser.formats.gt3x import Gt3xReader
 from services.parser.preview_blocks import COLUMNS, block_rows
 from tests.parser.formats.binary_helpers import DATA, read_all
 from tests.parser.formats.test_cwa import make_block, make_header
-from tests.parser.formats.test_gt3x import make_gt3x, synthetic_log
+from tests.parser.formats.test_gt3x import make_gt3x, pack12, synthetic_log
 
 FILE = uuid.uuid4()
 
@@ -119,3 +119,17 @@ def test_clipped_counts_of_a_9_axis_cwa_per_axis_and_null_where_the_range_is_unk
     assert sum(r["n"] for r in rows) == 78
     assert per_axis == [3, 2, 0, 4, 0, 0, None, None, None]
     assert all(r["clipped"][6:] == [None] * 3 for r in rows)
+
+
+def test_a_legacy_gt3x_clips_at_its_12_bit_full_scale() -> None:
+    """activity.bin gives no Acceleration Max; its counts end at 2047 (~6 g at 341 per g)."""
+    rng = np.random.default_rng(8)
+    xyz = rng.integers(-2000, 2000, size=(300, 3))
+    xyz[[3, 150], 0] = 2047
+    xyz[[7, 8, 9], 2] = -2048
+    xyz[11, 1] = 2040  # 0.35 % inside full scale: not clipped
+    _, batches = read_all(Gt3xReader(), make_gt3x(pack12(xyz, (1, 0, 2)), member="activity.bin", scale=None))
+    assert batches[0].ranges == dict.fromkeys(("ax", "ay", "az"), 2047 / 341 * STANDARD_GRAVITY)
+    rows = [r for b in batches for r in as_dicts(b) if r["level"] == 256]
+    assert sum(r["n"] for r in rows) == 300
+    assert [sum(r["clipped"][k] for r in rows) for k in range(3)] == [2, 0, 3]
