@@ -60,6 +60,26 @@ def expected_buckets(t: np.ndarray, v: np.ndarray, lo: int, hi: int, n: int) -> 
     return mins, maxs
 
 
+def check_within_a_quarter_bucket(
+    t: np.ndarray, v: np.ndarray, lo: int, hi: int, axis: dict[str, Any]
+) -> None:
+    """Each bucket's min/max against the true ones of the bucket narrowed and widened by 1/4
+    (to float32 rounding: the parser scales g to m/s² in float32)."""
+    n = len(axis["max"])
+    width = (hi - lo + 1) / n
+    for k in range(n):
+        a, b = lo + k * width, lo + (k + 1) * width
+        outer = v[(t >= max(lo, a - width / 4)) & (t < min(hi + 1, b + width / 4))]
+        inner = v[(t >= a + width / 4) & (t < b - width / 4)]
+        top, bottom = axis["max"][k], axis["min"][k]
+        if top is None:
+            assert inner.size == 0, k
+            continue
+        eps = 1e-5 * max(1.0, abs(top), abs(bottom))
+        assert outer.max() + eps >= top >= (inner.max() - eps if inner.size else -np.inf), k
+        assert outer.min() - eps <= bottom <= (inner.min() + eps if inner.size else np.inf), k
+
+
 async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
     test_settings: Settings, service_stack: StartStack, database_url: str, tmp_path: Path
 ) -> None:
@@ -125,6 +145,11 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
         assert min(x for x in wide["axes"]["az"]["min"] if x is not None) == pytest.approx(
             float(inside.min())
         )
+        # Its buckets (2,000 samples each) are made of 256-sample blocks placed by their
+        # middle: each bucket's max lies between the true max of the bucket narrowed and
+        # widened by a quarter bucket (README's promise), and likewise its min.
+        check_within_a_quarter_bucket(t, acc[:, 2], lo, hi, wide["axes"]["az"])
+        check_within_a_quarter_bucket(t, acc[:, 0], lo, hi, wide["axes"]["ax"])
 
         for bad in (9, 5001):
             assert (await client.get(f"{url}/preview", params={"points": bad})).status_code == 422
