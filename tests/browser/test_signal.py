@@ -25,6 +25,7 @@ XIO = DATA / "xio_fusion_sensor_data.csv"  # accelerometer, gyroscope and magnet
 SMALL_BATCHES = {"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
 
 XSENS_AU = DATA / "opensim_MT_01200454_000-000_00B40DE4.txt"  # magnetometer in a.u., no time
+APDM = DATA / "opensim_imuData01.csv"  # four IMUs in one file
 
 # A row's bar read in one go: the fill's width over the bar's, its number, the number shown
 # as text, and whether it is indeterminate (waiting: no number shown, a sliding fill).
@@ -74,7 +75,7 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
         assert d.count("L") >= 2 * points - 1, d[:80]
     await expect(dialog.locator(".signal-side")).to_contain_text("13,514")
     await expect(dialog.locator(".signal-side")).to_contain_text("Hz")
-    await expect(dialog.locator(".signal-side")).to_contain_text("Longest gap")
+    await expect(dialog.locator(".signal-side")).to_contain_text("Longest interval")
     await expect(dialog.locator("table.ranges tbody tr")).to_have_count(9)
     label = await figure.get_attribute("aria-label")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,34 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await expect(figure.locator("svg.signal-panel[data-sensor=a] .panel-title")).to_contain_text("(m/s²)")
     mx = dialog.locator("table.ranges tbody tr", has=page.locator("th", has_text="mx"))
     await expect(mx.locator("td").last).to_have_text("a.u.")
+
+    # A file of four sensors (APDM): one at a time, chosen beside the figure.
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await page.set_input_files("#file-input", [str(APDM)])
+    apdm = page.locator("li.file", has=page.locator(".file-name", has_text=APDM.name))
+    await expect(apdm.locator(".badge")).to_have_text("Completed", timeout=60_000)
+    await apdm.locator(".file-name").click()
+    picker = dialog.get_by_label("Sensor")
+    await expect(picker.locator("option")).to_have_count(4)
+    names = [await o.text_content() or "" for o in await picker.locator("option").all()]
+    figure = dialog.get_by_role("img", name=re.compile(r"^Signal"))
+    of = [re.compile(f"^Signal preview of {re.escape(name)}: ") for name in names]
+    await expect(figure).to_have_attribute("aria-label", of[0])
+    first = await figure.get_attribute("aria-label")
+    await picker.focus()
+    await picker.select_option(names[2])
+    await expect(figure).to_have_attribute("aria-label", of[2])
+    assert await figure.get_attribute("data-points") == "800"  # 1,024 samples per sensor
+    await expect(dialog.get_by_label("Sensor")).to_be_focused()  # the redraw kept the keyboard there
+    await expect(figure.locator("svg.signal-panel")).to_have_count(3)
+    assert first != await figure.get_attribute("aria-label")
+    # Its gyroscope ticks are small numbers ("-0.0209"): each label starts inside its panel.
+    lefts = await figure.locator("svg.signal-panel text.axis").evaluate_all(
+        "ts => ts.map(t => t.getBBox().x)"
+    )
+    assert len(lefts) == 3 * 7 and min(lefts) >= 0, lefts  # 3 value and 3 time ticks and a title each
+    await screenshot(page, "detail-signal-sensors")
 
 
 def paused_walk(path: Path, rows: int) -> Path:

@@ -120,7 +120,8 @@ export function summaryFacts(s) {
   add("Duration", fmt.duration(s.duration_seconds));
   add("Sample rate", s.sample_rate_hz == null ? "—" : `${fmt.number(s.sample_rate_hz)} Hz`);
   add("Gaps", s.gaps == null ? "—" : fmt.count(s.gaps));
-  add("Longest gap", s.longest_gap_seconds == null ? "—" : shortDuration(s.longest_gap_seconds));
+  // `longest_gap_seconds` is the longest interval between samples, a gap or not.
+  add("Longest interval", s.longest_gap_seconds == null ? "—" : shortDuration(s.longest_gap_seconds));
   const clipped = s.sensors.flatMap((sensor) =>
     Object.entries(sensor.ranges).filter(([, r]) => r.clipped).map(([axis, r]) => `${axis} ${fmt.count(r.clipped)}`),
   );
@@ -186,6 +187,7 @@ export class DetailView {
     this.opener = opener;
     this.summaryShown = false;
     this.zoom = null;
+    this.sensor = null;
     this.lastSummary = null;
     this.summaryAt = 0;
     this.status = record.status;
@@ -254,20 +256,22 @@ export class DetailView {
     }, wait);
   }
 
-  // The preview (of the zoomed span, if any) and the summary, drawn side by side.
+  // The preview (of the chosen sensor and zoomed span, if any) and the summary, side by side.
   async fetchSignal() {
     const id = this.id;
     const zoom = this.zoom;
+    const sensor = this.sensor;
     this.lastSignal = Date.now();
     const slot = this.body.querySelector(".signal-slot");
     try {
       const fresh = this.status !== "parsing" || Date.now() - this.summaryAt >= SUMMARY_WHILE_PARSING_MS;
       const [preview, summary] = await Promise.all([
-        api.preview(id, zoom),
+        api.preview(id, zoom, sensor),
         fresh || !this.lastSummary ? api.summary(id) : Promise.resolve(this.lastSummary),
       ]);
       if (summary !== this.lastSummary) [this.lastSummary, this.summaryAt] = [summary, Date.now()];
-      if (id !== this.id || zoom !== this.zoom) return;
+      if (id !== this.id || zoom !== this.zoom || sensor !== this.sensor) return;
+      const names = summary.sensors.map((x) => x.sensor).filter(Boolean);
       const row = el("div", "signal-row");
       const figure = signalFigure(
         preview,
@@ -277,8 +281,10 @@ export class DetailView {
           this.fetchSignal();
         },
         storedUnits(this.record),
+        names.length > 1 ? sensor || names[0] : null,
       );
       const side = el("div", "signal-side");
+      if (names.length > 1) side.append(this.sensorPicker(names, sensor || names[0]));
       side.append(summaryFacts(summary));
       if (zoom) {
         const reset = el("button", "btn ghost", "Whole recording");
@@ -291,10 +297,26 @@ export class DetailView {
       }
       row.append(figure, side);
       const note = gapNote(summary);
+      const picking = slot.contains(document.activeElement) && document.activeElement.matches("select");
       slot.replaceChildren(...(note ? [row, note] : [row]));
+      if (picking) slot.querySelector("select")?.focus(); // a redraw keeps the keyboard there
     } catch (err) {
       if (id === this.id) slot.replaceChildren(el("p", "error", err.message));
     }
+  }
+
+  // A file of several sensors (APDM, Noraxon): which one the figure draws.
+  sensorPicker(names, current) {
+    const label = el("label", "sensor-pick", "Sensor ");
+    const select = document.createElement("select");
+    for (const name of names) select.append(new Option(name, name, false, name === current));
+    select.addEventListener("change", () => {
+      this.sensor = select.value;
+      this.zoom = null;
+      this.fetchSignal();
+    });
+    label.append(select);
+    return label;
   }
 
   async fetchSummary() {

@@ -28,6 +28,17 @@ const COLOURS = { x: "var(--axis-x)", y: "var(--axis-y)", z: "var(--axis-z)" };
 const WIDTH = 640;
 const HEIGHT = 150;
 const PAD = { left: 56, right: 12, top: 22, bottom: 24 };
+// Value ticks fit the 56 px left of a panel: 3 significant digits ("-0.0209", not the
+// clipped "-0.02094"), compact from 10,000 ("12.3K"), scientific below 0.001.
+const TICK = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 3 });
+const TICK_BIG = new Intl.NumberFormat(undefined, { notation: "compact", maximumSignificantDigits: 3 });
+const TICK_SMALL = new Intl.NumberFormat(undefined, { notation: "scientific", maximumSignificantDigits: 2 });
+
+export function tick(value) {
+  const size = Math.abs(value);
+  if (size >= 1e4) return TICK_BIG.format(value);
+  return size !== 0 && size < 1e-3 ? TICK_SMALL.format(value) : TICK.format(value);
+}
 // t_ns before 2000 is time since the recording's start (the file gave no absolute time).
 const EPOCH_FROM_NS = 946_684_800e9;
 
@@ -98,7 +109,7 @@ function panel(preview, spec, unit, axes, onZoom) {
     const py = y(value);
     root.append(svg("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: py, y2: py, class: "grid" }));
     const label = svg("text", { x: PAD.left - 6, y: py + 4, "text-anchor": "end", class: "axis" });
-    label.textContent = fmt.number(value);
+    label.textContent = tick(value);
     root.append(label);
   }
   for (const name of axes) {
@@ -148,17 +159,19 @@ function panel(preview, spec, unit, axes, onZoom) {
   return root;
 }
 
-function describe(preview, groups, summary, units) {
+function describe(preview, groups, summary, units, sensor) {
   const parts = groups.map(({ spec, axes }) => `${spec.name.toLowerCase()} ${axes.join(", ")} in ${units[spec.key]}`);
   const span = preview.t_start_ns == null
     ? `${fmt.count(preview.points)} points by sample index`
     : `${fmt.duration((preview.t_end_ns - preview.t_start_ns) / 1e9)} in ${fmt.count(preview.points)} points`;
   const gaps = summary?.gaps ? `; ${fmt.count(summary.gaps)} gaps` : "";
-  return `Signal preview: ${parts.join("; ")}; ${span}${gaps}`;
+  const of = sensor ? ` of ${sensor}` : "";
+  return `Signal preview${of}: ${parts.join("; ")}; ${span}${gaps}`;
 }
 
-// The figure for one preview answer, or a short note when nothing is stored yet.
-export function signalFigure(preview, summary, onZoom, units = CANONICAL) {
+// The figure for one preview answer, or a short note when nothing is stored yet;
+// `sensor` names the one drawn when the file has several.
+export function signalFigure(preview, summary, onZoom, units = CANONICAL, sensor = null) {
   const figure = document.createElement("figure");
   figure.className = "signal";
   figure.setAttribute("role", "img");
@@ -171,7 +184,7 @@ export function signalFigure(preview, summary, onZoom, units = CANONICAL) {
     figure.append(text("p", "muted", "No samples stored yet."));
     return figure;
   }
-  figure.setAttribute("aria-label", describe(preview, groups, summary, units));
+  figure.setAttribute("aria-label", describe(preview, groups, summary, units, sensor));
   figure.dataset.points = String(preview.points);
   for (const { spec, axes } of groups) figure.append(panel(preview, spec, units[spec.key], axes, onZoom));
   const legend = text("figcaption", "muted small", "");
