@@ -185,6 +185,19 @@ async def test_the_signal_refreshes_while_parsing_and_notes_the_gaps(
     figure = dialog.get_by_role("img", name=re.compile(r"^Signal preview: accelerometer"))
     await expect(figure).to_be_visible()
     first = await figure.get_attribute("aria-label")
+    # The API's preview covers what is stored so far, and grows while the file parses.
+    file_id = await row.get_attribute("data-id")
+    preview_url = f"{stack.progress_url}/api/files/{file_id}/preview?points=100"
+    ends = []
+    for _ in range(200):
+        answer = await page.request.get(preview_url)
+        assert answer.ok, await answer.text()
+        ends.append((await answer.json())["t_end_ns"])
+        if len(set(ends)) >= 2:
+            break
+        await page.wait_for_timeout(100)
+    assert ends[-1] > ends[0], ends
+    assert int(await bar.get_attribute("aria-valuenow") or "0") < 100, "finished before the preview grew"
     # While batches land the figure is redrawn over the longer span stored by then.
     await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).not_to_have_attribute(
         "aria-label", first or "", timeout=30_000
