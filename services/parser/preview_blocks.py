@@ -81,6 +81,8 @@ class _Blocks:
         self.sums = np.empty((0, 9), np.float64)
         self.counts = np.empty((0, 9), np.int64)
         self.clipped: npt.NDArray[np.int64] | None = None
+        # Per axis: whether the reader gave its range (else its clipped count is NULL, not 0).
+        self.clip_known: npt.NDArray[np.bool_] | None = None
         self.intervals: list[tuple[int | None, int | None, int | None]] | None = None
 
 
@@ -126,6 +128,7 @@ def _fine_blocks(
         with np.errstate(invalid="ignore"):
             at_range = np.abs(columns) >= (limit * np.float32(CLIP_FRACTION))[:, None]
         blocks.clipped = _by_block(at_range, np.add.reduce, dtype=np.int64)
+        blocks.clip_known = np.isfinite(limit)
     if bool((t != NULL_TIME).all()):
         blocks.intervals = _intervals(t)
     return blocks
@@ -142,6 +145,7 @@ def _coarsen(fine: _Blocks, factor: int) -> _Blocks:
     coarse.counts = _reduce(fine.counts, factor, np.sum)
     if fine.clipped is not None:
         coarse.clipped = _reduce(fine.clipped, factor, np.sum)
+        coarse.clip_known = fine.clip_known
     return coarse
 
 
@@ -157,7 +161,10 @@ def _rows(
     present = b.counts > 0
     mins = np.where(present, b.mins, np.nan).tolist()
     maxs = np.where(present, b.maxs, np.nan).tolist()
-    clipped = b.clipped.tolist() if b.clipped is not None else None
+    clipped: list[list[int | None]] | None = None
+    if b.clipped is not None and b.clip_known is not None:
+        known = b.clip_known.tolist()
+        clipped = [[c if k else None for c, k in zip(row, known, strict=True)] for row in b.clipped.tolist()]
     out = []
     for k, (s, size) in enumerate(zip(b.starts.tolist(), b.sizes.tolist(), strict=True)):
         dt_med, dt_max, gaps = b.intervals[k] if b.intervals is not None else (None, None, None)

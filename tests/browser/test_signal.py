@@ -24,10 +24,16 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "detail.png"
 XIO = DATA / "xio_fusion_sensor_data.csv"  # accelerometer, gyroscope and magnetometer
 SMALL_BATCHES = {"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
 
-# Width of the fill over the width of its bar, and the bar's number, read in one go.
-FILL_AND_NUMBER = """(bar) => {
+XSENS_AU = DATA / "opensim_MT_01200454_000-000_00B40DE4.txt"  # magnetometer in a.u., no time
+APDM = DATA / "opensim_imuData01.csv"  # four IMUs in one file
+
+# A row's bar read in one go: the fill's width over the bar's, its number, the number shown
+# as text, and whether it is indeterminate (waiting: no number shown, a sliding fill).
+FILL_AND_NUMBER = """(row) => {
+  const bar = row.querySelector('[role=progressbar]');
   const fill = bar.firstElementChild.getBoundingClientRect().width;
-  return [fill / bar.getBoundingClientRect().width, Number(bar.getAttribute('aria-valuenow'))];
+  return [fill / bar.getBoundingClientRect().width, Number(bar.getAttribute('aria-valuenow')),
+          row.querySelector('.pct').textContent, bar.classList.contains('indeterminate')];
 }"""
 
 
@@ -39,17 +45,17 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await sign_in(page, stack.progress_url, token)
     await page.set_input_files("#file-input", [str(XIO)])
     row = page.locator("li.file", has=page.locator(".file-name", has_text=XIO.name))
-    bar = row.get_by_role("progressbar")
-    # Sample the bar while it moves: every time, the fill is where the number says.
+    # Sample the bar while it moves: whenever a number shows, the fill is exactly there.
     seen = set()
     for _ in range(400):
-        fraction, value = await bar.evaluate(FILL_AND_NUMBER)
-        assert abs(fraction - value / 100) <= 0.011, (fraction, value)
-        seen.add(value)
+        fraction, value, shown, waiting = await row.evaluate(FILL_AND_NUMBER)
+        if not waiting:
+            assert shown == f"{value}%" and abs(fraction - value / 100) <= 0.002, (fraction, value, shown)
+            seen.add(value)
         if value == 100:
             break
         await page.wait_for_timeout(25)
-    assert 100 in seen
+    assert 100 in seen, seen
     await expect(row.locator(".badge")).to_have_text("Completed", timeout=60_000)
 
     await row.locator(".file-name").click()
@@ -69,7 +75,7 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
         assert d.count("L") >= 2 * points - 1, d[:80]
     await expect(dialog.locator(".signal-side")).to_contain_text("13,514")
     await expect(dialog.locator(".signal-side")).to_contain_text("Hz")
-    await expect(dialog.locator(".signal-side")).to_contain_text("Longest gap")
+    await expect(dialog.locator(".signal-side")).to_contain_text("Longest interval")
     await expect(dialog.locator("table.ranges tbody tr")).to_have_count(9)
     label = await figure.get_attribute("aria-label")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +99,51 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).to_have_attribute(
         "aria-label", label or ""
     )
+
+    # A unit that could not be converted is stored as given: the panel and table say so.
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await page.set_input_files("#file-input", [str(XSENS_AU)])
+    xsens = page.locator("li.file", has=page.locator(".file-name", has_text=XSENS_AU.name))
+    await expect(xsens.locator(".badge")).to_have_text("Completed", timeout=60_000)
+    await xsens.locator(".file-name").click()
+    figure = dialog.get_by_role("img", name=re.compile(r"^Signal"))
+    await expect(figure).to_have_attribute("aria-label", re.compile(r"magnetometer mx, my, mz in a\.u\.;"))
+    await expect(figure).to_have_attribute("aria-label", re.compile(r"4 points by sample index"))
+    await expect(figure.locator("svg.signal-panel[data-sensor=m] .panel-title")).to_have_text(
+        "Magnetometer (a.u.): mx, my, mz"
+    )
+    await expect(figure.locator("svg.signal-panel[data-sensor=a] .panel-title")).to_contain_text("(m/s²)")
+    mx = dialog.locator("table.ranges tbody tr", has=page.locator("th", has_text="mx"))
+    await expect(mx.locator("td").last).to_have_text("a.u.")
+
+    # A file of four sensors (APDM): one at a time, chosen beside the figure.
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await page.set_input_files("#file-input", [str(APDM)])
+    apdm = page.locator("li.file", has=page.locator(".file-name", has_text=APDM.name))
+    await expect(apdm.locator(".badge")).to_have_text("Completed", timeout=60_000)
+    await apdm.locator(".file-name").click()
+    picker = dialog.get_by_label("Sensor")
+    await expect(picker.locator("option")).to_have_count(4)
+    names = [await o.text_content() or "" for o in await picker.locator("option").all()]
+    figure = dialog.get_by_role("img", name=re.compile(r"^Signal"))
+    of = [re.compile(f"^Signal preview of {re.escape(name)}: ") for name in names]
+    await expect(figure).to_have_attribute("aria-label", of[0])
+    first = await figure.get_attribute("aria-label")
+    await picker.focus()
+    await picker.select_option(names[2])
+    await expect(figure).to_have_attribute("aria-label", of[2])
+    assert await figure.get_attribute("data-points") == "800"  # 1,024 samples per sensor
+    await expect(dialog.get_by_label("Sensor")).to_be_focused()  # the redraw kept the keyboard there
+    await expect(figure.locator("svg.signal-panel")).to_have_count(3)
+    assert first != await figure.get_attribute("aria-label")
+    # Its gyroscope ticks are small numbers ("-0.0209"): each label starts inside its panel.
+    lefts = await figure.locator("svg.signal-panel text.axis").evaluate_all(
+        "ts => ts.map(t => t.getBBox().x)"
+    )
+    assert len(lefts) == 3 * 7 and min(lefts) >= 0, lefts  # 3 value and 3 time ticks and a title each
+    await screenshot(page, "detail-signal-sensors")
 
 
 def paused_walk(path: Path, rows: int) -> Path:
@@ -118,14 +169,35 @@ async def test_the_signal_refreshes_while_parsing_and_notes_the_gaps(
     await page.set_input_files("#file-input", str(walk))
     row = page.locator("li.file", has=page.locator(".file-name", has_text=walk.name))
     bar = row.get_by_role("progressbar")
-    await page.wait_for_function(
-        "el => Number(el.getAttribute('aria-valuenow')) >= 2", arg=await bar.element_handle(), timeout=120_000
-    )
+    # While this long file moves its bar, every number shown has its fill exactly there.
+    seen: set[int] = set()
+    for _ in range(2400):
+        fraction, value, shown, waiting = await row.evaluate(FILL_AND_NUMBER)
+        if not waiting:
+            assert shown == f"{value}%" and abs(fraction - value / 100) <= 0.002, (fraction, value, shown)
+            seen.add(value)
+        if len(seen) >= 3 and value >= 2:  # three different numbers, each with its fill
+            break
+        await page.wait_for_timeout(50)
+    assert len(seen) >= 3 and max(seen) >= 2, seen
     await row.locator(".file-name").click()
     dialog = page.locator("#detail")
     figure = dialog.get_by_role("img", name=re.compile(r"^Signal preview: accelerometer"))
     await expect(figure).to_be_visible()
     first = await figure.get_attribute("aria-label")
+    # The API's preview covers what is stored so far, and grows while the file parses.
+    file_id = await row.get_attribute("data-id")
+    preview_url = f"{stack.progress_url}/api/files/{file_id}/preview?points=100"
+    ends = []
+    for _ in range(200):
+        answer = await page.request.get(preview_url)
+        assert answer.ok, await answer.text()
+        ends.append((await answer.json())["t_end_ns"])
+        if len(set(ends)) >= 2:
+            break
+        await page.wait_for_timeout(100)
+    assert ends[-1] > ends[0], ends
+    assert int(await bar.get_attribute("aria-valuenow") or "0") < 100, "finished before the preview grew"
     # While batches land the figure is redrawn over the longer span stored by then.
     await expect(dialog.get_by_role("img", name=re.compile(r"^Signal"))).not_to_have_attribute(
         "aria-label", first or "", timeout=30_000

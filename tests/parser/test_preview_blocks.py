@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -13,7 +14,8 @@ from services.parser.formats.geneactiv import GeneactivReader, clip_limits, deco
 from services.parser.formats.gt3x import Gt3xReader
 from services.parser.preview_blocks import COLUMNS, block_rows
 from tests.parser.formats.binary_helpers import DATA, read_all
-from tests.parser.formats.test_gt3x import make_gt3x, synthetic_log
+from tests.parser.formats.test_cwa import make_block, make_header
+from tests.parser.formats.test_gt3x import make_gt3x, pack12, synthetic_log
 
 FILE = uuid.uuid4()
 
@@ -93,3 +95,41 @@ def test_readers_that_know_the_device_range_say_so() -> None:
     log, _ = synthetic_log(2)
     _, gt3x = read_all(Gt3xReader(), make_gt3x(log, info_extra="Acceleration Max: 8.0\r\n"))
     assert gt3x[0].ranges == dict.fromkeys(("ax", "ay", "az"), 8 * STANDARD_GRAVITY)
+
+
+def test_clipped_counts_of_a_9_axis_cwa_per_axis_and_null_where_the_range_is_unknown() -> None:
+    """Synthesised AX6 9-axis blocks at +-8 g (rate byte) and 2000 dps (scale bits 0): samples
+    at full scale are counted per axis; the magnetometer's range is not in the file: NULL."""
+    rng = np.random.default_rng(3)
+    raw = rng.integers(-20000, 20000, size=(3 * 26, 9), dtype=np.int16)  # well inside both ranges
+    raw[[2, 30, 77], 3] = 32767  # ax at +8 g (1/4096 g per LSB)
+    raw[[5, 6], 4] = -32768  # ay at -8 g
+    raw[[0, 26, 27, 52], 0] = 32767  # gx at +2000 dps
+    raw[10, 6] = 32767  # a magnetometer extreme is no clip: its range is unknown
+    blocks = b"".join(
+        make_block(k, dt.datetime(2024, 3, 1, 12, 0, k), raw[26 * k : 26 * (k + 1)].astype("<i2").tobytes(),
+                   26, 0x92, light=4 << 13)
+        for k in range(3)
+    )  # fmt: skip
+    _, batches = read_all(CwaReader(), make_header() + blocks)
+    rows = [r for b in batches for r in as_dicts(b) if r["level"] == 256]
+    per_axis = [
+        sum(r["clipped"][k] for r in rows) if rows[0]["clipped"][k] is not None else None for k in range(9)
+    ]
+    assert sum(r["n"] for r in rows) == 78
+    assert per_axis == [3, 2, 0, 4, 0, 0, None, None, None]
+    assert all(r["clipped"][6:] == [None] * 3 for r in rows)
+
+
+def test_a_legacy_gt3x_clips_at_its_12_bit_full_scale() -> None:
+    """activity.bin gives no Acceleration Max; its counts end at 2047 (~6 g at 341 per g)."""
+    rng = np.random.default_rng(8)
+    xyz = rng.integers(-2000, 2000, size=(300, 3))
+    xyz[[3, 150], 0] = 2047
+    xyz[[7, 8, 9], 2] = -2048
+    xyz[11, 1] = 2040  # 0.35 % inside full scale: not clipped
+    _, batches = read_all(Gt3xReader(), make_gt3x(pack12(xyz, (1, 0, 2)), member="activity.bin", scale=None))
+    assert batches[0].ranges == dict.fromkeys(("ax", "ay", "az"), 2047 / 341 * STANDARD_GRAVITY)
+    rows = [r for b in batches for r in as_dicts(b) if r["level"] == 256]
+    assert sum(r["n"] for r in rows) == 300
+    assert [sum(r["clipped"][k] for r in rows) for k in range(3)] == [2, 0, 3]

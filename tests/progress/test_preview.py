@@ -60,6 +60,26 @@ def expected_buckets(t: np.ndarray, v: np.ndarray, lo: int, hi: int, n: int) -> 
     return mins, maxs
 
 
+def check_within_a_quarter_bucket(
+    t: np.ndarray, v: np.ndarray, lo: int, hi: int, axis: dict[str, Any]
+) -> None:
+    """Each bucket's min/max against the true ones of the bucket narrowed and widened by 1/4
+    (to float32 rounding: the parser scales g to m/s² in float32)."""
+    n = len(axis["max"])
+    width = (hi - lo + 1) / n
+    for k in range(n):
+        a, b = lo + k * width, lo + (k + 1) * width
+        outer = v[(t >= max(lo, a - width / 4)) & (t < min(hi + 1, b + width / 4))]
+        inner = v[(t >= a + width / 4) & (t < b - width / 4)]
+        top, bottom = axis["max"][k], axis["min"][k]
+        if top is None:
+            assert inner.size == 0, k
+            continue
+        eps = 1e-5 * max(1.0, abs(top), abs(bottom))
+        assert outer.max() + eps >= top >= (inner.max() - eps if inner.size else -np.inf), k
+        assert outer.min() - eps <= bottom <= (inner.min() + eps if inner.size else np.inf), k
+
+
 async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
     test_settings: Settings, service_stack: StartStack, database_url: str, tmp_path: Path
 ) -> None:
@@ -81,7 +101,18 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
         assert ax["max"] == pytest.approx(7.5 * 9.80665, rel=1e-6)
         assert ax["mean"] == pytest.approx(float(np.mean(acc[:, 0].astype(np.float32))), rel=1e-4)
         assert ax["clipped"] is None  # a CSV does not say the device's range
-        assert (await client.get(f"{url}/summary")).json() == summary  # kept, not recomputed
+        # Computed once: the kept row is what later requests answer (altered here to tell).
+        conn = await asyncpg.connect(database_url)
+        try:
+            kept = await conn.execute(
+                "UPDATE imu_file_summaries SET summary = jsonb_set(summary, '{gaps}', '99') "
+                "WHERE file_id = $1",
+                uuid.UUID(record["id"]),
+            )
+        finally:
+            await conn.close()
+        assert kept == "UPDATE 1"
+        assert (await client.get(f"{url}/summary")).json() == {**summary, "gaps": 99}
 
         whole = (await client.get(f"{url}/preview", params={"points": 10})).json()  # from the blocks
         assert whole["points"] == 10 and (whole["t_start_ns"], whole["t_end_ns"]) == (int(t[0]), int(t[-1]))
@@ -114,6 +145,11 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
         assert min(x for x in wide["axes"]["az"]["min"] if x is not None) == pytest.approx(
             float(inside.min())
         )
+        # Its buckets (2,000 samples each) are made of 256-sample blocks placed by their
+        # middle: each bucket's max lies between the true max of the bucket narrowed and
+        # widened by a quarter bucket (README's promise), and likewise its min.
+        check_within_a_quarter_bucket(t, acc[:, 2], lo, hi, wide["axes"]["az"])
+        check_within_a_quarter_bucket(t, acc[:, 0], lo, hi, wide["axes"]["ax"])
 
         for bad in (9, 5001):
             assert (await client.get(f"{url}/preview", params={"points": bad})).status_code == 422
@@ -139,6 +175,16 @@ async def test_preview_and_summary_of_a_recording_with_gaps_and_a_spike(
         )
         assert p["axes"]["az"]["min"] == expected_min and p["axes"]["az"]["max"] == expected_max
         assert expected_max.count(None) >= 6
+
+        # A real .cwa gives its device range (+-8 g): 4 samples of az are at full scale.
+        cwa = await _parsed(stack, token, DATA / "ggirread_ax3_testfile.cwa")
+        s = (await client.get(f"{stack.progress_url}/api/files/{cwa['id']}/summary")).json()
+        # Set to 100 Hz, but its blocks' timestamps span 176 s: the rate measured is ~98.8 Hz.
+        assert s["samples"] == 17_400 and s["sample_rate_hz"] == pytest.approx(98.8, abs=0.1)
+        ranges = s["sensors"][0]["ranges"]
+        assert set(ranges) == {"ax", "ay", "az"}
+        assert [ranges[a]["clipped"] for a in ("ax", "ay", "az")] == [0, 0, 4]
+        assert ranges["az"]["max"] == pytest.approx(78.29997, rel=1e-6)
 
 
 async def test_preview_by_sample_index_without_time_and_by_sensor(

@@ -43,6 +43,16 @@ _MAX_BLOCKS_PER_READ = 16384  # 8 MiB: keeps memory flat whatever `target_sample
 _LAYOUTS = {0x30: 120, 0x32: 80, 0x62: 40, 0x92: 26}
 # Magnetometer LSB of 9-axis blocks: 16 per µT (OpenMovement's cwa_metadata.py `magUnit`).
 _MAG_PER_UT = 16.0
+# Gyro full scale when the block's scale bits are 0 (firmware that leaves them unset):
+# 2000 dps, OpenMovement's default (cwa_metadata.py `gyroRange`); else 8000 >> code.
+_DEFAULT_GYRO_DPS = 2000
+
+
+def gyro_full_scale_dps(light: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Full-scale dps per block from bits 10-12 of `light`."""
+    code = (light >> 10) & 7
+    return np.where(code == 0, _DEFAULT_GYRO_DPS, 8000 >> code)
+
 
 BLOCK_DTYPE = np.dtype(
     {
@@ -101,7 +111,7 @@ def decode_block_values(rec: npt.NDArray[Any], layout: int) -> npt.NDArray[np.fl
         raw = rec["i16"][:, : spb * axes].reshape(nb, spb, axes).astype(np.float32)
         light = rec["light"].astype(np.int64)
         accel_lsb = np.float32(1) / (1 << (8 + ((light >> 13) & 7))).astype(np.float32)
-        gyro_dps = (8000 >> ((light >> 10) & 7)).astype(np.float32) / np.float32(32768)
+        gyro_dps = gyro_full_scale_dps(light).astype(np.float32) / np.float32(32768)
         out[:, :, :3] = raw[:, :, 3:6] * (accel_lsb * g)[:, None, None]
         out[:, :, 3:6] = raw[:, :, :3] * (gyro_dps * np.float32(np.pi / 180))[:, None, None]
         if axes == 9:
@@ -116,7 +126,7 @@ def _ranges(rec: npt.NDArray[Any]) -> dict[str, float] | None:
     accel = float((16 >> (int(rec["rate"][0]) >> 6)) * STANDARD_GRAVITY)
     out = dict.fromkeys(("ax", "ay", "az"), accel)
     if int(rec["layout"][0]) in (0x62, 0x92):
-        dps = 8000 >> ((int(rec["light"][0]) >> 10) & 7)
+        dps = int(gyro_full_scale_dps(rec["light"][:1].astype(np.int64))[0])
         out.update(dict.fromkeys(("gx", "gy", "gz"), float(np.deg2rad(dps))))
     return out
 

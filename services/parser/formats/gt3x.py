@@ -47,6 +47,7 @@ from services.parser.formats.base import (
 )
 from services.parser.formats.gt3x_packed import (
     PAIR_BYTES,
+    TWELVE_BIT_MAX,
     TWELVE_BIT_SCALE,
     LegacyActivity,
     ticks_to_unix_ns,
@@ -231,10 +232,12 @@ class Gt3xReader:
             warnings.append("info.txt gives no 'Acceleration Scale'; assumed 256 counts per g "
                             "(341 for 12-bit samples)")  # fmt: skip
         peak = re.match(r"\d+(?:\.\d+)?", info.get("Acceleration Max", ""))
-        self._ranges = (
-            dict.fromkeys(("ax", "ay", "az"), float(peak.group()) * STANDARD_GRAVITY)
-            if peak and float(peak.group()) > 0 else None
-        )  # fmt: skip
+        g_max = float(peak.group()) if peak and float(peak.group()) > 0 else None
+        if g_max is None and stream == "activity.bin":
+            # Legacy files never say, but their 12-bit counts end at 2047: the full scale
+            # (~6 g at 341 per g, the GT3X+ / NEO range) is the encoding's.
+            g_max = TWELVE_BIT_MAX / (self._scale or TWELVE_BIT_SCALE)
+        self._ranges = dict.fromkeys(("ax", "ay", "az"), g_max * STANDARD_GRAVITY) if g_max else None
         file_tz = parse_gmt_offset(info.get("TimeZone", ""))
         self._tz = file_tz if file_tz is not None else load_zone(options.timezone)
         self._log, self._size = log, log_info.file_size
@@ -276,7 +279,9 @@ class Gt3xReader:
         if self._log is None:
             raise RuntimeError("open() first")
         if self._legacy is not None:
-            yield from self._legacy.batches(self._offset, self._samples_done, target_samples)
+            for batch in self._legacy.batches(self._offset, self._samples_done, target_samples):
+                batch.ranges = self._ranges
+                yield batch
             return
         scan, base, pos = _Scan(b"", eof=False), self._offset, 0  # scan.buf[0] is log.bin `base`
         finished = False

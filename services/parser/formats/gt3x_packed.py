@@ -18,6 +18,7 @@ from services.parser.formats.base import STANDARD_GRAVITY, SampleBatch
 
 PAIR_BYTES = 9  # two samples of 36 bits
 TWELVE_BIT_SCALE = 341.0  # counts per g of the 12-bit GT3X+ generation
+TWELVE_BIT_MAX = 2047  # the largest 12-bit count: full scale
 _TICKS_AT_UNIX_EPOCH = 621_355_968_000_000_000  # .NET ticks (100 ns since 0001-01-01)
 _MAX_PAIRS_PER_READ = 1 << 20  # 9 MiB of activity.bin per batch at most
 

@@ -254,8 +254,11 @@ def utc_columns_filled(rows: list[list[str]], fields: dict[str, int]) -> bool:
 def utc_times(
     columns: dict[int, pa.Array], fields: dict[str, int], n: int
 ) -> tuple[I64, npt.NDArray[np.bool_]]:
-    """t_ns from Xsens UTC_Year..UTC_Second + UTC_Nano (UTC already); rows the device
-    flags invalid (UTC_Valid 0) or with a field missing get no time."""
+    """t_ns from Xsens UTC_Year..UTC_Second + UTC_Nano (UTC already); rows the device does
+    not flag valid, or with a field missing, get no time. UTC_Valid is 1 for valid in
+    XsUtcTime (2: time of day only, the date may be wrong); in the GNSS bit field newer
+    devices forward, bit 0 is a valid date and bit 1 a valid time of day. So a row is
+    timed when the flag is 1 or has both bits."""
 
     def col(name: str) -> npt.NDArray[np.float64]:
         if name not in fields:
@@ -269,7 +272,8 @@ def utc_times(
     ok = np.all([np.isfinite(v) for v in parts.values()], axis=0)
     if "valid" in fields:
         valid = col("valid")
-        ok &= np.isfinite(valid) & (valid != 0)
+        flags = np.where(np.isfinite(valid), valid, 0).astype(np.int64)
+        ok &= (flags == 1) | ((flags & 3) == 3)
     whole = {k: np.where(ok, v, 0).astype(np.int64) for k, v in parts.items()}
     seconds = whole["hour"] * 3600 + whole["minute"] * 60 + whole["second"]
     ns, dates_ok = fields_to_local_ns(whole["year"], whole["month"], whole["day"], seconds)

@@ -219,3 +219,15 @@ def test_synthesised_9_axis_blocks_decode_magnetometer_in_ut() -> None:
     np.testing.assert_allclose(values[:, 3:6], np.deg2rad(raw_all[:, :3] * 1000 / 32768), rtol=1e-6)
     np.testing.assert_allclose(values[:, 6:9], raw_all[:, 6:9] / 16, rtol=1e-6)
     assert t_ns[26] - t_ns[0] == 1_000_000_000  # the next block's second
+
+
+def test_gyro_scale_bits_of_zero_mean_2000_dps() -> None:
+    """Firmware that leaves the gyro scale bits of `light` at 0: OpenMovement reads 2000 dps
+    (cwa_metadata.py's default), not 8000 >> 0."""
+    raw = np.full((40, 6), 16384, dtype=np.int16)  # half of full scale on every axis
+    block = make_block(0, dt.datetime(2024, 3, 1, 12), raw.astype("<i2").tobytes(), 40, 0x62, light=4 << 13)
+    _, batches = read_all(CwaReader(), make_header() + block)
+    _, values = concat(batches)
+    np.testing.assert_allclose(values[:, 3:6], np.deg2rad(1000.0), rtol=1e-6)  # 16384 / 32768 * 2000
+    np.testing.assert_allclose(values[:, :3], 4 * STANDARD_GRAVITY, rtol=1e-6)  # 1/4096 g per LSB
+    assert batches[0].ranges is not None and batches[0].ranges["gx"] == pytest.approx(np.deg2rad(2000.0))

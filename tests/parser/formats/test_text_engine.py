@@ -312,7 +312,7 @@ def test_xsens_space_export_with_runs_of_spaces(name: str, sep: str, count: int)
 
 def test_xsens_utc_columns_give_absolute_time() -> None:
     """The real 2,432-row export with its empty UTC_* columns filled as MT Manager writes them
-    (100 Hz from 2019-12-18 10:00:00 UTC); one row flagged invalid keeps its values, no time."""
+    (100 Hz from 2019-12-18 10:00:00 UTC); rows not flagged valid keep their values, no time."""
     name = "opensim_MT_012005D6_009-001_00B421E6.txt"
     lines = (DATA / name).read_text(encoding="utf-8").splitlines()
     header = lines[5].split("\t")
@@ -328,12 +328,14 @@ def test_xsens_utc_columns_give_absolute_time() -> None:
         f[col["UTC_Hour"]] = str(day_ns // 3_600_000_000_000)
         f[col["UTC_Minute"]] = str(day_ns // 60_000_000_000 % 60)
         f[col["UTC_Second"]] = str(day_ns // 1_000_000_000 % 60)
-        f[col["UTC_Valid"]] = "0" if k == 1000 else "7"
+        # 0: invalid; 2: time of day only (XsUtcTime), date unknown; 1 (XsUtcTime) and 3
+        # (GNSS date + time bits) are valid like 7.
+        f[col["UTC_Valid"]] = {1000: "0", 1001: "2", 1002: "1", 1003: "3"}.get(k, "7")
         out.append("\t".join(f))
     r = read_bytes(("\n".join(out) + "\n").encode(), name, target=700)
     original = read_path(DATA / name)
     assert (r.format_id, r.n, r.rows_skipped, r.info.time_base) == ("xsens", 2432, 0, "epoch")
     expected = t0 + np.arange(2432, dtype=np.int64) * 10_000_000
-    expected[1000] = NULL_TIME
+    expected[[1000, 1001]] = NULL_TIME
     np.testing.assert_array_equal(r.t_ns, expected)
     np.testing.assert_array_equal(r.values, original.values)

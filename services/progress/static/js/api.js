@@ -49,12 +49,13 @@ export const signIn = (token) => request("POST", "/api/session", { token });
 export const signOut = () => request("DELETE", "/api/session");
 export const batches = (id) => request("GET", `/api/files/${id}/batches`);
 export const summary = (id) => request("GET", `/api/files/${id}/summary`);
-export function preview(id, range) {
+export function preview(id, range, sensor) {
   const q = new URLSearchParams({ points: "800" });
   if (range) {
     q.set("start_ns", String(range[0]));
     q.set("end_ns", String(range[1]));
   }
+  if (sensor) q.set("sensor", sensor);
   return request("GET", `/api/files/${id}/preview?${q}`);
 }
 

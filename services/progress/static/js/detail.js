@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { samplesText, statusLabel, UNFINISHED } from "./files.js";
-import { gapNote, shortDuration, signalFigure } from "./signal.js";
+import { gapNote, shortDuration, signalFigure, storedUnits } from "./signal.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFETCH_MS = 1000; // at most one batch-log fetch a second per open file
@@ -13,7 +13,6 @@ const SIGNAL_MS = 1500; // and one preview fetch every 1.5 s
 // The summary of a file still parsing is computed afresh on every request (a long file's
 // reads its whole pyramid), so while parsing it is refetched at most every 10 s.
 const SUMMARY_WHILE_PARSING_MS = 10000;
-const UNITS = { a: "m/s²", g: "rad/s", m: "µT" };
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -121,7 +120,8 @@ export function summaryFacts(s) {
   add("Duration", fmt.duration(s.duration_seconds));
   add("Sample rate", s.sample_rate_hz == null ? "—" : `${fmt.number(s.sample_rate_hz)} Hz`);
   add("Gaps", s.gaps == null ? "—" : fmt.count(s.gaps));
-  add("Longest gap", s.longest_gap_seconds == null ? "—" : shortDuration(s.longest_gap_seconds));
+  // `longest_gap_seconds` is the longest interval between samples, a gap or not.
+  add("Longest interval", s.longest_gap_seconds == null ? "—" : shortDuration(s.longest_gap_seconds));
   const clipped = s.sensors.flatMap((sensor) =>
     Object.entries(sensor.ranges).filter(([, r]) => r.clipped).map(([axis, r]) => `${axis} ${fmt.count(r.clipped)}`),
   );
@@ -129,7 +129,7 @@ export function summaryFacts(s) {
   return dl;
 }
 
-export function summaryTable(s) {
+export function summaryTable(s, units = storedUnits(null)) {
   const wrap = el("div", "summary");
   const overall = el("dl", "facts");
   const add = (term, value) => overall.append(el("dt", "", term), el("dd", "", value));
@@ -153,7 +153,7 @@ export function summaryTable(s) {
       const th = el("th", "", axis);
       th.scope = "row";
       const mean = range.mean == null ? "—" : fmt.number(range.mean);
-      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "", mean), el("td", "muted", UNITS[axis[0]] || ""));
+      tr.append(th, el("td", "", fmt.number(range.min)), el("td", "", fmt.number(range.max)), el("td", "", mean), el("td", "muted", units[axis[0]] || ""));
       tbody.append(tr);
     }
     table.append(thead, tbody);
@@ -187,9 +187,11 @@ export class DetailView {
     this.opener = opener;
     this.summaryShown = false;
     this.zoom = null;
+    this.sensor = null;
     this.lastSummary = null;
     this.summaryAt = 0;
     this.status = record.status;
+    this.record = record;
     this.title.textContent = record.filename;
     this.body.replaceChildren(
       el("div", "facts-slot"),
@@ -209,6 +211,7 @@ export class DetailView {
   update(record) {
     if (record.id !== this.id) return;
     this.status = record.status;
+    this.record = record;
     this.body.querySelector(".facts-slot").replaceChildren(facts(record));
     if (record.status === "parsing") {
       this.scheduleBatches();
@@ -253,26 +256,35 @@ export class DetailView {
     }, wait);
   }
 
-  // The preview (of the zoomed span, if any) and the summary, drawn side by side.
+  // The preview (of the chosen sensor and zoomed span, if any) and the summary, side by side.
   async fetchSignal() {
     const id = this.id;
     const zoom = this.zoom;
+    const sensor = this.sensor;
     this.lastSignal = Date.now();
     const slot = this.body.querySelector(".signal-slot");
     try {
       const fresh = this.status !== "parsing" || Date.now() - this.summaryAt >= SUMMARY_WHILE_PARSING_MS;
       const [preview, summary] = await Promise.all([
-        api.preview(id, zoom),
+        api.preview(id, zoom, sensor),
         fresh || !this.lastSummary ? api.summary(id) : Promise.resolve(this.lastSummary),
       ]);
       if (summary !== this.lastSummary) [this.lastSummary, this.summaryAt] = [summary, Date.now()];
-      if (id !== this.id || zoom !== this.zoom) return;
+      if (id !== this.id || zoom !== this.zoom || sensor !== this.sensor) return;
+      const names = summary.sensors.map((x) => x.sensor).filter(Boolean);
       const row = el("div", "signal-row");
-      const figure = signalFigure(preview, summary, (lo, hi) => {
-        this.zoom = [lo, hi];
-        this.fetchSignal();
-      });
+      const figure = signalFigure(
+        preview,
+        summary,
+        (lo, hi) => {
+          this.zoom = [lo, hi];
+          this.fetchSignal();
+        },
+        storedUnits(this.record),
+        names.length > 1 ? sensor || names[0] : null,
+      );
       const side = el("div", "signal-side");
+      if (names.length > 1) side.append(this.sensorPicker(names, sensor || names[0]));
       side.append(summaryFacts(summary));
       if (zoom) {
         const reset = el("button", "btn ghost", "Whole recording");
@@ -285,10 +297,26 @@ export class DetailView {
       }
       row.append(figure, side);
       const note = gapNote(summary);
+      const picking = slot.contains(document.activeElement) && document.activeElement.matches("select");
       slot.replaceChildren(...(note ? [row, note] : [row]));
+      if (picking) slot.querySelector("select")?.focus(); // a redraw keeps the keyboard there
     } catch (err) {
       if (id === this.id) slot.replaceChildren(el("p", "error", err.message));
     }
+  }
+
+  // A file of several sensors (APDM, Noraxon): which one the figure draws.
+  sensorPicker(names, current) {
+    const label = el("label", "sensor-pick", "Sensor ");
+    const select = document.createElement("select");
+    for (const name of names) select.append(new Option(name, name, false, name === current));
+    select.addEventListener("change", () => {
+      this.sensor = select.value;
+      this.zoom = null;
+      this.fetchSignal();
+    });
+    label.append(select);
+    return label;
   }
 
   async fetchSummary() {
@@ -298,7 +326,7 @@ export class DetailView {
     slot.replaceChildren(el("h3", "", "Summary"), el("p", "muted", "Computing…"));
     try {
       const s = await api.summary(id);
-      if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), summaryTable(s));
+      if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), summaryTable(s, storedUnits(this.record)));
     } catch (err) {
       if (id === this.id) slot.replaceChildren(el("h3", "", "Summary"), el("p", "error", err.message));
     }

@@ -71,7 +71,8 @@ export function setBar(bar, percent, indeterminate) {
   bar.classList.toggle("indeterminate", indeterminate);
   if (indeterminate) bar.setAttribute("aria-valuetext", "waiting for the first batch");
   else bar.removeAttribute("aria-valuetext");
-  bar.firstElementChild.style.transform = `scaleX(${indeterminate ? 0 : percent / 100})`;
+  // The fill is the number shown (floored), never ahead of it or behind it.
+  bar.firstElementChild.style.transform = `scaleX(${indeterminate ? 0 : value / 100})`;
 }
 
 export class FileList {

@@ -7,14 +7,38 @@ import * as fmt from "./format.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const PANELS = [
-  { key: "a", name: "Accelerometer", unit: "m/s²" },
-  { key: "g", name: "Gyroscope", unit: "rad/s" },
-  { key: "m", name: "Magnetometer", unit: "µT" },
+  { key: "a", name: "Accelerometer" },
+  { key: "g", name: "Gyroscope" },
+  { key: "m", name: "Magnetometer" },
 ];
+// The stored units (SPEC §5): canonical, unless the file's warnings name a unit that could
+// not be converted and was stored as given (Xsens' normalised magnetometer, "a.u.").
+const CANONICAL = { a: "m/s²", g: "rad/s", m: "µT" };
+const AS_GIVEN = /\b(accelerometer|gyroscope|magnetometer) unit (['"])(.+?)\2 cannot be converted/;
+
+export function storedUnits(record) {
+  const units = { ...CANONICAL };
+  for (const warning of record?.warnings || []) {
+    const match = AS_GIVEN.exec(warning);
+    if (match) units[{ accelerometer: "a", gyroscope: "g", magnetometer: "m" }[match[1]]] = match[3];
+  }
+  return units;
+}
 const COLOURS = { x: "var(--axis-x)", y: "var(--axis-y)", z: "var(--axis-z)" };
 const WIDTH = 640;
 const HEIGHT = 150;
 const PAD = { left: 56, right: 12, top: 22, bottom: 24 };
+// Value ticks fit the 56 px left of a panel: 3 significant digits ("-0.0209", not the
+// clipped "-0.02094"), compact from 10,000 ("12.3K"), scientific below 0.001.
+const TICK = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 3 });
+const TICK_BIG = new Intl.NumberFormat(undefined, { notation: "compact", maximumSignificantDigits: 3 });
+const TICK_SMALL = new Intl.NumberFormat(undefined, { notation: "scientific", maximumSignificantDigits: 2 });
+
+export function tick(value) {
+  const size = Math.abs(value);
+  if (size >= 1e4) return TICK_BIG.format(value);
+  return size !== 0 && size < 1e-3 ? TICK_SMALL.format(value) : TICK.format(value);
+}
 // t_ns before 2000 is time since the recording's start (the file gave no absolute time).
 const EPOCH_FROM_NS = 946_684_800e9;
 
@@ -67,7 +91,7 @@ function band(values, x, y) {
   return paths.join("");
 }
 
-function panel(preview, spec, axes, onZoom) {
+function panel(preview, spec, unit, axes, onZoom) {
   const plotW = WIDTH - PAD.left - PAD.right;
   const plotH = HEIGHT - PAD.top - PAD.bottom;
   let min = Infinity;
@@ -85,7 +109,7 @@ function panel(preview, spec, axes, onZoom) {
     const py = y(value);
     root.append(svg("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: py, y2: py, class: "grid" }));
     const label = svg("text", { x: PAD.left - 6, y: py + 4, "text-anchor": "end", class: "axis" });
-    label.textContent = fmt.number(value);
+    label.textContent = tick(value);
     root.append(label);
   }
   for (const name of axes) {
@@ -101,7 +125,7 @@ function panel(preview, spec, axes, onZoom) {
     root.append(label);
   }
   const title = svg("text", { x: PAD.left, y: 14, class: "axis panel-title" });
-  title.textContent = `${spec.name} (${spec.unit}): ${axes.join(", ")}`;
+  title.textContent = `${spec.name} (${unit}): ${axes.join(", ")}`;
   root.append(title);
   const selection = svg("rect", { y: PAD.top, height: plotH, class: "zoom-selection", visibility: "hidden" });
   root.append(selection);
@@ -135,17 +159,19 @@ function panel(preview, spec, axes, onZoom) {
   return root;
 }
 
-function describe(preview, groups, summary) {
-  const parts = groups.map(({ spec, axes }) => `${spec.name.toLowerCase()} ${axes.join(", ")} in ${spec.unit}`);
+function describe(preview, groups, summary, units, sensor) {
+  const parts = groups.map(({ spec, axes }) => `${spec.name.toLowerCase()} ${axes.join(", ")} in ${units[spec.key]}`);
   const span = preview.t_start_ns == null
     ? `${fmt.count(preview.points)} points by sample index`
     : `${fmt.duration((preview.t_end_ns - preview.t_start_ns) / 1e9)} in ${fmt.count(preview.points)} points`;
   const gaps = summary?.gaps ? `; ${fmt.count(summary.gaps)} gaps` : "";
-  return `Signal preview: ${parts.join("; ")}; ${span}${gaps}`;
+  const of = sensor ? ` of ${sensor}` : "";
+  return `Signal preview${of}: ${parts.join("; ")}; ${span}${gaps}`;
 }
 
-// The figure for one preview answer, or a short note when nothing is stored yet.
-export function signalFigure(preview, summary, onZoom) {
+// The figure for one preview answer, or a short note when nothing is stored yet;
+// `sensor` names the one drawn when the file has several.
+export function signalFigure(preview, summary, onZoom, units = CANONICAL, sensor = null) {
   const figure = document.createElement("figure");
   figure.className = "signal";
   figure.setAttribute("role", "img");
@@ -158,9 +184,9 @@ export function signalFigure(preview, summary, onZoom) {
     figure.append(text("p", "muted", "No samples stored yet."));
     return figure;
   }
-  figure.setAttribute("aria-label", describe(preview, groups, summary));
+  figure.setAttribute("aria-label", describe(preview, groups, summary, units, sensor));
   figure.dataset.points = String(preview.points);
-  for (const { spec, axes } of groups) figure.append(panel(preview, spec, axes, onZoom));
+  for (const { spec, axes } of groups) figure.append(panel(preview, spec, units[spec.key], axes, onZoom));
   const legend = text("figcaption", "muted small", "");
   legend.append(
     ...["x", "y", "z"].map((a) => {
