@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+PICTURES = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 def chromium_path() -> Path:
@@ -59,6 +61,16 @@ async def screenshot(page: Page, name: str) -> None:
     """Save a full-page screenshot as a test artifact (test-artifacts/browser/NAME.png)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, animations="disabled")
+
+
+async def readme_picture(page: Page, name: str) -> None:
+    """The first screen as `test-artifacts/browser/NAME.png`, and as `docs/img/NAME.png` (the
+    README's picture) only when IMUFLOW_UPDATE_PICTURES=1: a test run leaves the checkout as it
+    found it, and the pictures are renewed on purpose."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), animations="disabled")
+    if os.environ.get("IMUFLOW_UPDATE_PICTURES") == "1":
+        await page.screenshot(path=str(PICTURES / f"{name}.png"), animations="disabled")
 
 
 async def sign_in(page: Page, progress_url: str, token: str) -> None:

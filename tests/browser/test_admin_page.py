@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -15,13 +14,12 @@ from playwright.async_api import Page, expect
 from imuflow import db
 from imuflow.settings import Settings
 from services.progress.operations import WATCHDOG_LOCK
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import readme_picture
 from tests.e2e.helpers import DATA, bearer, make_token, upload
 from tests.ops.jobs import add_gapped_batches, make_job, make_user
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(240)]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "admin.png"
 XIO = DATA / "xio_fusion_sensor_data.csv"
 
 
@@ -190,10 +188,8 @@ async def test_the_operator_page_shows_what_needs_attention_first(
         await expect(jobs.filter(has_text="stuck.cwa").locator("td").nth(8)).to_have_text("stuck")
         await expect(jobs.filter(has_text="slowing.csv").locator("td").nth(8)).to_have_text("slowing")
 
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         # The README's picture: the first screen (attention, parsers, trends, failures).
-        await page.screenshot(path=str(SCREENSHOT), animations="disabled")
-        await screenshot(page, "admin")
+        await readme_picture(page, "admin")
 
         await page.get_by_role("button", name="30 days").click()
         await expect(page.locator("#trend-totals")).to_contain_text("Last 30 days, per day")

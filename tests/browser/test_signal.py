@@ -15,12 +15,11 @@ import pytest
 from playwright.async_api import Page, expect
 
 from imuflow.settings import Settings
-from tests.browser.conftest import screenshot, sign_in
+from tests.browser.conftest import readme_picture, screenshot, sign_in
 from tests.e2e.helpers import DATA, make_token
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(240)]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "detail.png"
 XIO = DATA / "xio_fusion_sensor_data.csv"  # accelerometer, gyroscope and magnetometer
 SMALL_BATCHES = {"IMUFLOW_BATCH_SIZE": "2000", "IMUFLOW_ADAPTIVE_BATCHING": "false"}
 
@@ -78,9 +77,7 @@ async def test_detail_view_draws_the_signal_zooms_and_shows_the_summary(
     await expect(dialog.locator(".signal-side")).to_contain_text("Longest interval")
     await expect(dialog.locator("table.ranges tbody tr")).to_have_count(9)
     label = await figure.get_attribute("aria-label")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT), animations="disabled")
-    await screenshot(page, "detail-signal")
+    await readme_picture(page, "detail")
 
     # Drag across the first panel: the preview zooms to that span.
     box = await panels.first.bounding_box()
