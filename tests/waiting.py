@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 async def until(
-    condition: Callable[[], Awaitable[T]], what: str, within: float = 20.0, every: float = 0.05
+    condition: Callable[[], Awaitable[T | None]], what: str, within: float = 20.0, every: float = 0.05
 ) -> T:
     """Return `condition()`'s first truthy value; fail naming `what` (and the last value seen)
     after `within` seconds. Polls every `every` seconds."""
@@ -20,4 +20,4 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {within} s (last: {value!r})")
         await asyncio.sleep(every)
-    return value
+    return value  # truthy, so not None

@@ -156,6 +156,4 @@ async def wait_restarted(supervisor: Supervisor, name: str, old_pid: int, timeou
         running = state.process is not None and state.process.returncode is None
         return state.pid if running and state.pid not in (None, old_pid) else None
 
-    pid = await until(new_pid, f"{name} restarted", within=timeout)
-    assert pid is not None
-    return pid
+    return await until(new_pid, f"{name} restarted", within=timeout)

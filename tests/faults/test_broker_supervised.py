@@ -67,9 +67,7 @@ async def wait_readiness(stack: ServiceStack, broker: str, timeout: float = 20.0
         found = {name: await readyz(url) for name, url in urls.items()}
         return found if all(body.get("broker") == broker for _, body in found.values()) else None
 
-    found = await until(answers, f"readiness showing broker {broker}", within=timeout, every=0.2)
-    assert found is not None
-    return found
+    return await until(answers, f"readiness showing broker {broker}", within=timeout, every=0.2)
 
 
 def hold_port(port: int) -> socket.socket:

@@ -35,9 +35,7 @@ async def _wait_claim(conn: asyncpg.Connection, file_id: str, after: int, timeou
         attempts: int = await conn.fetchval(query, file_id)
         return attempts if attempts > after else None
 
-    attempts = await until(newer, f"an attempt after {after}", within=timeout, every=0.01)
-    assert attempts is not None
-    return attempts
+    return await until(newer, f"an attempt after {after}", within=timeout, every=0.01)
 
 
 async def _wait_batches(conn: asyncpg.Connection, file_id: str, more: int) -> asyncpg.Record:

@@ -86,9 +86,7 @@ async def _final(
             ended = all(r["status"] in ("completed", "failed", "cancelled") for r in records)
             return {r["id"]: r for r in records} if ended else None
 
-        found = await until(all_ended, "every upload ended", within=within, every=0.3)
-        assert found is not None
-        return found
+        return await until(all_ended, "every upload ended", within=within, every=0.3)
 
 
 async def test_parser_in_another_namespace_parses_every_kind_and_resumes_exact(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from tests.e2e.helpers import bearer, events, make_token
 from tests.ops.jobs import add_batches, make_job, make_user
 from tests.ops.receiver import WebhookReceiver
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,18 +27,6 @@ async def _get(url: str, token: str | None = None, **kwargs: Any) -> httpx.Respo
 async def _post(url: str, token: str, body: Any = None) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         return await client.post(url, headers=bearer(token), json=body)
-
-
-async def _wait_for(check: Any, within: float = 30.0) -> Any:
-    """Poll `check()` (async) until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 @pytest.fixture
@@ -123,7 +111,7 @@ async def test_watchdog_requeues_a_stuck_job_and_alerts(
         await conn.close()
     stack = await service_stack(settings, services=["progress"])
 
-    async def states() -> dict[str, Any] | None:
+    async def states() -> dict[Any, Any] | None:
         c = await db.connect(settings.database_url)
         try:
             rows = await c.fetch("SELECT id, status, error_message FROM imu_data_files")
@@ -135,9 +123,11 @@ async def test_watchdog_requeues_a_stuck_job_and_alerts(
             return by_id
         return None
 
-    final = await _wait_for(states)
+    final = await until(states, "one job requeued, one failed, the outbox published", within=30, every=0.3)
     assert "after 2 of 2 attempts" in final[doomed]["error_message"]
-    bodies = await _wait_for(lambda: receiver.when(lambda b: len(b) >= 2))
+    bodies = await until(
+        lambda: receiver.when(lambda b: len(b) >= 2), "two webhook calls", within=30, every=0.3
+    )
     kinds = {(b["kind"], b["file_id"]) for b in bodies}
     assert kinds == {("job_requeued", str(requeue)), ("job_failed", str(doomed))}
     assert all(b["source"] == "imuflow" and b["summary"] for b in bodies)

@@ -5,7 +5,6 @@ Early warning, parsers, trends and failures.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from tests.ops.jobs import add_gapped_batches, make_job, make_user
 from tests.ops.test_admin_api import sample
 from tests.ops.test_cli_ops import imuflow
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,17 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)
 async def get(url: str, token: str | None = None, **params: Any) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         return await client.get(url, headers=bearer(token) if token else {}, params=params)
-
-
-async def wait_for(check: Any, within: float = 30.0) -> Any:
-    """Poll `check()` (async) until it returns something truthy (bounded)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        if value := await check():
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.3)
 
 
 async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
@@ -87,7 +76,7 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
         text = (await get(f"{stack.progress_url}/metrics")).text
         return sample(text, "imuflow_slowing_jobs") == 1
 
-    await wait_for(gauge)  # fmt: skip
+    await until(gauge, "the gauge counts the slowing job", within=30, every=0.3)
     # Every process exports the family from start (the parser has no jobs to judge: 0).
     assert sample((await get(f"{stack.parser_metrics_url}/metrics")).text, "imuflow_slowing_jobs") == 0
 
@@ -96,7 +85,7 @@ async def test_a_slowing_job_is_flagged_before_the_stuck_rule_fires(
         body = (await get(f"{base}/parsers", admin)).json()
         return [p for p in body["items"] if p["live"]]
 
-    parsers = await wait_for(live)  # fmt: skip
+    parsers = await until(live, "a live parser", within=30, every=0.3)
     assert len(parsers) == 1 and parsers[0]["concurrency"] == settings.parser_concurrency
     lag = (await get(f"{base}/parsers", admin)).json()["consumer_lag"]
     assert set(lag) == {settings.parser_group_id, settings.progress_group_id}

@@ -35,8 +35,9 @@ from tests.faults.helpers import fetchval, synth_csv, wait_terminal
 from tests.ops.jobs import make_job, make_user
 from tests.ops.test_admin_api import sample
 from tests.ops.test_cli_ops import imuflow
-from tests.ops.test_dashboard_api import get, wait_for
+from tests.ops.test_dashboard_api import get
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 BATCH = 1000
@@ -124,10 +125,10 @@ async def test_a_reader_that_slows_down_is_flagged_before_the_job_is_stuck(
             FileJob(settings, ParserRepository(pool), producer, event, asyncio.Event()).run()
         )
         try:
-            (slowing,) = await wait_for(flagged, within=60)
+            (slowing,) = await until(flagged, "the job flagged slowing", within=60, every=0.3)
             jobs = (await get(f"{stack.progress_url}/api/admin/jobs", admin)).json()["items"]
             flags = next(j for j in jobs if j["id"] == str(file_id))
-            await wait_for(gauge_at_least_one, within=30)
+            await until(gauge_at_least_one, "imuflow_slowing_jobs >= 1", within=30, every=0.3)
             code, status = await imuflow(data_dir, "status")
         finally:
             recovered.set()
@@ -147,4 +148,4 @@ async def test_a_reader_that_slows_down_is_flagged_before_the_job_is_stuck(
     # Warned before the stuck rule: the one delivery finished the job, nothing requeued it.
     attempts = "SELECT attempts FROM imu_data_files WHERE id = $1::uuid"
     assert await fetchval(settings.database_url, attempts, str(file_id)) == 1
-    await wait_for(gauge_back_to_zero, within=30)
+    await until(gauge_back_to_zero, "imuflow_slowing_jobs back to 0", within=30, every=0.3)
