@@ -16,7 +16,6 @@ yields at a batch boundary when another user's work waits (docs/architecture.md)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import events, topics
-from imuflow import kafka, metrics, retrying
+from imuflow import kafka, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -39,7 +38,6 @@ from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
 
 log = logging.getLogger("imuflow.parser")
-ABANDON_GRACE_SECONDS = 10.0
 FAILED_WORKER_PAUSE = 5.0  # seconds before a message whose handling crashed is fetched again
 # Fair share defers a job (back of its partition) while another user's work waits. When
 # that work is out of this worker's reach (another parser's busy partition, a lost event)
@@ -89,7 +87,7 @@ class ParserWorker:
                 for tp, records in batch.items():
                     self._start(tp, records)
         finally:
-            await self._abandon_all(ABANDON_GRACE_SECONDS)
+            await self._abandon_all(self.settings.stop_grace)
             await consumer.stop()
 
     def _pause_busy(self, consumer: AIOKafkaConsumer) -> None:
@@ -208,12 +206,7 @@ class ParserWorker:
 
     async def report_lag(self, stop: asyncio.Event) -> None:
         """Keep `imuflow_consumer_lag{group=parser}` current."""
-        gauge = metrics.CONSUMER_LAG.labels(self.settings.parser_group_id)
-        while not stop.is_set():
-            if self.consumer is not None:
-                with contextlib.suppress(KafkaError, AssertionError, OSError):
-                    gauge.set(await kafka.consumer_lag(self.consumer))
-            await wait_any(stop, timeout=5.0)
+        await kafka.report_lag(self.settings.parser_group_id, lambda: self.consumer, stop)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -234,4 +227,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         if kept and self.worker.consumer is not None:
             self.worker.consumer.pause(*kept)  # before any fetch hands their messages back
         lost = {tp for tp in self.worker.busy() if tp not in assigned}
-        await self.worker.abandon(lost, ABANDON_GRACE_SECONDS)
+        await self.worker.abandon(lost, self.worker.settings.stop_grace)
