@@ -16,6 +16,7 @@ from imuflow.stack.broker import Broker, start_broker
 from tests.faults.helpers import kill, service_pid
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(120)]
 PROMPT = 4.0  # seconds: under the stack supervisor's 5 s grace; it takes 1.3 s (15 s before the fix)
@@ -37,10 +38,11 @@ async def test_parser_with_a_dead_broker_stops_promptly_on_sigterm(
     settings = settings_factory(kafka_bootstrap_servers=private_broker.bootstrap_servers)
     stack = await service_stack(settings, services=("parser",))
     log_path = stack.logs["parser"]
-    deadline = time.monotonic() + 30
-    while "partitions assigned" not in log_path.read_text():  # a member of the group, polling
-        assert time.monotonic() < deadline, log_path.read_text()[-4000:]
-        await asyncio.sleep(0.1)
+
+    async def member() -> bool:  # in the group, polling, with its lag gauge reading offsets
+        return "partitions assigned" in log_path.read_text()
+
+    await until(member, "the parser joined its group", within=30)
 
     private_broker.stop()
     await asyncio.sleep(2.0)  # its clients find the broker gone (connections refused, retrying)
