@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -55,13 +57,26 @@ class _Slot:
     task: asyncio.Task[None] | None = None
 
 
+# Makes the (not started) group consumer the worker subscribes, polls, pauses and commits
+# through: the real one in production, an in-memory fake in tests/parser/test_worker.py.
+ConsumerFactory = Callable[[], AIOKafkaConsumer]
+
+
 class ParserWorker:
     """Consumes file events and runs up to `parser_concurrency` jobs at once."""
 
-    def __init__(self, settings: Settings, repo: ParserRepository, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: ParserRepository,
+        producer: AIOKafkaProducer,
+        consumer_factory: ConsumerFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.producer = producer
+        group = settings.parser_group_id
+        self.consumer_factory = consumer_factory or partial(kafka.consumer, settings, group)
         self.consumer: AIOKafkaConsumer | None = None
         self._slots: dict[TopicPartition, _Slot] = {}
         self._freed = asyncio.Event()
@@ -69,7 +84,7 @@ class ParserWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then abandon in-flight jobs within a grace period."""
-        consumer = kafka.consumer(self.settings, self.settings.parser_group_id)
+        consumer = self.consumer_factory()
         self.consumer = consumer
         consumer.subscribe([kafka.topic(self.settings, topics.FILES)], listener=_Listener(self))
         await kafka.retry_forever("kafka", consumer.start, stop)
