@@ -19,12 +19,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 
 from contracts import topics
-from imuflow import retrying
+from imuflow import metrics, retrying
+from imuflow.aio import unless_stopped, wait_any
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_SECONDS = 10.0
 TOPIC_CHECK_SECONDS = 10.0
+LAG_SECONDS = 5.0  # how often the consumer-lag gauges are brought up to date
 
 
 def topic(settings: Settings, base: str) -> str:
@@ -165,6 +167,25 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
             continue
         lag += max(0, ends.get(tp, 0) - position)
     return lag
+
+
+async def report_lag(
+    group: str, consumer_of: Callable[[], AIOKafkaConsumer | None], stop: asyncio.Event
+) -> None:
+    """Keep `imuflow_consumer_lag{group}` current until `stop` is set.
+
+    With the broker away a lag read waits out the consumer's request timeout (40 s); it is
+    given up at the stop, or it would hold the process's stop up that long.
+    """
+    gauge = metrics.CONSUMER_LAG.labels(group)
+    while not stop.is_set():
+        consumer = consumer_of()
+        if consumer is not None:
+            with contextlib.suppress(KafkaError, AssertionError, OSError):
+                lag = await unless_stopped(stop, consumer_lag(consumer))
+                if lag is not None:
+                    gauge.set(lag)
+        await wait_any(stop, timeout=LAG_SECONDS)
 
 
 async def retry_forever(

@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from contracts import topics
 from imuflow import db, dberrors, kafka
-from imuflow.aio import wait_any
+from imuflow.aio import unless_stopped, wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
 
@@ -67,8 +67,8 @@ class LostEventCheck:
             while not stop.is_set():
                 self._next = time.monotonic() + CHECK_SECONDS
                 try:
-                    await self.check()
-                    await self.verify_queued()
+                    # Broker calls of up to KAFKA_TIMEOUT each: given up at the stop.
+                    await unless_stopped(stop, self._look())
                 except (KafkaError, *dberrors.DRIVER) as exc:
                     log.debug("lost-event check skipped (broker or database away): %r", exc)
                 except Exception:  # best effort: a failed look must not stop the service
@@ -76,6 +76,10 @@ class LostEventCheck:
                 await wait_any(stop, timeout=max(0.0, self._next - time.monotonic()))
         finally:
             await self.close()
+
+    async def _look(self) -> None:
+        await self.check()
+        await self.verify_queued()
 
     async def check(self) -> bool:
         """Requeue the `queued` files if the broker holds fewer file events than it took."""

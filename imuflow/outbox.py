@@ -39,8 +39,8 @@ from aiokafka.structs import RecordMetadata
 from pydantic import BaseModel
 
 from contracts import events, topics
-from imuflow import db, dberrors, kafka, metrics, retrying
-from imuflow.aio import wait_any
+from imuflow import db, dberrors, kafka, metrics, notifications, retrying
+from imuflow.aio import unless_stopped
 from imuflow.logs import fields
 from imuflow.settings import Settings
 
@@ -167,7 +167,6 @@ class OutboxRelay:
         # The web services start without the broker (uploads wait in the outbox), so their
         # relay, the producer's only user there, starts it once the broker answers.
         self.starts_producer = starts_producer
-        self._wake = asyncio.Event()
         self._topics_seen_at = 0.0
         self._next_prune = 0.0
 
@@ -301,26 +300,29 @@ class OutboxRelay:
                 await kafka.ensure_topics(self.settings)
             except (KafkaError, OSError) as exc:  # the topic keeper tries again
                 log.warning("outbox relay: could not create the topics yet: %r", exc)
-        listener = await self._listen()
         self._next_prune = time.monotonic()
         # Any failure of a round is retried (a row the broker refuses is a dead letter, never
         # an error here); rows are claimed again from Postgres, so nothing is lost meanwhile.
         policy = retrying.until_stopped(
             stop, "outbox relay: publish", transient=retrying.of_type(KafkaError, *dberrors.DRIVER)
         )
-        try:
-            while not stop.is_set():
-                try:
-                    await policy(self._round)
-                except (retrying.Stopped, KafkaError, *dberrors.DRIVER):
-                    break  # stopping: the rows stay pending for the next relay
-                self._wake.clear()
-                if listener is None or listener.is_closed():
-                    listener = await self._listen()
-                await wait_any(stop, self._wake, timeout=POLL_SECONDS)
-        finally:
-            if listener is not None and not listener.is_closed():
-                await listener.close()
+
+        async def publish() -> None:
+            try:
+                # A round waits on the broker (a send's metadata, up to its request
+                # timeout): given up at the stop, its transaction rolled back.
+                await unless_stopped(stop, policy(self._round))
+            except (retrying.Stopped, KafkaError, *dberrors.DRIVER):
+                pass  # the policy gives up only once stopping: the rows stay pending
+
+        await notifications.follow(
+            self.settings.database_url,
+            "imuflow_outbox",
+            publish,
+            stop,
+            poll_seconds=POLL_SECONDS,
+            what="outbox relay",
+        )
 
     async def _round(self) -> None:
         """Publish until nothing is pending; prune published rows now and then."""
@@ -336,12 +338,3 @@ class OutboxRelay:
         """Delete rows published longer than `keep` ago; return how many."""
         result: str = await self.pool.execute(QUERIES["prune_published"], keep)
         return int(result.split()[-1])
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        try:
-            conn = await db.connect(self.settings.database_url)
-            await conn.add_listener("imuflow_outbox", lambda *_: self._wake.set())
-            return conn
-        except (db.DatabaseError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("outbox relay: cannot LISTEN, polling instead: %s", exc)
-            return None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
+import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 
 import uvicorn
@@ -20,6 +23,7 @@ from starlette.routing import Route
 from imuflow import logs, metrics, sentry
 from imuflow.readiness import Report
 from imuflow.settings import Settings
+from imuflow.supervision import TaskDied
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None
         forwarded_allow_ips=proxies or None,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=math.ceil(settings.stop_grace),
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -52,8 +56,19 @@ def serve_app(service: str, app: FastAPI, settings: Settings, port: int) -> None
         runner.run(run())
 
 
+def stop_serving() -> None:
+    """Shut this web service down the way SIGTERM does: uvicorn's graceful shutdown, then
+    the lifespan's (which stops its TaskSupervisor), and an exit with the signal (non-zero).
+
+    The web services' `on_failure`: uvicorn's way to be stopped from inside is its signal
+    handler, and the lifespan, where the supervisor lives, holds no handle on the server.
+    """
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a worker coroutine until SIGTERM/SIGINT sets its stop event."""
+    """Run a worker coroutine until SIGTERM/SIGINT sets its stop event (exit 1 if it
+    stopped because one of its tasks died, supervision.TaskDied)."""
     logs.configure(service, settings.log_level)
     metrics.touch_consumer_groups(settings)
 
@@ -69,7 +84,10 @@ def run_worker(service: str, settings: Settings, main: Callable[[asyncio.Event],
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-    asyncio.run(entry())
+    try:
+        asyncio.run(entry())
+    except TaskDied:
+        sys.exit(1)  # logged when the task died; a failure exit for the orchestrator
 
 
 def _port_free(host: str, port: int) -> bool:

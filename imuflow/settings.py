@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # Fair share (SPEC §7): after this many seconds a job yields its parser at a batch
     # boundary when another user with fewer running jobs has work waiting. 0 = off.
     fair_share_slice: float = Field(10.0, ge=0)
+    # Seconds a service has, once asked to stop, for its in-flight work: a parser job to reach
+    # a batch boundary (also when a rebalance takes its partition), a request to finish.
+    # Its tasks then get imuflow.supervision.CLOSE_SECONDS more; `imuflow up` kills it after
+    # supervision.kill_after (this plus twice that).
+    stop_grace: float = Field(10.0, gt=0)
 
     log_level: str = "INFO"
     sse_ping_seconds: float = Field(15.0, gt=0)

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from imuflow import auth, db
+from imuflow import auth, db, supervision
 from imuflow.logs import JsonFormatter, fields
 from imuflow.settings import Settings
 from imuflow.stack.broker import MEMORY, BrokerStorage, supervise_broker
@@ -214,7 +214,8 @@ async def _start_and_serve(
             **{SETTING_OF[key]: value for key, value in storage_env.items()},
         }
     )
-    supervisor = Supervisor(service_specs(run_settings))
+    # SIGKILL only once a service's own stop budget (IMUFLOW_STOP_GRACE) has run out.
+    supervisor = Supervisor(service_specs(run_settings), grace=supervision.kill_after(run_settings))
     stack.push_async_callback(supervisor.stop)
     await supervisor.start()
     began = time.monotonic()

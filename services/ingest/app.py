@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from contracts.records import ErrorBody, FileRecord
-from imuflow import db, kafka, metrics
+from imuflow import db, kafka, metrics, runner
 from imuflow.auth import User
 from imuflow.logs import fields
 from imuflow.lostevents import LostEventCheck
@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
             settings.upload_rate_per_minute, settings.upload_burst, settings.max_concurrent_uploads
         )
         producer = kafka.producer(settings)
-        supervisor = TaskSupervisor("ingest")
+        supervisor = TaskSupervisor(
+            "ingest", asyncio.Event(), grace=settings.stop_grace, on_failure=runner.stop_serving
+        )
         # Ready without the broker: uploads wait in the outbox (SPEC §7).
         app.state.readiness = Readiness(
             {

@@ -14,7 +14,7 @@ from imuflow.outbox import OutboxRelay
 from imuflow.readiness import Readiness, broker_check, postgres_check, storage_check
 from imuflow.runner import run_worker, start_metrics_server
 from imuflow.settings import Settings
-from imuflow.supervision import TaskSupervisor
+from imuflow.supervision import TaskDied, TaskSupervisor
 from services.parser.heartbeat import Heartbeat
 from services.parser.repository import ParserRepository
 from services.parser.worker import ParserWorker
@@ -32,7 +32,8 @@ async def serve(
     settings.require_servers()
     pool = await db.create_pool(settings.database_url, max_size=settings.parser_concurrency + 4)
     producer = kafka.producer(settings)
-    supervisor = TaskSupervisor("parser")
+    # One stop path: a task that dies sets the same event SIGTERM sets.
+    supervisor = TaskSupervisor("parser", stop, grace=settings.stop_grace)
     # Not ready without any of them (SPEC §7): a parser can take no job without the broker.
     readiness = Readiness(
         {
@@ -47,7 +48,7 @@ async def serve(
     metrics = await start_metrics_server(
         settings,
         settings.parser_metrics_port,
-        lambda: not supervisor.stop_event.is_set(),
+        lambda: not stop.is_set(),
         readiness.report,
     )
     try:
@@ -72,13 +73,15 @@ async def serve(
         await stop.wait()
     finally:
         log.info("parser stopping")
-        await supervisor.stop(grace=15.0)
+        await supervisor.stop()
         if metrics is not None:
             metrics[0].should_exit = True
             await metrics[1]
         await producer.stop()
         await pool.close()
         await storage.close_process()
+    if supervisor.failure is not None:
+        raise TaskDied("parser") from supervisor.failure
 
 
 def main(settings: Settings) -> None:

@@ -16,9 +16,10 @@ yields at a batch boundary when another user's work waits (docs/architecture.md)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -31,7 +32,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import events, topics
-from imuflow import kafka, metrics, retrying
+from imuflow import kafka, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import context, fields
 from imuflow.settings import Settings
@@ -39,7 +40,6 @@ from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
 
 log = logging.getLogger("imuflow.parser")
-ABANDON_GRACE_SECONDS = 10.0
 FAILED_WORKER_PAUSE = 5.0  # seconds before a message whose handling crashed is fetched again
 # Fair share defers a job (back of its partition) while another user's work waits. When
 # that work is out of this worker's reach (another parser's busy partition, a lost event)
@@ -57,13 +57,26 @@ class _Slot:
     task: asyncio.Task[None] | None = None
 
 
+# Makes the (not started) group consumer the worker subscribes, polls, pauses and commits
+# through: the real one in production, an in-memory fake in tests/parser/test_worker.py.
+ConsumerFactory = Callable[[], AIOKafkaConsumer]
+
+
 class ParserWorker:
     """Consumes file events and runs up to `parser_concurrency` jobs at once."""
 
-    def __init__(self, settings: Settings, repo: ParserRepository, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: ParserRepository,
+        producer: AIOKafkaProducer,
+        consumer_factory: ConsumerFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.producer = producer
+        group = settings.parser_group_id
+        self.consumer_factory = consumer_factory or partial(kafka.consumer, settings, group)
         self.consumer: AIOKafkaConsumer | None = None
         self._slots: dict[TopicPartition, _Slot] = {}
         self._freed = asyncio.Event()
@@ -71,7 +84,7 @@ class ParserWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then abandon in-flight jobs within a grace period."""
-        consumer = kafka.consumer(self.settings, self.settings.parser_group_id)
+        consumer = self.consumer_factory()
         self.consumer = consumer
         consumer.subscribe([kafka.topic(self.settings, topics.FILES)], listener=_Listener(self))
         await kafka.retry_forever("kafka", consumer.start, stop)
@@ -89,7 +102,7 @@ class ParserWorker:
                 for tp, records in batch.items():
                     self._start(tp, records)
         finally:
-            await self._abandon_all(ABANDON_GRACE_SECONDS)
+            await self._abandon_all(self.settings.stop_grace)
             await consumer.stop()
 
     def _pause_busy(self, consumer: AIOKafkaConsumer) -> None:
@@ -208,12 +221,7 @@ class ParserWorker:
 
     async def report_lag(self, stop: asyncio.Event) -> None:
         """Keep `imuflow_consumer_lag{group=parser}` current."""
-        gauge = metrics.CONSUMER_LAG.labels(self.settings.parser_group_id)
-        while not stop.is_set():
-            if self.consumer is not None:
-                with contextlib.suppress(KafkaError, AssertionError, OSError):
-                    gauge.set(await kafka.consumer_lag(self.consumer))
-            await wait_any(stop, timeout=5.0)
+        await kafka.report_lag(self.settings.parser_group_id, lambda: self.consumer, stop)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -234,4 +242,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         if kept and self.worker.consumer is not None:
             self.worker.consumer.pause(*kept)  # before any fetch hands their messages back
         lost = {tp for tp in self.worker.busy() if tp not in assigned}
-        await self.worker.abandon(lost, ABANDON_GRACE_SECONDS)
+        await self.worker.abandon(lost, self.worker.settings.stop_grace)

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from imuflow import db, kafka
+from imuflow import db, kafka, runner
 from imuflow.lostevents import LostEventCheck
 from imuflow.outbox import OutboxRelay
 from imuflow.readiness import Readiness, Report, broker_check, postgres_check, storage_check
@@ -54,7 +54,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.mux = Multiplexer(settings.database_url, pool)
         producer = kafka.producer(settings)
         applier = ProgressApplier(settings, pool)
-        supervisor = TaskSupervisor("progress")
+        supervisor = TaskSupervisor(
+            "progress", asyncio.Event(), grace=settings.stop_grace, on_failure=runner.stop_serving
+        )
         # Ready without the broker: retries and requeues wait in the outbox (SPEC §7).
         app.state.readiness = Readiness(
             {

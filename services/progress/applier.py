@@ -13,7 +13,6 @@ are logged, counted and skipped; they never stop the consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +31,6 @@ from pydantic import ValidationError
 
 from contracts import events, topics
 from imuflow import db, dberrors, kafka, metrics, retrying
-from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from services.progress import eta
@@ -246,13 +244,7 @@ class ProgressApplier:
 
     async def report_lag(self, stop: asyncio.Event) -> None:
         """Keep `imuflow_consumer_lag{group=progress}` current."""
-        gauge = metrics.CONSUMER_LAG.labels(self.settings.progress_group_id)
-        while not stop.is_set():
-            consumer = self.subscriber.consumer
-            if consumer is not None:
-                with contextlib.suppress(KafkaError, AssertionError, OSError):
-                    gauge.set(await kafka.consumer_lag(consumer))
-            await wait_any(stop, timeout=5.0)
+        await kafka.report_lag(self.settings.progress_group_id, lambda: self.subscriber.consumer, stop)
 
 
 def subscribe(

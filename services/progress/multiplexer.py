@@ -24,7 +24,7 @@ from uuid import UUID
 import asyncpg
 
 from contracts.records import FileRecord
-from imuflow import db, dberrors
+from imuflow import db, dberrors, notifications
 from imuflow.aio import wait_any
 
 log = logging.getLogger("imuflow.progress")
@@ -133,7 +133,6 @@ class Multiplexer:
         self.pool = pool
         self.subscriptions: set[Subscription] = set()
         self.last_id = 0
-        self._wake = asyncio.Event()
         self.started = asyncio.Event()
 
     def subscribe(
@@ -152,20 +151,20 @@ class Multiplexer:
         """Follow `file_events` until `stop` is set."""
         self.last_id = int(await self.pool.fetchval(QUERIES["max_event_id"]))
         self.started.set()
-        listener: asyncpg.Connection | None = None
+        await notifications.follow(
+            self.database_url,
+            "imuflow_file_events",
+            self._drain_or_warn,
+            stop,
+            poll_seconds=POLL_SECONDS,
+            what="event fan-out",
+        )
+
+    async def _drain_or_warn(self) -> None:
         try:
-            while not stop.is_set():
-                if listener is None or listener.is_closed():
-                    listener = await self._listen()
-                try:
-                    await self._drain()
-                except dberrors.DRIVER as exc:
-                    log.warning("event fan-out: cannot read events: %s", exc)
-                self._wake.clear()
-                await wait_any(stop, self._wake, timeout=POLL_SECONDS)
-        finally:
-            if listener is not None and not listener.is_closed():
-                await listener.close()
+            await self._drain()
+        except dberrors.DRIVER as exc:  # Postgres away: the next round (NOTIFY or poll) reads on
+            log.warning("event fan-out: cannot read events: %s", exc)
 
     async def watch_sessions(self, stop: asyncio.Event) -> None:
         """End the streams whose token is no longer live, checked for all at once, until `stop`."""
@@ -195,12 +194,3 @@ class Multiplexer:
                 self.last_id = event.id
             if len(rows) < FETCH_LIMIT:
                 return
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        try:
-            conn = await db.connect(self.database_url)
-            await conn.add_listener("imuflow_file_events", lambda *_: self._wake.set())
-            return conn
-        except (db.DatabaseError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("event fan-out: cannot LISTEN, polling instead: %s", exc)
-            return None

@@ -174,7 +174,11 @@ async def test_reparse_changes_the_result_and_keeps_the_history(
         response = await client.post(f"{url}/reparse", json={"sensor": "gyroscope"})
         assert response.status_code == 200, response.text
         queued = response.json()
-        assert queued["run"] == 2 and queued["status"] == "queued" and queued["samples_processed"] == 0
+        # The answer is read after the re-parse committed, and its event may already have
+        # reached a parser (same machine, under load): queued, or just claimed by then.
+        assert queued["run"] == 2 and queued["status"] in ("queued", "parsing"), queued
+        if queued["status"] == "queued":
+            assert queued["samples_processed"] == 0, queued
         second = await _completed(stack, token, record["id"])
         assert second["run"] == 2 and second["sample_count"] == ACCEL_SAMPLES
         # The batch log comes from the progress events through Kafka and can trail the
