@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from imuflow import metrics
+
 MIGRATIONS_DIR = Path(__file__).parent / "sql" / "migrations"
 # One arbitrary constant: migrations of concurrent starters are serialised on it.
 MIGRATION_LOCK = 7_202_611
@@ -18,7 +20,12 @@ class DatabaseError(Exception):
     """Root of the database errors the services translate driver errors into."""
 
 
+def _count_query(record: asyncpg.connection.LoggedQuery) -> None:
+    metrics.DB_QUERIES.inc()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    conn.add_query_logger(_count_query)
     # jsonb columns come back as Python objects, not strings.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

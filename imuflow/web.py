@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Annotated, Any
 
 import asyncpg
@@ -49,10 +50,15 @@ def _token_of(request: Request) -> str | None:
 
 async def current_user(request: Request) -> User:
     """The caller, from `Authorization: Bearer` or the session cookie; 401 otherwise."""
+    return await user_by(request, partial(resolve_token, pool_of(request)))
+
+
+async def user_by(request: Request, resolve: Callable[[str], Awaitable[User | None]]) -> User:
+    """The caller as `resolve` finds the request's credential's user; 401 otherwise."""
     token = _token_of(request)
     if not token:
         raise HTTPException(401, "missing token: send Authorization: Bearer <token>", UNAUTHORIZED)
-    user = await resolve_token(pool_of(request), token)
+    user = await resolve(token)
     if user is None:
         raise HTTPException(401, "invalid, revoked or expired token", UNAUTHORIZED)
     return user

@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
         app.state.storage = open_storage(settings)
-        app.state.mux = Multiplexer(settings.database_url, pool)
+        app.state.mux = Multiplexer(settings.database_url, pool, settings.sse_replay_window)
         producer = kafka.producer(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor("progress")
