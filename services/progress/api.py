@@ -20,13 +20,14 @@ from services.progress.repository import ProgressRepository, Unavailable
 from services.progress.sse import stream_response
 
 
-def repo_of(request: Request) -> ProgressRepository:
+# async: a plain `def` dependency would run in a worker thread, a hop per request.
+async def repo_of(request: Request) -> ProgressRepository:
     """The app's repository (created in lifespan)."""
     repo: ProgressRepository = request.app.state.repo
     return repo
 
 
-def mux_of(request: Request) -> Multiplexer:
+async def mux_of(request: Request) -> Multiplexer:
     """The app's event multiplexer (created in lifespan)."""
     mux: Multiplexer = request.app.state.mux
     return mux
