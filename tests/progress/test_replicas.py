@@ -10,6 +10,7 @@ import contextlib
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -19,6 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from imuflow.auth import SESSION_COOKIE
 from imuflow.settings import Settings
 from tests.e2e.helpers import TERMINAL, Event, bearer, events, make_token, upload
+from tests.ops.receiver import WebhookReceiver
+from tests.progress.sse_helpers import finish, new_file
+from tests.servers import SettingsFactory
 from tests.stack import StartStack
 from tests.waiting import until
 
@@ -165,3 +169,31 @@ async def test_each_replica_is_a_page_origin_and_foreign_origins_stay_refused(
         for page in stack.progress_urls:
             listed = await client.get(f"{page}/api/files", headers={**bearer(token), "Origin": f"{host}:1"})
             assert listed.status_code == 200
+
+
+async def test_two_replicas_alert_each_failed_job_once(
+    settings_factory: SettingsFactory, service_stack: StartStack, database_url: str
+) -> None:
+    # The watchdog, which also sends the failure alerts, runs on both replicas every second;
+    # only the one holding the advisory lock acts, and the alert cursor is in Postgres.
+    async with WebhookReceiver() as receiver:
+        settings = settings_factory(alert_webhook_url=receiver.url, stuck_after=10.0)
+        await service_stack(settings, services=("progress",), progress_replicas=2)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await make_token(database_url, "alice")
+            files = [await new_file(conn, "alice", f"bad{n}.csv") for n in range(3)]
+            for n, file_id in enumerate(files):
+                await finish(conn, file_id, "failed")
+                if n == 0:
+                    await asyncio.sleep(2.5)  # the others in later rounds
+        finally:
+            await conn.close()
+
+        def alerted(bodies: list[dict[str, Any]]) -> bool:
+            return {b.get("file_id") for b in bodies} >= set(files)
+
+        await until(partial(receiver.when, alerted), "every failure alerted", within=30)
+        await asyncio.sleep(5)  # several more rounds of both replicas
+    failed = [b["file_id"] for b in receiver.bodies if b.get("kind") == "job_failed"]
+    assert sorted(failed) == sorted(files), receiver.bodies
