@@ -162,11 +162,13 @@ class Multiplexer:
             while not stop.is_set():
                 if listener is None or listener.is_closed():
                     listener = await self._listen()
+                # Cleared before the drain: a NOTIFY that arrives while it reads is kept
+                # for the next round instead of waiting for the poll.
+                self._wake.clear()
                 try:
                     await self._drain()
                 except dberrors.DRIVER as exc:
                     log.warning("event fan-out: cannot read events: %s", exc)
-                self._wake.clear()
                 await wait_any(stop, self._wake, timeout=POLL_SECONDS)
         finally:
             if listener is not None and not listener.is_closed():
