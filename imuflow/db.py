@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 from pathlib import Path
@@ -9,16 +10,31 @@ from typing import Any
 
 import asyncpg
 
+from imuflow import metrics
+
 MIGRATIONS_DIR = Path(__file__).parent / "sql" / "migrations"
 # One arbitrary constant: migrations of concurrent starters are serialised on it.
 MIGRATION_LOCK = 7_202_611
+
+
+# What the statements of the current task are for: "request" inside an HTTP request
+# (imuflow/web.py install_query_attribution), "background" otherwise. The query logger runs
+# in a copy of the querying task's context, so it sees the value of that task.
+QUERY_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("query_source", default="background")
+for _source in ("request", "background"):
+    metrics.DB_QUERIES.labels(_source)
 
 
 class DatabaseError(Exception):
     """Root of the database errors the services translate driver errors into."""
 
 
+def _count_query(record: asyncpg.connection.LoggedQuery) -> None:
+    metrics.DB_QUERIES.labels(QUERY_SOURCE.get()).inc()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    conn.add_query_logger(_count_query)
     # jsonb columns come back as Python objects, not strings.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -40,6 +40,10 @@ CHECKPOINT_WRITE = Histogram(
 PROGRESS_EVENTS = Counter("imuflow_progress_events", "Progress events consumed", ["outcome"])
 CONSUMER_LAG = Gauge("imuflow_consumer_lag", "Messages not yet consumed", ["group"])
 SSE_CLIENTS = Gauge("imuflow_sse_clients", "Connected SSE clients")
+# Every statement this process sent to Postgres (asyncpg's query logger, imuflow/db.py):
+# what a reconnect storm costs the database is read from it (tests/progress/test_reconnect_storm.py).
+# `source`: "request" while serving an HTTP request (and in what it started), else "background".
+DB_QUERIES = Counter("imuflow_db_queries", "Statements sent to Postgres by this process", ["source"])
 EVENT_TO_SSE = Histogram(
     "imuflow_event_to_sse_seconds",
     "Batch completed (parser clock) to the event written to an SSE client",

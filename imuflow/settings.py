@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # count together across /api/events, /api/files/{id}/events and /api/admin/events.
     max_concurrent_exports: int = Field(4, ge=1)
     max_streams_per_user: int = Field(50, ge=1)
+    # Newest file events each progress process keeps in memory to replay reconnects without
+    # a query (services/progress/recent.py); 0 = every replay asks Postgres.
+    sse_replay_window: int = Field(20_000, ge=0)
     # Connections of the exports' own pool, so exports never starve the rest of the service.
     export_pool_size: int = Field(8, ge=1)
     # Seconds the event log keeps the superseded events of finished files (each file's newest

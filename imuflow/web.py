@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Annotated, Any
 
 import asyncpg
@@ -15,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imuflow import db
 from imuflow.auth import SESSION_COOKIE, User, resolve_token
 from imuflow.readiness import Readiness, Report
 from imuflow.settings import Settings
@@ -49,10 +51,15 @@ def _token_of(request: Request) -> str | None:
 
 async def current_user(request: Request) -> User:
     """The caller, from `Authorization: Bearer` or the session cookie; 401 otherwise."""
+    return await user_by(request, partial(resolve_token, pool_of(request)))
+
+
+async def user_by(request: Request, resolve: Callable[[str], Awaitable[User | None]]) -> User:
+    """The caller as `resolve` finds the request's credential's user; 401 otherwise."""
     token = _token_of(request)
     if not token:
         raise HTTPException(401, "missing token: send Authorization: Bearer <token>", UNAUTHORIZED)
-    user = await resolve_token(pool_of(request), token)
+    user = await resolve(token)
     if user is None:
         raise HTTPException(401, "invalid, revoked or expired token", UNAUTHORIZED)
     return user
@@ -67,8 +74,20 @@ async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
 
 CurrentUser = Annotated[User, Depends(current_user)]
 CurrentAdmin = Annotated[User, Depends(current_admin)]
-Pool = Annotated[asyncpg.Pool, Depends(pool_of)]
-AppSettings = Annotated[Settings, Depends(settings_of)]
+
+
+async def _pool(request: Request) -> asyncpg.Pool:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, one hop per request,
+    # which a reconnect storm of thousands of streams pays thousands of times.
+    return pool_of(request)
+
+
+async def _settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+AppSettings = Annotated[Settings, Depends(_settings)]
 
 
 def health_router(ready: Callable[[Request], Awaitable[Report]]) -> APIRouter:
@@ -235,6 +254,28 @@ def _by_cookie(headers: Headers) -> bool:
     if scheme.lower() == "bearer" and value.strip():
         return False
     return bool(cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE))
+
+
+class QueryAttribution:
+    """Count the Postgres statements an HTTP request causes as `source="request"` (db.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        mark = db.QUERY_SOURCE.set("request")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            db.QUERY_SOURCE.reset(mark)
+
+
+def install_query_attribution(app: FastAPI) -> None:
+    """Register `QueryAttribution`, so `imuflow_db_queries` tells requests from background work."""
+    app.add_middleware(QueryAttribution)
 
 
 def install_origin_guard(app: FastAPI, settings: Settings) -> None:

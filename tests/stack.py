@@ -3,14 +3,15 @@
 `service_stack` is a fixture returning an async starter:
 `await service_stack(settings, env={"IMUFLOW_BATCH_SIZE": "2000"})` (settings default to
 the `test_settings` fixture) starts the services under the supervisor, waits until all
-are healthy and returns their URLs; everything started is stopped after the test. When
+are healthy and returns their URLs (`progress_replicas=N` runs N progress processes on
+free ports, as `imuflow up --progress-replicas N` does); everything started is stopped after the test. When
 a test fails, the tail of each service log is attached to its report.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from imuflow.stack.supervisor import (
     Supervisor,
     SupervisorError,
     log_tail,
+    replica_ports,
+    replica_urls,
     service_specs,
     service_urls,
 )
@@ -38,6 +41,7 @@ class ServiceStack:
     progress_url: str
     parser_metrics_url: str
     supervisor: Supervisor
+    progress_urls: list[str] = field(default_factory=list)  # every replica; the first is progress_url
 
     @property
     def logs(self) -> dict[str, Path]:
@@ -59,13 +63,19 @@ async def start_service_stack(
     services: Sequence[str] = SERVICES,
     healthy_within: float = 60.0,
     ready: bool = True,
+    progress_replicas: int = 1,
 ) -> ServiceStack:
     """Start the services for `settings` (+ extra env) and wait until they are healthy.
 
     `ready=False` waits only until they are alive (`/healthz`): for a test of a service whose
     dependency is down, so that its `/readyz` rightly answers 503.
     """
-    specs = service_specs(settings, env, services)
+    ports = replica_ports(settings.progress_port, progress_replicas)
+    urls = service_urls(settings)
+    replicas = [urls["progress"], *replica_urls(settings.host, ports[1:])]
+    # Every replica is a page origin, as under `imuflow up`.
+    settings = settings.model_copy(update={"progress_urls": ",".join(replicas)})
+    specs = service_specs(settings, env, services, progress_ports=ports)
     if not ready:
         specs = [_alive_only(spec) for spec in specs]
     supervisor = Supervisor(
@@ -80,8 +90,7 @@ async def start_service_stack(
     except BaseException:
         await supervisor.stop()
         raise
-    urls = service_urls(settings)
-    return ServiceStack(settings, urls["ingest"], urls["progress"], urls["parser"], supervisor)
+    return ServiceStack(settings, urls["ingest"], urls["progress"], urls["parser"], supervisor, replicas)
 
 
 def _alive_only(spec: ServiceSpec) -> ServiceSpec:
@@ -93,7 +102,8 @@ def _alive_only(spec: ServiceSpec) -> ServiceSpec:
 
 @pytest.fixture
 async def service_stack(request: pytest.FixtureRequest, test_settings: Settings) -> AsyncIterator[StartStack]:
-    """An async starter `(settings=test_settings, env=None, *, services=..., healthy_within=60, ready=True)`.
+    """An async starter `(settings=test_settings, env=None, *, services=..., healthy_within=60, ready=True,
+    progress_replicas=1)`.
 
     It depends on `test_settings` so the services stop before the test's database is dropped.
     """
@@ -107,10 +117,16 @@ async def service_stack(request: pytest.FixtureRequest, test_settings: Settings)
         services: Sequence[str] = SERVICES,
         healthy_within: float = 60.0,
         ready: bool = True,
+        progress_replicas: int = 1,
     ) -> ServiceStack:
         try:
             stack = await start_service_stack(
-                settings or test_settings, env, services=services, healthy_within=healthy_within, ready=ready
+                settings or test_settings,
+                env,
+                services=services,
+                healthy_within=healthy_within,
+                ready=ready,
+                progress_replicas=progress_replicas,
             )
         except SupervisorError as exc:
             pytest.fail(f"service stack did not start:\n{exc}", pytrace=False)

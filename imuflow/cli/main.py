@@ -18,6 +18,14 @@ from imuflow.settings import Settings, load_settings
 console = Console(stderr=True)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imuflow", description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="the stack's data directory (IMUFLOW_DATA_DIR)")
@@ -26,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole embedded stack and keep it running")
     up.add_argument(
         "--object-store", action="store_true", help="keep uploads in an embedded S3 store (SeaweedFS)"
+    )
+    up.add_argument(
+        "--progress-replicas",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N progress processes on free ports (listed in stack.env as IMUFLOW_PROGRESS_URLS)",
     )
     sub.add_parser("ingest", help="run the upload service")
     sub.add_parser("parser", help="run one parser worker")
@@ -90,7 +105,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "up":
         from imuflow.stack.up import run_up
 
-        return run_up(settings, object_store=args.object_store)
+        return run_up(settings, object_store=args.object_store, progress_replicas=args.progress_replicas)
     if command in ("ingest", "parser", "progress"):
         _run_service(command, settings)
         return 0

@@ -27,7 +27,7 @@ import httpx
 
 from imuflow.logs import fields
 from imuflow.settings import Settings
-from imuflow.stack.procs import child_preexec
+from imuflow.stack.procs import child_preexec, free_port
 
 log = logging.getLogger("imuflow.stack.supervisor")
 
@@ -97,12 +97,38 @@ def service_urls(settings: Settings) -> dict[str, str]:
     }
 
 
+def replica_name(index: int) -> str:
+    """The supervisor's name of the `index`-th progress replica: progress, progress-2, ..."""
+    return "progress" if index == 0 else f"progress-{index + 1}"
+
+
+def replica_ports(first: int, replicas: int) -> list[int]:
+    """`first` and `replicas - 1` other free ports, all distinct, for the progress replicas."""
+    ports = [first]
+    while len(ports) < replicas:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def replica_urls(host: str, ports: Sequence[int]) -> list[str]:
+    """The URL of each progress replica listening on `ports` (what `IMUFLOW_PROGRESS_URLS` lists)."""
+    return [f"http://{_url_host(host)}:{port}" for port in ports]
+
+
 def service_specs(
     settings: Settings,
     env: Mapping[str, str] | None = None,
     services: Sequence[str] = SERVICES,
+    *,
+    progress_ports: Sequence[int] = (),
 ) -> list[ServiceSpec]:
-    """Specs for `imuflow <service>` with the given settings (+ extra environment)."""
+    """Specs for `imuflow <service>` with the given settings (+ extra environment).
+
+    `progress_ports` runs one progress replica per port (default: `settings.progress_port`);
+    each gets its own port, log file and health check, and the same settings otherwise.
+    """
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMUFLOW_")}
     child_env = {**base, **settings_env(settings), "PYTHONUNBUFFERED": "1", **(env or {})}
     host = _url_host(settings.host)
@@ -110,20 +136,34 @@ def service_specs(
     health = {
         # Health checks hit the port directly: ingest_url may be a public proxy address.
         "ingest": f"http://{host}:{settings.ingest_port}/readyz",
-        "progress": f"http://{host}:{settings.progress_port}/readyz",
         "parser": f"{urls['parser']}/healthz" if urls["parser"] else None,
     }
     logs = settings.data_dir / "logs"
-    return [
-        ServiceSpec(
-            name=name,
-            argv=[*imuflow_command(), name],
-            env=child_env,
-            log_path=logs / f"{name}.log",
-            health_url=health[name],
-        )
-        for name in services
-    ]
+    specs = []
+    for name in services:
+        if name != "progress":
+            specs.append(
+                ServiceSpec(
+                    name=name,
+                    argv=[*imuflow_command(), name],
+                    env=child_env,
+                    log_path=logs / f"{name}.log",
+                    health_url=health[name],
+                )
+            )
+            continue
+        for index, port in enumerate(progress_ports or [settings.progress_port]):
+            replica = replica_name(index)
+            specs.append(
+                ServiceSpec(
+                    name=replica,
+                    argv=[*imuflow_command(), "progress"],
+                    env={**child_env, "IMUFLOW_PROGRESS_PORT": str(port)},
+                    log_path=logs / f"{replica}.log",
+                    health_url=f"http://{host}:{port}/readyz",
+                )
+            )
+    return specs
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

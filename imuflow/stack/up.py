@@ -34,7 +34,14 @@ from imuflow.stack.broker import MEMORY, BrokerStorage, supervise_broker
 from imuflow.stack.objectstore import SETTING_OF, start_embedded_object_store
 from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port, port_is_free
-from imuflow.stack.supervisor import Supervisor, SupervisorError, service_specs, service_urls
+from imuflow.stack.supervisor import (
+    Supervisor,
+    SupervisorError,
+    replica_ports,
+    replica_urls,
+    service_specs,
+    service_urls,
+)
 
 log = logging.getLogger("imuflow.stack.up")
 
@@ -57,6 +64,8 @@ def stack_env_values(
         "IMUFLOW_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
         "IMUFLOW_INGEST_URL": urls["ingest"],
         "IMUFLOW_PROGRESS_URL": urls["progress"],
+        # Every replica of `--progress-replicas N`, the first being IMUFLOW_PROGRESS_URL.
+        "IMUFLOW_PROGRESS_URLS": settings.progress_urls or urls["progress"],
         "IMUFLOW_TOKEN": token,
         "IMUFLOW_ADMIN_TOKEN": admin_token,
         "IMUFLOW_DATA_DIR": str(settings.data_dir),
@@ -114,7 +123,7 @@ def _configure_logging(data_dir: Path) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_up(settings: Settings, *, object_store: bool = False) -> int:
+def run_up(settings: Settings, *, object_store: bool = False, progress_replicas: int = 1) -> int:
     """Run the embedded stack until Ctrl-C/SIGTERM; the exit code of `imuflow up`."""
     console = Console(highlight=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -123,13 +132,15 @@ def run_up(settings: Settings, *, object_store: bool = False) -> int:
     try:
         with _single_up(settings.data_dir):
             check_ports(settings)
-            return asyncio.run(_main(settings, console, object_store))
+            return asyncio.run(_main(settings, console, object_store, progress_replicas))
     except PortTaken as exc:
         console.print(f"[bold red]✗[/] {exc}")
         return 2
 
 
-async def _main(settings: Settings, console: Console, object_store: bool = False) -> int:
+async def _main(
+    settings: Settings, console: Console, object_store: bool = False, progress_replicas: int = 1
+) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -145,7 +156,7 @@ async def _main(settings: Settings, console: Console, object_store: bool = False
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            return await _start_and_serve(settings, console, stack, object_store)
+            return await _start_and_serve(settings, console, stack, object_store, progress_replicas)
     except asyncio.CancelledError:
         if not signalled:
             raise
@@ -162,7 +173,11 @@ async def _main(settings: Settings, console: Console, object_store: bool = False
 
 
 async def _start_and_serve(
-    settings: Settings, console: Console, stack: contextlib.AsyncExitStack, object_store: bool = False
+    settings: Settings,
+    console: Console,
+    stack: contextlib.AsyncExitStack,
+    object_store: bool = False,
+    progress_replicas: int = 1,
 ) -> int:
     data_dir = settings.data_dir
     database_url = settings.database_url
@@ -205,17 +220,24 @@ async def _start_and_serve(
         await conn.close()
 
     urls = service_urls(settings)
+    # The first replica on IMUFLOW_PROGRESS_PORT, the others on free ports; every one of
+    # them is a page origin (IMUFLOW_PROGRESS_URLS), and a load balancer may front them.
+    ports = replica_ports(settings.progress_port, progress_replicas)
+    replicas = [urls["progress"], *replica_urls(settings.host, ports[1:])]
     run_settings = settings.model_copy(
         update={
             "database_url": database_url,
             "kafka_bootstrap_servers": kafka,
             "ingest_url": urls["ingest"],
             "progress_url": urls["progress"],
+            "progress_urls": ",".join(replicas),
             **{SETTING_OF[key]: value for key, value in storage_env.items()},
         }
     )
     # SIGKILL only once a service's own stop budget (IMUFLOW_STOP_GRACE) has run out.
-    supervisor = Supervisor(service_specs(run_settings), grace=supervision.kill_after(run_settings))
+    supervisor = Supervisor(
+        service_specs(run_settings, progress_ports=ports), grace=supervision.kill_after(run_settings)
+    )
     stack.push_async_callback(supervisor.stop)
     await supervisor.start()
     began = time.monotonic()
@@ -230,12 +252,10 @@ async def _start_and_serve(
     write_stack_env(env_path, {**values, **storage_env})
     stack.callback(env_path.unlink, missing_ok=True)
     log.info("stack up", extra=fields(action="up", stack_env=str(env_path), **urls))
+    web = "".join(f"web:    [bold cyan]{url}/[/]\n" for url in replicas)
     console.print(
         Panel.fit(
-            f"web:    [bold cyan]{urls['progress']}/[/]\n"
-            f"token:  [bold]{token}[/]\n"
-            f"env:    {env_path}\n"
-            f"logs:   {data_dir / 'logs'}",
+            f"{web}token:  [bold]{token}[/]\nenv:    {env_path}\nlogs:   {data_dir / 'logs'}",
             title="imuflow is up",
         )
     )

@@ -31,6 +31,7 @@ from imuflow.web import (
     install_cors,
     install_error_shape,
     install_origin_guard,
+    install_query_attribution,
     readiness_report,
 )
 from services.ingest import repository, tus, tus_expiry, tus_headers, tus_repository
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="imuflow ingest", version="1", lifespan=lifespan)
     install_error_shape(app)
     install_origin_guard(app, settings)
+    install_query_attribution(app)
     install_cors(
         app,
         settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -12,19 +13,21 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sse_starlette import EventSourceResponse
 
 from contracts.records import BatchLog, ErrorBody, FileList, FileProgress, FileRecord
-from imuflow.web import AppSettings, CurrentUser
+from imuflow.auth import User
+from imuflow.web import AppSettings, CurrentUser, pool_of, user_by
 from services.progress.multiplexer import Multiplexer
 from services.progress.repository import ProgressRepository, Unavailable
 from services.progress.sse import stream_response
 
 
-def repo_of(request: Request) -> ProgressRepository:
+# async: a plain `def` dependency would run in a worker thread, a hop per request.
+async def repo_of(request: Request) -> ProgressRepository:
     """The app's repository (created in lifespan)."""
     repo: ProgressRepository = request.app.state.repo
     return repo
 
 
-def mux_of(request: Request) -> Multiplexer:
+async def mux_of(request: Request) -> Multiplexer:
     """The app's event multiplexer (created in lifespan)."""
     mux: Multiplexer = request.app.state.mux
     return mux
@@ -32,6 +35,18 @@ def mux_of(request: Request) -> Multiplexer:
 
 Repo = Annotated[ProgressRepository, Depends(repo_of)]
 Mux = Annotated[Multiplexer, Depends(mux_of)]
+
+
+async def stream_user(request: Request, mux: Mux) -> User:
+    """The caller of an event stream, through the multiplexer's credential cache.
+
+    A reconnect storm then costs a query per token, not per client; the cache lasts until
+    the next session check, which ends a revoked token's streams (credentials.py).
+    """
+    return await user_by(request, partial(mux.credentials.user, pool_of(request)))
+
+
+StreamUser = Annotated[User, Depends(stream_user)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
 TOO_MANY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorBody, "description": "over a per-user limit; see Retry-After"}
@@ -159,7 +174,7 @@ async def file_events(
     responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}, **TOO_MANY},
 )
 async def all_events(
-    request: Request, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
+    request: Request, user: StreamUser, repo: Repo, mux: Mux, cfg: AppSettings
 ) -> EventSourceResponse:
     """Live events of all the caller's files."""
     return stream_response(

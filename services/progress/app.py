@@ -19,7 +19,7 @@ from imuflow.readiness import Readiness, Report, broker_check, postgres_check, s
 from imuflow.settings import Settings
 from imuflow.storage import open_storage
 from imuflow.supervision import TaskSupervisor
-from imuflow.web import health_router, install_error_shape, install_origin_guard
+from imuflow.web import health_router, install_error_shape, install_origin_guard, install_query_attribution
 from services.progress import admin, api, export, lifecycle, pageconfig, preview, session, summary
 from services.progress.applier import ProgressApplier
 from services.progress.export import EXPORT_RETRY_AFTER
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
         app.state.storage = open_storage(settings)
-        app.state.mux = Multiplexer(settings.database_url, pool)
+        app.state.mux = Multiplexer(settings.database_url, pool, settings.sse_replay_window)
         producer = kafka.producer(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor(
@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="imuflow progress", version="1", lifespan=lifespan)
     install_error_shape(app)
     install_origin_guard(app, settings)
+    install_query_attribution(app)
     app.include_router(health_router(ready))
     app.include_router(api.router)
     app.include_router(lifecycle.router)

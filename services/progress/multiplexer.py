@@ -26,6 +26,8 @@ import asyncpg
 from contracts.records import FileRecord
 from imuflow import db, dberrors, notifications
 from imuflow.aio import wait_any
+from services.progress.credentials import CredentialCache
+from services.progress.recent import RECENT_EVENTS, RecentEvents
 
 log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "queries.sql")
@@ -128,11 +130,14 @@ def _release(waiter: asyncio.Future[None]) -> None:
 class Multiplexer:
     """Listens for new file events and hands them to the subscriptions that want them."""
 
-    def __init__(self, database_url: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, database_url: str, pool: asyncpg.Pool, replay_window: int = RECENT_EVENTS) -> None:
         self.database_url = database_url
         self.pool = pool
         self.subscriptions: set[Subscription] = set()
         self.last_id = 0
+        # Replays a reconnect from memory, and checks its token once per session check.
+        self.recent = RecentEvents(replay_window)
+        self.credentials = CredentialCache()
         self.started = asyncio.Event()
 
     def subscribe(
@@ -149,7 +154,7 @@ class Multiplexer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow `file_events` until `stop` is set."""
-        self.last_id = int(await self.pool.fetchval(QUERIES["max_event_id"]))
+        self.last_id = await self._load_recent()
         self.started.set()
         await notifications.follow(
             self.database_url,
@@ -169,6 +174,7 @@ class Multiplexer:
     async def watch_sessions(self, stop: asyncio.Event) -> None:
         """End the streams whose token is no longer live, checked for all at once, until `stop`."""
         while not await wait_any(stop, timeout=SESSION_CHECK_SECONDS):
+            self.credentials.clear()  # so a revoked token opens no stream after this check
             subs = [s for s in self.subscriptions if s.token_hash is not None and not s.ended]
             if not subs:
                 continue
@@ -191,6 +197,20 @@ class Multiplexer:
                 for sub in self.subscriptions:
                     if sub.wants(event):
                         sub.put(event)
+                self.recent.add(event)
                 self.last_id = event.id
             if len(rows) < FETCH_LIMIT:
                 return
+
+    async def _load_recent(self) -> int:
+        """Fill the in-memory window with one query; the newest event id."""
+        rows = await self.pool.fetch(QUERIES["recent_events"], self.recent.capacity)
+        events = [file_event(r) for r in rows if r["id"] is not None]
+        pruned = int(rows[0]["pruned_through"])
+        # All of the log above the oldest row read is in memory; when fewer rows came back
+        # than asked for, all of it above the pruned-through mark is.
+        full = len(events) == self.recent.capacity
+        floor = events[-1].id - 1 if full and events else pruned
+        newest = events[0].id if events else int(await self.pool.fetchval(QUERIES["max_event_id"]))
+        self.recent.load(events, floor=max(floor, pruned), newest=newest)
+        return newest

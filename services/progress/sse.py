@@ -5,8 +5,10 @@ covers, each with the id of that file's newest event, oldest change first: ids a
 distinct and a client that drops mid-snapshot resumes from the last one it got, since the
 replay after it holds exactly the files it has not seen yet (and their changes since). A
 reconnect with a Last-Event-ID that is a position of the log (not beyond its newest id, not
-before what was pruned) is replayed from Postgres, coalesced: every state change, and of
-progress only each file's latest. Any other Last-Event-ID (pruned past, garbage, from
+before what was pruned) is replayed, coalesced: every state change, and of progress only
+each file's latest; from memory when the id lies in the multiplexer's window of recent
+events (services/progress/recent.py: no query, so a reconnect storm costs none), else
+from Postgres. Any other Last-Event-ID (pruned past, garbage, from
 another stack that is ahead) gets the full current state again. The live
 queue is subscribed to before either, and events at or below the last id sent are
 dropped, so nothing falls in the gap and nothing repeats.
@@ -83,7 +85,7 @@ def stream_response(
             slots.give_back(owner)
 
     return ReleasingEventSource(
-        _events(request, sub, repo, user_id, file_id, last_event_id(request)),
+        _events(request, sub, mux, repo, user_id, file_id, last_event_id(request)),
         release,
         ping=ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -93,13 +95,21 @@ def stream_response(
 async def _events(
     request: Request,
     sub: Subscription,
+    mux: Multiplexer,
     repo: ProgressRepository,
     user_id: UUID | None,
     file_id: UUID | None,
     resume_after: int | None,
 ) -> AsyncGenerator[ServerSentEvent, None]:
     sent = 0
-    if resume_after is not None and await repo.resumable(resume_after):
+    # Read with no await since the subscription began: what comes later is in its queue.
+    recent = mux.recent.replay(resume_after, sub.wants) if resume_after is not None else None
+    if recent is not None:
+        sent = resume_after or 0
+        for event in recent:
+            sent = event.id
+            yield _sse(event)
+    elif resume_after is not None and await repo.resumable(resume_after):
         sent = resume_after
         async for event in _replay(repo, resume_after, user_id, file_id):
             sent = event.id

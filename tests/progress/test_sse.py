@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from imuflow.settings import Settings
+from imuflow.stack.procs import free_port
 from tests.e2e.helpers import bearer, make_token
 from tests.progress.sse_helpers import (
     NEW_FILE,
@@ -132,7 +133,10 @@ async def test_finished_files_events_are_pruned_and_resuming_past_them_gets_the_
     test_settings: Settings, service_stack: StartStack, database_url: str
 ) -> None:
     # A retention of 60 s prunes every 6 s; the events are made old by moving their clocks.
-    stack = await service_stack(test_settings, {"IMUFLOW_EVENT_RETENTION": "60"}, services=("progress",))
+    # No replay window: this replica's memory would still hold the pruned events (and replay
+    # them, rightly); here the Postgres replay's pruned-through check is what is tested.
+    env = {"IMUFLOW_EVENT_RETENTION": "60", "IMUFLOW_SSE_REPLAY_WINDOW": "0"}
+    stack = await service_stack(test_settings, env, services=("progress",))
     token = await make_token(database_url, "alice")
     conn = await asyncpg.connect(database_url)
     try:
@@ -175,3 +179,52 @@ async def test_finished_files_events_are_pruned_and_resuming_past_them_gets_the_
     # Resuming from an id after the pruned ones is still a replay of what came after it.
     after = await read_events(url, {**bearer(token), "Last-Event-ID": str(running_ids[-1])}, seconds=2.0)
     assert record_ids(after) == [fresh], summary(after)
+
+
+async def test_a_replay_from_memory_equals_the_replay_from_postgres(
+    test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    # Half of the log exists before the replica with the window starts (loaded with one
+    # query), half comes through its fan-out; the other replica replays from Postgres only.
+    token = await make_token(database_url, "alice")
+    other = await make_token(database_url, "bob")
+    conn = await asyncpg.connect(database_url)
+    try:
+        files = [await new_file(conn, "alice", f"a{i}.csv") for i in range(3)]
+        bobs = await new_file(conn, "bob", "b.csv")
+        for n in range(1, 4):
+            for f in files:
+                await progress(conn, f, n * 100)
+        await finish(conn, files[0], "failed")
+        memory = await service_stack(test_settings, services=("progress",))
+        postgres = await service_stack(
+            test_settings.model_copy(update={"progress_port": free_port()}),
+            {"IMUFLOW_SSE_REPLAY_WINDOW": "0"},
+            services=("progress",),
+        )
+        for n in range(4, 7):
+            for f in files[1:]:
+                await progress(conn, f, n * 100)
+        await progress(conn, files[0], 700)  # retried
+        await progress(conn, bobs, 10)
+        await finish(conn, files[1], "cancelled")
+        await finish(conn, files[0], "completed")
+        ids = [int(r["id"]) for r in await conn.fetch("SELECT id FROM file_events ORDER BY id")]
+    finally:
+        await conn.close()
+    newest = ids[-1]
+
+    async def replay(base: str, path: str, after: int) -> list[tuple[str, str, int]]:
+        headers = {**bearer(token), "Last-Event-ID": str(after)}
+        got = await read_events(f"{base}{path}", headers, count=newest - after, seconds=1.0)
+        return [(e.type, e.id, e.record["samples_processed"]) for e in got]
+
+    for after in [ids[0], ids[2], ids[len(ids) // 2], ids[-3], newest]:
+        for path in ("/api/events", f"/api/files/{files[0]}/events"):
+            want = await replay(postgres.progress_url, path, after)
+            assert await replay(memory.progress_url, path, after) == want, (after, path, want)
+    assert await replay(memory.progress_url, "/api/events", ids[0]), "a replay at all"
+    bob = await read_events(
+        f"{memory.progress_url}/api/events", {**bearer(other), "Last-Event-ID": str(ids[0])}, seconds=1.0
+    )
+    assert record_ids(bob) == [bobs], summary(bob)

@@ -130,3 +130,13 @@ def test_service_specs_carry_settings_and_overrides(tmp_path: Path, monkeypatch:
     assert env["IMUFLOW_DATABASE_URL"] == "postgresql://x"
     assert specs["ingest"].log_path == tmp_path / "logs" / "ingest.log"
     assert settings_env(settings)["IMUFLOW_DATA_DIR"] == str(tmp_path)
+    # Progress replicas: one spec per port, each with its own port, health check and log.
+    replicas = {
+        s.name: s for s in service_specs(settings, services=("progress",), progress_ports=[1002, 1003])
+    }
+    assert list(replicas) == ["progress", "progress-2"]
+    assert replicas["progress-2"].argv == ["/venv/bin/imuflow", "progress"]
+    assert replicas["progress-2"].env["IMUFLOW_PROGRESS_PORT"] == "1003"
+    assert replicas["progress-2"].health_url == "http://127.0.0.1:1003/readyz"
+    assert replicas["progress-2"].log_path == tmp_path / "logs" / "progress-2.log"
+    assert replicas["progress"].env["IMUFLOW_PROGRESS_PORT"] == "1002"

@@ -22,6 +22,7 @@ def test_stack_env_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "IMUFLOW_INGEST_URL",
         "IMUFLOW_PROGRESS_URL",
         "IMUFLOW_KAFKA_TOPIC_PREFIX",
+        "IMUFLOW_PROGRESS_URLS",
     ):
         monkeypatch.delenv(key, raising=False)
     url = "postgresql://postgres@/postgres?host=/tmp/x%20y/postgres"
@@ -37,7 +38,9 @@ def test_stack_env_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert loaded.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert loaded.ingest_url == "http://127.0.0.1:9101"
     assert loaded.progress_url == "http://127.0.0.1:9100"
-    assert loaded.data_dir == tmp_path
+    assert (
+        loaded.progress_urls == "http://127.0.0.1:9100"
+    )  # one replica: IMUFLOW_PROGRESS_URL    assert loaded.data_dir == tmp_path
     text = settings.stack_env_path.read_text()
     assert "IMUFLOW_TOKEN=imf_a\n" in text and "IMUFLOW_ADMIN_TOKEN=imf_b\n" in text
 

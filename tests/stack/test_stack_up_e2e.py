@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from imuflow.settings import load_settings, read_env_file
@@ -38,7 +39,7 @@ async def test_up_runs_the_sample_and_stops_cleanly(tmp_path: Path) -> None:
     }
     imuflow = str(Path(sys.executable).parent / "imuflow")
     proc = await asyncio.create_subprocess_exec(
-        imuflow, "--data-dir", str(data_dir), "up",
+        imuflow, "--data-dir", str(data_dir), "up", "--progress-replicas", "2",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output = ""
@@ -51,6 +52,14 @@ async def test_up_runs_the_sample_and_stops_cleanly(tmp_path: Path) -> None:
         assert values["IMUFLOW_DATA_DIR"] == str(data_dir)
         settings = load_settings(data_dir)
         assert settings.progress_url == f"http://127.0.0.1:{env['IMUFLOW_PROGRESS_PORT']}"
+        # Two progress replicas, the first on IMUFLOW_PROGRESS_PORT, the other on a free port;
+        # each serves the page and answers ready.
+        replicas = values["IMUFLOW_PROGRESS_URLS"].split(",")
+        assert len(replicas) == 2 and replicas[0] == settings.progress_url and replicas[1] != replicas[0]
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            for url in replicas:
+                assert (await client.get(f"{url}/readyz")).status_code == 200, url
+                assert "<html" in (await client.get(f"{url}/")).text.lower(), url
         output = await _read_until(proc, "sample xio_fusion_sensor_data.csv:", output)
         assert "completed, 13514 samples" in output
     finally:

@@ -83,6 +83,15 @@ SELECT COALESCE(max(id), 0) FROM file_events;
 SELECT id, file_id, user_id, event_type, data FROM file_events
 WHERE id > $1 ORDER BY id LIMIT $2;
 
+-- name: recent_events
+-- $1 how many. The newest events, newest first, each row also carrying the log's pruned-through
+-- mark; one row of NULL events when the log is empty (services/progress/recent.py).
+SELECT m.pruned_through, e.id, e.file_id, e.user_id, e.event_type, e.data
+FROM (SELECT COALESCE((SELECT pruned_through FROM file_events_retention), 0) AS pruned_through) m
+LEFT JOIN LATERAL (
+    SELECT id, file_id, user_id, event_type, data FROM file_events ORDER BY id DESC LIMIT $1
+) e ON true;
+
 -- name: replay
 -- $1 after id, $2 user id (NULL = every user), $3 file id (NULL = every file), $4 limit.
 -- The log after $1 in id order. A progress event that a later event of its file supersedes
