@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
@@ -16,12 +17,26 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imuflow import db
+from imuflow import db, dberrors
 from imuflow.auth import SESSION_COOKIE, User, resolve_token
 from imuflow.readiness import Readiness, Report
 from imuflow.settings import Settings
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+log = logging.getLogger("imuflow.web")
+
+
+def database_unavailable(exc: BaseException, headers: dict[str, str] | None = None) -> HTTPException:
+    """The 503 of a statement Postgres could not run (raise it `from exc`).
+
+    A server that was away (transient) is the client's to retry. Any other error is ours (a
+    dropped view, a value no column takes): it is logged at ERROR, which is what reaches
+    Sentry, instead of passing as an outage; the answer stays the same 503.
+    """
+    transient = exc.transient if isinstance(exc, dberrors.Unavailable) else dberrors.is_transient(exc)
+    if not transient:
+        log.error("a database statement failed, not transiently: %r", exc, exc_info=exc)
+    return HTTPException(503, "the database is unavailable; try again shortly", headers)
 
 
 def pool_of(request: Request) -> asyncpg.Pool:

@@ -24,6 +24,7 @@ from imuflow import metrics
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import Storage, StorageError
+from imuflow.web import database_unavailable
 from services.ingest import archive, repository
 from services.ingest.multipart import UploadRejected
 from services.ingest.storage import sanitize_filename
@@ -90,7 +91,7 @@ async def accept_stored(
         duplicate_of = await repository.find_duplicate(pool, stored.user_id, stored.sha256)
     except repository.StorageUnavailable as exc:
         await discard()
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     if duplicate_of is not None and not stored.options.allow_duplicate:
         await discard()
         existing = await repository.file_record(pool, duplicate_of, stored.user_id)
@@ -118,7 +119,7 @@ async def accept_stored(
         raise HTTPException(exc.status, exc.detail) from exc
     except repository.StorageUnavailable as exc:
         await discard()
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     except StorageError as exc:
         await discard()
         raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc

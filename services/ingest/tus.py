@@ -32,7 +32,7 @@ from imuflow.auth import User
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import ObjectMissing, PartialState, PartialWriter, Storage, StorageError
-from imuflow.web import AppSettings, CurrentUser, Pool
+from imuflow.web import AppSettings, CurrentUser, Pool, database_unavailable
 from services.ingest import repository, tus_headers, tus_repository
 from services.ingest.acceptance import StoredUpload, accept_stored, parse_options
 from services.ingest.limits import LimitExceeded, UploadLimiter
@@ -215,7 +215,7 @@ async def _find(pool: Any, upload_id: str, user: User) -> TusUpload:
     try:
         upload = await tus_repository.get(pool, parsed, user.id)
     except repository.StorageUnavailable as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly", _tus()) from exc
+        raise database_unavailable(exc, _tus()) from exc
     if upload is None:  # another user's, terminated or expired
         raise HTTPException(404, "no such upload (terminated, expired or never created)", _tus())
     return upload
@@ -236,7 +236,7 @@ async def _create(
             )
         upload = await tus_repository.create(pool, uuid.uuid4(), user.id, length, meta, cfg.upload_expiry)
     except repository.StorageUnavailable as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly", _tus()) from exc
+        raise database_unavailable(exc, _tus()) from exc
     location = f"/api/uploads/{upload.id}"
     log.info("upload created", extra=fields(upload_id=str(upload.id), size_bytes=length, action="create"))
     has_body = request.headers.get("content-type", "").startswith(tus_headers.OFFSET_CONTENT_TYPE)
@@ -275,7 +275,7 @@ async def _patch(
             409, "another PATCH of this upload is running; HEAD for the offset", _tus()
         ) from exc
     except repository.StorageUnavailable as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly", _tus()) from exc
+        raise database_unavailable(exc, _tus()) from exc
     except ObjectMissing as exc:
         await tus_repository.delete(pool, upload.id)
         raise HTTPException(410, f"the upload's stored bytes are gone ({exc}); start again", _tus()) from exc

@@ -38,7 +38,7 @@ from contracts.records import (
 )
 from imuflow import dberrors, deadletters, metrics
 from imuflow.logs import fields
-from imuflow.web import AppSettings, CurrentAdmin, Pool
+from imuflow.web import AppSettings, CurrentAdmin, Pool, database_unavailable
 from services.progress.api import TOO_MANY, Mux, Repo
 from services.progress.dashboard import DashboardRepository
 from services.progress.operations import OperationsRepository
@@ -76,10 +76,6 @@ router = APIRouter(prefix="/api/admin", tags=["operator"], responses=ERRORS)
 page_router = APIRouter(include_in_schema=False)
 
 
-def _unavailable(exc: Unavailable) -> HTTPException:
-    return HTTPException(503, "the database is unavailable; try again shortly")
-
-
 @router.get("/jobs", response_model=AdminJobList)
 async def list_jobs(
     _: CurrentAdmin,
@@ -92,7 +88,7 @@ async def list_jobs(
         rows = await ops.list_jobs(status, limit)
         counts = await ops.counts()
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     return AdminJobList(items=[AdminJob.model_validate(r) for r in rows], counts=counts)
 
 
@@ -120,7 +116,7 @@ async def stuck(
     try:
         rows = await ops.stuck(older_than_seconds)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     return StuckJobList(items=[StuckJob.model_validate(r) for r in rows])
 
 
@@ -133,7 +129,7 @@ async def reset_stuck(
     try:
         rows = await ops.reset_stuck(threshold)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     report_actions(rows, getattr(request.app.state, "notifier", None), source=f"admin:{admin.name}")
     return StuckResetResult(items=[StuckAction.model_validate(r) for r in rows])
 
@@ -146,7 +142,7 @@ async def performance(
     try:
         rows = await ops.performance(limit)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     parsed = [PerformanceRow.model_validate(r) for r in rows]
     overall = next(r for r in parsed if r.scope == "overall")
     return PerformanceReport(overall=overall, files=[r for r in parsed if r.scope == "file"])
@@ -158,7 +154,7 @@ async def slowing(_: CurrentAdmin, ops: Ops) -> SlowingJobList:
     try:
         rows = await ops.slowing()
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     return SlowingJobList(items=[SlowingJob.model_validate(r) for r in rows])
 
 
@@ -168,7 +164,7 @@ async def parsers(_: CurrentAdmin, dash: Dashboard, cfg: AppSettings) -> ParserL
     try:
         rows = [ParserState.model_validate(r) for r in await dash.parsers()]
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     reported = [p.consumer_lag for p in rows if p.live and p.consumer_lag is not None]
     lag = {
         cfg.parser_group_id: max(reported) if reported else None,
@@ -189,7 +185,7 @@ async def trends(
     try:
         rows = await dash.trends(days, bucket)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     return TrendReport(days=days, bucket=bucket, points=[TrendPoint.model_validate(r) for r in rows])
 
 
@@ -204,7 +200,7 @@ async def failures(
     try:
         rows = await dash.failures(hours, limit)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise database_unavailable(exc) from exc
     return FailedJobList(hours=hours, items=[FailedJob.model_validate(r) for r in rows])
 
 
@@ -220,7 +216,7 @@ async def dead_letters(
         rows = await deadletters.list_dead(pool, limit, before)
         total = await deadletters.count_dead(pool)
     except dberrors.DRIVER as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     return DeadLetterList(items=[DeadLetter.model_validate(r) for r in rows], total=total)
 
 
@@ -236,7 +232,7 @@ async def replay_dead_letter(
     try:
         result = await deadletters.replay(pool, outbox_id)
     except dberrors.DRIVER as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     if result is None:
         raise HTTPException(404, f"no dead letter {outbox_id}")
     log.info(

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 
 from contracts.records import BatchLog, ErrorBody, FileList, FileProgress, FileRecord
 from imuflow.auth import User
-from imuflow.web import AppSettings, CurrentUser, pool_of, user_by
+from imuflow.web import AppSettings, CurrentUser, database_unavailable, pool_of, user_by
 from services.progress.multiplexer import Multiplexer
 from services.progress.repository import ProgressRepository, Unavailable
 from services.progress.sse import stream_response
@@ -60,7 +60,7 @@ async def owned_file(file_id: UUID, user: CurrentUser, repo: Repo) -> FileRecord
     try:
         row = await repo.get_file(file_id, user.id)
     except Unavailable as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     if row is None:
         raise HTTPException(404, "file not found")
     return FileRecord.model_validate(row)
@@ -101,7 +101,7 @@ async def list_files(
     try:
         rows = await repo.list_files(user.id, limit + 1, before, after)
     except Unavailable as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
     items = [FileRecord.model_validate(r) for r in rows[:limit]]
     more = len(rows) > limit
     return FileList(items=items, next=encode_cursor(items[-1]) if more else None)

@@ -19,7 +19,7 @@ from contracts.records import ErrorBody, FileRecord, ReparseRequest
 from imuflow import db, outbox, retrying, storage
 from imuflow.logs import fields
 from imuflow.storage import Storage
-from imuflow.web import CurrentUser
+from imuflow.web import CurrentUser, database_unavailable
 from services.progress.api import NOT_FOUND, OwnedFile, Repo, owned_file
 from services.progress.repository import DRIVER_ERRORS
 
@@ -27,7 +27,6 @@ log = logging.getLogger("imuflow.progress")
 QUERIES = db.load_queries(Path(__file__).parent / "sql" / "data.sql")
 SENSOR_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,60}$")
 T = TypeVar("T")
-UNAVAILABLE = "the database is unavailable; try again shortly"
 
 router = APIRouter(prefix="/api", tags=["files"], responses={503: {"model": ErrorBody}})
 
@@ -80,7 +79,7 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
     except asyncpg.DeadlockDetectedError:
         raise HTTPException(503, "the file is busy; try again shortly") from None
     except DRIVER_ERRORS as exc:
-        raise HTTPException(503, UNAVAILABLE) from exc
+        raise database_unavailable(exc) from exc
 
 
 def _checked(options: ReparseRequest) -> ReparseRequest:

@@ -23,7 +23,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from contracts.records import AxisPreview, FilePreview
 from imuflow import db
-from imuflow.web import Pool
+from imuflow.web import Pool, database_unavailable
 from services.progress.api import NOT_FOUND, OwnedFile
 from services.progress.repository import DRIVER_ERRORS
 
@@ -84,7 +84,7 @@ async def file_preview(
         async with pool.acquire() as conn:
             return await build_preview(conn, record.id, points, start_ns, end_ns, sensor)
     except DRIVER_ERRORS as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
 
 
 async def extents(conn: asyncpg.Connection, file_id: Any) -> list[Extent]:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from contracts.records import AxisRange, FileRecord, FileSummary, SensorSummary
 from imuflow import db
-from imuflow.web import Pool
+from imuflow.web import Pool, database_unavailable
 from services.progress.api import NOT_FOUND, OwnedFile
 from services.progress.repository import DRIVER_ERRORS
 
@@ -33,7 +33,7 @@ async def file_summary(record: OwnedFile, pool: Pool) -> FileSummary:
         async with pool.acquire() as conn:
             return await summarise(conn, record)
     except DRIVER_ERRORS as exc:
-        raise HTTPException(503, "the database is unavailable; try again shortly") from exc
+        raise database_unavailable(exc) from exc
 
 
 async def summarise(conn: asyncpg.Connection, record: FileRecord) -> FileSummary:

@@ -10,18 +10,20 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sentry_sdk
 
 from imuflow import db, logs, sentry
 from imuflow.sentry import FILTERED, prepare
 from imuflow.settings import Settings
-from tests.e2e.helpers import make_token, upload
+from tests.e2e.helpers import bearer, make_token, upload
 from tests.faults.helpers import synth_csv
 from tests.faults.test_dead_letters import record_poison_upload
 from tests.ops.jobs import make_job, make_user
 from tests.ops.receiver import EnvelopeReceiver
 from tests.stack import StartStack
+from tests.waiting import until
 
 SECRETS = ("tok-secret-header-1", "cookie-secret-2", "body-secret-3", "extra-secret-4")
 
@@ -228,15 +230,43 @@ async def test_ingest_reports_an_event_it_can_never_publish_with_its_file_id_and
         finally:
             await pool.close()
 
-        def reported() -> list[dict[str, Any]]:
+        async def reported() -> list[dict[str, Any]]:
             return [e for e in receiver.events() if e.get("tags", {}).get("file_id") == str(poison)]
 
-        for _ in range(300):  # bounded: ~60 s
-            if reported():
-                break
-            await asyncio.sleep(0.2)
-        (event, *_) = reported()
+        (event, *_) = await until(reported, "the dead letter reported", within=60, every=0.2)
         raw = receiver.everything()
     assert event["tags"]["service"] == "ingest" and event["level"] == "error"
     assert "dead-lettered" in json.dumps(event)
+    assert token.encode() not in raw
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_a_permanent_database_error_of_a_route_is_reported_not_only_answered(
+    service_stack: StartStack, settings_factory: Any
+) -> None:
+    """A statement that can never succeed (here on a view this test renamed in its own
+    database) is a bug, not an outage: the request still gets its 503, and the progress
+    service reports it to Sentry without the caller's token."""
+    async with EnvelopeReceiver() as receiver:
+        settings: Settings = settings_factory(sentry_dsn=receiver.dsn)
+        stack = await service_stack(settings, services=["progress"])
+        token = await make_token(settings.database_url, "rita")
+        conn = await db.connect(settings.database_url)
+        try:
+            await conn.execute("ALTER VIEW file_records RENAME TO file_records_gone")
+        finally:
+            await conn.close()
+        async with httpx.AsyncClient(timeout=30, headers=bearer(token)) as client:
+            answer = await client.get(f"{stack.progress_url}/api/files")
+        assert answer.status_code == 503, answer.text
+
+        async def reported() -> list[dict[str, Any]]:
+            return [e for e in receiver.events() if "not transiently" in json.dumps(e)]
+
+        (event, *_) = await until(reported, "the database error reported", within=30, every=0.2)
+        raw = receiver.everything()
+    assert event["tags"]["service"] == "progress" and event["level"] == "error"
+    assert "file_records" in json.dumps(event)  # the driver's own message names the view
     assert token.encode() not in raw
