@@ -82,7 +82,8 @@ class S3Writer:
         self._raise_failed()
         self._buffer += data
         while len(self._buffer) >= PART:
-            part = bytes(self._buffer[:PART])
+            with memoryview(self._buffer) as view:  # one copy (a slice of the buffer would be two)
+                part = bytes(view[:PART])
             del self._buffer[:PART]
             await self._send(part)
 
