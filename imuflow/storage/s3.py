@@ -41,8 +41,10 @@ log = logging.getLogger("imuflow.storage")
 PART = 8 * 1024 * 1024  # S3 wants >= 5 MiB per part but the last; 8 MiB = 512 GiB at 10,000 parts
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 # Parts of one upload being stored at once. While they are, the next part fills from the
-# request, so receiving and storing overlap; memory per upload stays at most
-# (IN_FLIGHT + 1) x PART = 24 MiB, whatever the upload's size.
+# request, so receiving and storing overlap. Memory per upload is constant whatever its
+# size: (IN_FLIGHT + 1) x PART = 24 MiB of ours, plus aiohttp's copy of each part it sends
+# (measured peak 41 MiB per upload; 25 MiB with one part in flight, ~10-15% slower into
+# SeaweedFS on this machine: docs/scaling.md).
 IN_FLIGHT = 2
 # Not `application/octet-stream`, which SeaweedFS treats as no type and sniffs (a CSV part
 # then gets gzipped chunk by chunk); AWS gives objects sent without a type this one.
