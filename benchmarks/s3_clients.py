@@ -1,7 +1,8 @@
 """Benchmark: obstore vs aiobotocore on the embedded SeaweedFS, for what ingest and the parser do.
 
 * streaming multipart write: a 128 MiB upload fed in 64 KiB chunks (as the request body
-  arrives), 8 MiB parts, one part in flight; MB/s and the process's peak RSS growth;
+  arrives), 8 MiB parts, as many in flight as ingest keeps (`IN_FLIGHT`); MB/s and the
+  process's peak RSS growth;
 * sequential ranged reads: the object read in 8 MiB ranged GETs, one after another
   (obstore `get_range_async`, aiobotocore `get_object(Range=)`), and through
   `imuflow.storage.RangedReader` from a worker thread (aiobotocore, one block read-ahead);
@@ -29,6 +30,7 @@ from typing import Any
 
 from benchmarks.common import Table, show
 from imuflow.stack.objectstore import REGION, start_object_store
+from imuflow.storage.s3 import IN_FLIGHT
 
 MIB = 1024 * 1024
 SIZE = 128 * MIB
@@ -60,7 +62,8 @@ async def _obstore_case(env: dict[str, str]) -> dict[str, Any]:
     chunk = _payload()
     base = _rss_mib()
     t0 = time.perf_counter()
-    async with obstore.open_writer_async(store, "bench/obstore", buffer_size=PART, max_concurrency=1) as w:
+    writer = obstore.open_writer_async(store, "bench/obstore", buffer_size=PART, max_concurrency=IN_FLIGHT)
+    async with writer as w:
         for _ in range(SIZE // CHUNK):
             await w.write(chunk)
     write_s = time.perf_counter() - t0
@@ -76,7 +79,7 @@ async def _obstore_case(env: dict[str, str]) -> dict[str, Any]:
         await obstore.get_range_async(store, "bench/obstore", start=at, end=at + CHUNK)
         small.append(time.perf_counter() - t0)
     try:
-        failing = obstore.open_writer_async(store, "bench/fail", buffer_size=PART, max_concurrency=1)
+        failing = obstore.open_writer_async(store, "bench/fail", buffer_size=PART, max_concurrency=IN_FLIGHT)
         async with failing as w:
             for _ in range(3 * PART // CHUNK + 1):
                 await w.write(chunk)
@@ -217,7 +220,8 @@ def run() -> list[Table]:
              f"{r['small_ms']:.1f}", str(mine)]
         )  # fmt: skip
     table.notes.append(
-        "write fed in 64 KiB chunks, one part in flight; 'uploads left' after a write failed at part 4"
+        f"write fed in 64 KiB chunks, {IN_FLIGHT} parts in flight; 'uploads left' after a write "
+        "failed at part 4"
     )
     table.notes.append(
         "RangedReader: 1 MiB reads from a worker thread, 2 ms of work each, one block read-ahead"

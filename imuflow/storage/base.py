@@ -26,7 +26,7 @@ class ObjectWriter(Protocol):
     """One object being written; visible only after `commit`."""
 
     async def write(self, data: bytes) -> None:
-        """Append bytes (may wait while a part is uploaded: one part in flight)."""
+        """Append bytes (may wait while parts are stored: a bounded number in flight)."""
 
     async def commit(self) -> None:
         """Make the object durable and visible under its key."""

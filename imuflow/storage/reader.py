@@ -89,10 +89,10 @@ class RangedReader(io.RawIOBase):
         if self.closed:
             raise ValueError("read of a closed reader")
         end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
-        parts: list[bytes] = []
+        parts: list[memoryview] = []  # views into the blocks: the join below is the one copy
         while self._pos < end:
             index = self._pos // self._block
-            data = self._block_at(index)
+            data = memoryview(self._block_at(index))
             at = self._pos - index * self._block
             piece = data[at : at + (end - self._pos)]
             if not piece:

@@ -1,8 +1,13 @@
 """Uploads as objects in an S3-compatible store (`s3://bucket[/prefix]`), via aiobotocore.
 
 Why aiobotocore (measured in docs/scaling.md): it gives the multipart calls one by one,
-so ingest keeps exactly one part in flight and aborts the upload itself on any failure;
-it creates a missing bucket and lists unfinished multipart uploads (obstore does neither).
+so ingest decides how many parts are in flight and aborts the upload itself on any
+failure; it creates a missing bucket and lists unfinished multipart uploads (obstore does
+neither).
+
+Every object and part is sent as `binary/octet-stream` (what AWS S3 calls an object sent
+without a type): SeaweedFS gzips each chunk of a part whose type it sniffs as text, which
+for a CSV upload cost the store 2.5x the CPU to write and 7x to read (docs/scaling.md).
 
 Reads bridge to the event loop that opened the reader: the parser's reader runs in a
 worker thread and asks the loop for each block with `run_coroutine_threadsafe`, which
@@ -16,6 +21,7 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections import deque
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +40,15 @@ log = logging.getLogger("imuflow.storage")
 
 PART = 8 * 1024 * 1024  # S3 wants >= 5 MiB per part but the last; 8 MiB = 512 GiB at 10,000 parts
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+# Parts of one upload being stored at once. While they are, the next part fills from the
+# request, so receiving and storing overlap. Memory per upload is constant whatever its
+# size: (IN_FLIGHT + 1) x PART = 24 MiB of ours, plus aiohttp's copy of each part it sends
+# (measured peak 41 MiB per upload; 25 MiB with one part in flight, ~10-15% slower into
+# SeaweedFS on this machine: docs/scaling.md).
+IN_FLIGHT = 2
+# Not `application/octet-stream`, which SeaweedFS treats as no type and sniffs (a CSV part
+# then gets gzipped chunk by chunk); AWS gives objects sent without a type this one.
+CONTENT_TYPE = "binary/octet-stream"
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 
@@ -51,7 +66,8 @@ def _code(exc: ClientError) -> str:
 
 
 class S3Writer:
-    """A multipart upload with one part in flight; nothing is created before the first part."""
+    """A multipart upload with up to IN_FLIGHT parts being stored while the next one fills;
+    nothing is created before the first part."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
         self._storage = storage
@@ -59,30 +75,66 @@ class S3Writer:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._storing: deque[asyncio.Task[dict[str, Any]]] = deque()  # oldest part first
+        self._numbered = 0
         self._done = False
 
     async def write(self, data: bytes) -> None:
-        """Buffer `data`; upload a part (and wait for it) each time a part is full."""
+        """Buffer `data`; send a part each time one is full (waits while IN_FLIGHT are stored)."""
+        self._raise_failed()
         self._buffer += data
         while len(self._buffer) >= PART:
-            part = bytes(self._buffer[:PART])
+            with memoryview(self._buffer) as view:  # one copy (a slice of the buffer would be two)
+                part = bytes(view[:PART])
             del self._buffer[:PART]
-            await self._upload_part(part)
+            await self._send(part)
 
-    async def _upload_part(self, body: bytes) -> None:
+    async def _send(self, body: bytes) -> None:
+        """Start storing `body` as the next part, after the oldest part when IN_FLIGHT are."""
+        if self._upload_id is None:
+            client = await self._storage.client()
+            try:
+                created = await client.create_multipart_upload(
+                    Bucket=self._storage.bucket, Key=self._key, ContentType=CONTENT_TYPE
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"storing part 1 of the upload failed: {exc}") from exc
+            self._upload_id = str(created["UploadId"])
+        while len(self._storing) >= IN_FLIGHT:
+            await self._settle_oldest()
+        self._numbered += 1
+        task = asyncio.create_task(self._upload_part(self._numbered, body))
+        task.add_done_callback(_retrieve)
+        self._storing.append(task)
+
+    async def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         client = await self._storage.client()
-        bucket = self._storage.bucket
-        number = len(self._parts) + 1
         try:
-            if self._upload_id is None:
-                created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
-                self._upload_id = str(created["UploadId"])
             answer = await client.upload_part(
-                Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+                Bucket=self._storage.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
             )
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    async def _settle_oldest(self) -> None:
+        """Wait for the oldest part in flight (its failure is this upload's).
+
+        Shielded: a cancelled request must not cut a part off mid-flight (the abort that
+        follows waits for it instead)."""
+        part = await asyncio.shield(self._storing[0])
+        self._storing.popleft()
+        self._parts.append(part)
+
+    def _raise_failed(self) -> None:
+        """Fail at the next write, not only at the next wait, once any part failed."""
+        for task in self._storing:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise cast(BaseException, task.exception())
 
     async def commit(self) -> None:
         """Complete the upload (a small object is one PUT)."""
@@ -90,10 +142,15 @@ class S3Writer:
         bucket = self._storage.bucket
         try:
             if self._upload_id is None:
-                await client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
+                await client.put_object(
+                    Bucket=bucket, Key=self._key, Body=bytes(self._buffer), ContentType=CONTENT_TYPE
+                )
             else:
                 if self._buffer:
-                    await self._upload_part(bytes(self._buffer))
+                    await self._send(bytes(self._buffer))
+                    self._buffer = bytearray()
+                while self._storing:
+                    await self._settle_oldest()
                 await client.complete_multipart_upload(
                     Bucket=bucket,
                     Key=self._key,
@@ -106,24 +163,31 @@ class S3Writer:
         self._done = True
 
     async def abort(self) -> None:
-        """Abort the multipart upload so no part is left behind (idempotent)."""
+        """Abort the multipart upload so no part is left behind (idempotent).
+
+        The parts still in flight are waited for first (each ends within the client's
+        timeouts): a part the store finished after the abort could outlive it."""
         if self._done:
             return
         self._done = True
         self._buffer = bytearray()
         if self._upload_id is None:
             return
+        # Shielded: an abort that runs because the request was cancelled must finish.
+        await asyncio.shield(self._abort(list(self._storing), self._upload_id))
+        self._storing.clear()
+
+    async def _abort(self, storing: list[asyncio.Task[dict[str, Any]]], upload_id: str) -> None:
+        await asyncio.gather(*storing, return_exceptions=True)
         client = await self._storage.client()
         try:
-            # Shielded: an abort that runs because the request was cancelled must finish.
-            aborting = client.abort_multipart_upload(
-                Bucket=self._storage.bucket, Key=self._key, UploadId=self._upload_id
+            await client.abort_multipart_upload(
+                Bucket=self._storage.bucket, Key=self._key, UploadId=upload_id
             )
-            await asyncio.shield(aborting)
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "could not abort a multipart upload",
-                extra=fields(key=self._key, upload_id=self._upload_id, error=str(exc), action="abort"),
+                extra=fields(key=self._key, upload_id=upload_id, error=str(exc), action="abort"),
             )
 
 
@@ -166,13 +230,15 @@ class S3PartialWriter:
     async def _store_part(self) -> None:
         spool = self._open_spool()
         spool.seek(0)
-        body = await asyncio.to_thread(spool.read)  # one part in flight, as S3Writer
+        body = await asyncio.to_thread(spool.read)  # one part at a time: parts follow checkpoints
         client = await self._storage.client()
         bucket = self._storage.bucket
         number = len(self.state.parts) + 1
         try:
             if self.state.upload_id is None:
-                created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
+                created = await client.create_multipart_upload(
+                    Bucket=bucket, Key=self._key, ContentType=CONTENT_TYPE
+                )
                 self.state.upload_id = str(created["UploadId"])
             answer = await client.upload_part(
                 Bucket=bucket, Key=self._key, UploadId=self.state.upload_id, PartNumber=number, Body=body
@@ -203,7 +269,9 @@ class S3PartialWriter:
             spool.seek(0, os.SEEK_END)
             client = await self._storage.client()
             try:
-                await client.put_object(Bucket=self._storage.bucket, Key=self.tail_key, Body=body)
+                await client.put_object(
+                    Bucket=self._storage.bucket, Key=self.tail_key, Body=body, ContentType=CONTENT_TYPE
+                )
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"storing the upload's tail failed: {exc}") from exc
         self.state = PartialState(
@@ -220,7 +288,7 @@ class S3PartialWriter:
                 spool = self._open_spool()
                 spool.seek(0)
                 body = await asyncio.to_thread(spool.read)  # < 8 MiB: never a part was stored
-                await client.put_object(Bucket=bucket, Key=self._key, Body=body)
+                await client.put_object(Bucket=bucket, Key=self._key, Body=body, ContentType=CONTENT_TYPE)
             else:
                 if self._spooled:
                     await self._store_part()
@@ -284,7 +352,9 @@ class S3Storage:
                         max_pool_connections=32,
                     )
                     maker = get_session().create_client("s3", config=config, **self._options)
-                    self._client = await self._stack.enter_async_context(maker)
+                    client = await self._stack.enter_async_context(maker)
+                    client.meta.events.register("before-sign.s3.UploadPart", _typed_part)
+                    self._client = client
         return self._client
 
     def key(self, name: str) -> str:
@@ -470,6 +540,20 @@ class S3Storage:
         """Close the client's connections."""
         await self._stack.aclose()
         self._client = None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a part's failure as seen: a writer dropped unfinished (its upload is left for
+    `sweep`) must not log "exception was never retrieved" later."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _typed_part(request: Any, **_: Any) -> None:
+    """UploadPart has no ContentType parameter: set the header before signing."""
+    if "Content-Type" in request.headers:
+        del request.headers["Content-Type"]
+    request.headers["Content-Type"] = CONTENT_TYPE
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

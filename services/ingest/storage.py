@@ -32,9 +32,10 @@ class UploadSink:
     """Streams one upload into storage as object `<file id>`, hashing and counting as it goes.
 
     `write` (called by the multipart parser, synchronously) only counts, hashes and queues
-    the chunk; `drain` hands the queue to the store's writer, which uploads a part whenever
-    one is full and waits for it (one part in flight, so memory stays constant however big
-    the upload). `discard` aborts an unfinished upload or deletes a stored one.
+    the chunk; `drain` hands the queue to the store's writer, which sends a part whenever
+    one is full and waits while its limit of parts is stored (S3: two parts in flight;
+    local disk: a write to the page cache), so memory stays constant however big the
+    upload. `discard` aborts an unfinished upload or deletes a stored one.
     """
 
     def __init__(self, storage: Storage, writer: ObjectWriter, file_id: UUID, max_bytes: int) -> None:
@@ -70,7 +71,7 @@ class UploadSink:
         self._pending.append(chunk)
 
     async def drain(self) -> None:
-        """Pass queued chunks to the store (waits while a full part uploads)."""
+        """Pass queued chunks to the store (waits while the store has its limit of parts in flight)."""
         while self._pending:
             await self._writer.write(self._pending.pop(0))
 

@@ -8,6 +8,7 @@ import os
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,5 +170,102 @@ async def test_a_store_that_goes_away_mid_upload_is_a_storage_error(
         with pytest.raises(StorageError, match="part 1"):
             await writer.write(os.urandom(PART))
         await writer.abort()  # nothing was created: a no-op, not an error
+    finally:
+        await store.close()
+
+
+async def test_an_s3_upload_keeps_a_bounded_number_of_parts_in_flight(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    from imuflow.storage.s3 import CONTENT_TYPE, IN_FLIGHT
+
+    store = s3_server.storage(s3_prefix)
+    storing: set[int] = set()
+    most = 0
+    types: list[str] = []
+
+    def sent(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        nonlocal most
+        context["part"] = params["PartNumber"]
+        storing.add(params["PartNumber"])
+        most = max(most, len(storing))
+
+    def answered(context: dict[str, Any], **_: Any) -> None:
+        storing.discard(context["part"])
+
+    def typed(request: Any, **_: Any) -> None:
+        types.append(request.headers["Content-Type"].decode())  # the prepared request's bytes
+
+    try:
+        client = await store.client()
+        client.meta.events.register("provide-client-params.s3.UploadPart", sent)
+        client.meta.events.register("after-call.s3.UploadPart", answered)
+        client.meta.events.register("before-send.s3.UploadPart", typed)
+        data = os.urandom(5 * PART + 1)
+        uri = await _store(store, data, chunk=1 << 20)
+        assert most == IN_FLIGHT  # overlapped, and never more than the bound
+        assert types == [CONTENT_TYPE] * 6  # SeaweedFS gzips a part it sniffs as text
+        head = await client.head_object(Bucket=store.bucket, Key=store.key(uri.rsplit("/", 1)[-1]))
+        assert head["ContentType"] == CONTENT_TYPE
+        f = await store.open(uri)
+        try:
+            assert await asyncio.to_thread(f.read) == data
+        finally:
+            f.close()
+    finally:
+        await store.close()
+
+
+async def test_a_part_failing_in_flight_aborts_the_upload_and_leaves_nothing(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from imuflow.storage import StorageError
+
+    store = s3_server.storage(s3_prefix)
+
+    def fail_third(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 3:
+            raise EndpointConnectionError(endpoint_url=s3_server.endpoint_url)
+
+    try:
+        client = await store.client()
+        client.meta.events.register("provide-client-params.s3.UploadPart", fail_third)
+        sink = await UploadSink.open(store, uuid.uuid4(), 1 << 30)
+        with pytest.raises(StorageError, match="part 3"):
+            for _ in range(6 * PART // (1 << 20)):
+                sink.write(os.urandom(1 << 20))
+                await sink.drain()
+            await sink.finish()
+        await sink.discard()
+        assert await stored_names(store) == ([], [])
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_upload_waits_for_its_parts_and_leaves_nothing(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    store = s3_server.storage(s3_prefix)
+    try:
+        sink = await UploadSink.open(store, uuid.uuid4(), 1 << 30)
+
+        two_in_flight = asyncio.Event()
+
+        async def receive() -> None:
+            while True:  # a client that never finishes; cancelled once two parts are in flight
+                sink.write(os.urandom(1 << 20))
+                if sink.size > 2 * PART:
+                    two_in_flight.set()
+                await sink.drain()
+
+        task = asyncio.create_task(receive())
+        await asyncio.wait_for(two_in_flight.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await sink.discard()
+        assert await stored_names(store) == ([], [])
     finally:
         await store.close()
