@@ -26,6 +26,7 @@ from tests.objectstore import S3Server, leftovers
 from tests.parser.formats.test_gt3x import RATE, make_gt3x, synthetic_log
 from tests.servers import SettingsFactory
 from tests.stack import ServiceStack, StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(240)]
 MIB = 1024 * 1024
@@ -52,22 +53,25 @@ async def _final(
     stack: ServiceStack, token: str, ids: list[str], within: float = 150
 ) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(timeout=30, headers=bearer(token)) as client:
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
+
+        async def all_ended() -> list[dict[str, Any]] | None:
             records = [(await client.get(f"{stack.progress_url}/api/files/{i}")).json() for i in ids]
-            if all(r["status"] in ("completed", "failed", "cancelled") for r in records):
-                return records
-            assert asyncio.get_running_loop().time() < deadline, records
-            await asyncio.sleep(0.5)
+            ended = all(r["status"] in ("completed", "failed", "cancelled") for r in records)
+            return records if ended else None
+
+        return await until(all_ended, "every upload ended", within=within, every=0.5)
 
 
-async def _until_empty(store: S3Storage, within: float = 15.0) -> tuple[list[str], list[str]]:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        left = await leftovers(store)
-        if left == ([], []) or asyncio.get_running_loop().time() > deadline:
-            return left
-        await asyncio.sleep(0.2)
+async def _assert_empty(store: S3Storage, within: float = 15.0) -> None:
+    """No object and no multipart upload left in the bucket (within `within` s)."""
+
+    async def empty() -> bool:
+        return await leftovers(store) == ([], [])
+
+    try:
+        await until(empty, "the bucket emptied", within=within, every=0.2)
+    except AssertionError:
+        raise AssertionError(f"left in the bucket: {await leftovers(store)}") from None
 
 
 async def test_files_of_every_kind_parse_from_s3_and_delete_leaves_nothing(
@@ -167,7 +171,7 @@ async def test_aborted_uploads_leave_no_object_and_no_multipart_upload(
     token = await make_token(database_url, "alice")
 
     await _disconnect_mid_body(stack.ingest_url, token, 10 * MIB, s3_store)  # past the first 8 MiB part
-    assert await _until_empty(s3_store) == ([], [])
+    await _assert_empty(s3_store)
 
     async def too_large() -> AsyncIterator[bytes]:  # chunked: only counting while streaming stops it
         yield b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
@@ -185,7 +189,7 @@ async def test_aborted_uploads_leave_no_object_and_no_multipart_upload(
             )
     if response is not None:
         assert response.status_code == 413, response.text
-    assert await _until_empty(s3_store) == ([], [])
+    await _assert_empty(s3_store)
     conn = await asyncpg.connect(database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM imu_data_files") == 0
