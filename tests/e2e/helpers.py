@@ -12,6 +12,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from imuflow import auth, db
+from tests.waiting import until
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -38,6 +39,20 @@ async def make_token(database_url: str, user: str, *, admin: bool = False) -> st
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for `token`."""
     return {"Authorization": f"Bearer {token}"}
+
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+async def once_ended(progress_url: str, token: str, ids: list[str], within: float) -> list[dict[str, Any]]:
+    """The records of `ids` (in that order), polled until every one has ended."""
+    async with httpx.AsyncClient(timeout=30, headers=bearer(token), trust_env=False) as client:
+
+        async def all_ended() -> list[dict[str, Any]] | None:
+            records = [(await client.get(f"{progress_url}/api/files/{i}")).json() for i in ids]
+            return records if all(r["status"] in ENDED for r in records) else None
+
+        return await until(all_ended, f"all of {len(ids)} uploads ended", within=within, every=0.3)
 
 
 async def upload(ingest_url: str, token: str, path: Path, **fields: str) -> httpx.Response:

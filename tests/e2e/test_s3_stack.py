@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,12 +19,12 @@ import pytest
 
 from imuflow.settings import Settings
 from imuflow.storage import S3Storage
-from tests.e2e.helpers import DATA, bearer, make_token, upload
+from tests.e2e.helpers import DATA, bearer, make_token, once_ended, upload
 from tests.ingest.test_archive import PHYPHOX, phyphox_zip
 from tests.objectstore import S3Server, leftovers
 from tests.parser.formats.test_gt3x import RATE, make_gt3x, synthetic_log
 from tests.servers import SettingsFactory
-from tests.stack import ServiceStack, StartStack
+from tests.stack import StartStack
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -47,19 +46,6 @@ async def s3_store(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Stora
         yield store
     finally:
         await store.close()
-
-
-async def _final(
-    stack: ServiceStack, token: str, ids: list[str], within: float = 150
-) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, headers=bearer(token)) as client:
-
-        async def all_ended() -> list[dict[str, Any]] | None:
-            records = [(await client.get(f"{stack.progress_url}/api/files/{i}")).json() for i in ids]
-            ended = all(r["status"] in ("completed", "failed", "cancelled") for r in records)
-            return records if ended else None
-
-        return await until(all_ended, "every upload ended", within=within, every=0.5)
 
 
 async def _assert_empty(store: S3Storage, within: float = 15.0) -> None:
@@ -97,7 +83,7 @@ async def test_files_of_every_kind_parse_from_s3_and_delete_leaves_nothing(
     assert response.status_code == 202, response.text
     parent = response.json()
     assert len(parent["children"]) == 3
-    records = await _final(stack, token, [*ids.values(), *parent["children"]])
+    records = await once_ended(stack.progress_url, token, [*ids.values(), *parent["children"]], within=150)
     by_id = {r["id"]: r for r in records}
     for name, file_id in ids.items():
         record = by_id[file_id]
@@ -125,7 +111,7 @@ async def test_files_of_every_kind_parse_from_s3_and_delete_leaves_nothing(
         # A reparse reads the object again from its first byte.
         cwa = ids["ggirread_ax3_testfile.cwa"]
         assert (await client.post(f"{stack.progress_url}/api/files/{cwa}/reparse", json={})).status_code < 300
-        (again,) = await _final(stack, token, [cwa])
+        (again,) = await once_ended(stack.progress_url, token, [cwa], within=150)
         assert (again["status"], again["samples_processed"]) == ("completed", 17_400), again
         deleted = await client.delete(f"{stack.progress_url}/api/files/{parent['id']}")
         assert deleted.status_code == 204

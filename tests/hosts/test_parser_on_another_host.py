@@ -23,21 +23,19 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
 
 from imuflow.stack.broker import Broker, start_broker
 from imuflow.stack.objectstore import REGION, ObjectStore, start_object_store
 from imuflow.stack.procs import free_port
 from imuflow.stack.supervisor import Supervisor, service_specs
-from tests.e2e.helpers import DATA, bearer, make_token, upload
+from tests.e2e.helpers import DATA, make_token, once_ended, upload
 from tests.faults.helpers import kill, service_pid, synth_csv, wait_restarted, wait_terminal
 from tests.hosts.netns import NamespacesUnavailable, OtherHost, check_allowed, forward, other_host
 from tests.ingest.test_archive import PHYPHOX, phyphox_zip
 from tests.parser.formats.test_gt3x import RATE, make_gt3x, synthetic_log
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
-from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 BATCH = 2000
@@ -74,19 +72,6 @@ def _at(url: str, host: str, port: int) -> str:
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"))
-
-
-async def _final(
-    progress_url: str, token: str, ids: list[str], within: float = 60
-) -> dict[str, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, headers=bearer(token), trust_env=False) as client:
-
-        async def all_ended() -> dict[str, dict[str, Any]] | None:
-            records = [(await client.get(f"{progress_url}/api/files/{i}")).json() for i in ids]
-            ended = all(r["status"] in ("completed", "failed", "cancelled") for r in records)
-            return {r["id"]: r for r in records} if ended else None
-
-        return await until(all_ended, "every upload ended", within=within, every=0.3)
 
 
 async def test_parser_in_another_namespace_parses_every_kind_and_resumes_exact(
@@ -154,7 +139,7 @@ async def _uploads_complete_exact(
     assert response.status_code == 202, response.text
     children = response.json()["children"]
     assert len(children) == 3
-    records = await _final(progress_url, token, [*ids, *children])
+    records = {r["id"]: r for r in await once_ended(progress_url, token, [*ids, *children], within=60)}
     for file_id, samples in ids.items():
         record = records[file_id]
         assert record["status"] == "completed", record

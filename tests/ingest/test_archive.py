@@ -17,8 +17,8 @@ from imuflow.storage import LocalStorage
 from services.ingest.archive import MAX_MEMBERS, extract, plan_archive
 from services.ingest.multipart import UploadRejected
 from tests.common.test_archives import claiming
-from tests.e2e.helpers import DATA, bearer, make_token
-from tests.stack import ServiceStack, StartStack
+from tests.e2e.helpers import DATA, bearer, make_token, once_ended
+from tests.stack import StartStack
 
 PHYPHOX = {
     "Accelerometer.csv": (DATA / "phyphox_deadreckoning_Accelerometer.csv", 10_577),
@@ -150,20 +150,6 @@ async def test_extract_counts_inflated_bytes_and_leaves_nothing_behind(tmp_path:
 # --- end to end ------------------------------------------------------------------------
 
 
-async def _wait_all_done(
-    stack: ServiceStack, token: str, ids: list[str], within: float = 90
-) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, headers=bearer(token)) as client:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            records = [(await client.get(f"{stack.progress_url}/api/files/{i}")).json() for i in ids]
-            if all(r["status"] in ("completed", "failed", "cancelled") for r in records):
-                return records
-            assert loop.time() < deadline, records
-            await asyncio.sleep(0.5)
-
-
 @pytest.mark.integration
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
@@ -180,7 +166,7 @@ async def test_phyphox_zip_becomes_one_record_per_sensor(
     parent = response.json()
     assert parent["format"] == "zip" and len(parent["children"]) == 3
     assert any(w.startswith("skipped ") and "time.csv" in w for w in parent["warnings"])
-    children = await _wait_all_done(stack, token, parent["children"])
+    children = await once_ended(stack.progress_url, token, parent["children"], within=90)
     counts = {c["filename"]: c["sample_count"] for c in children}
     assert counts == {name: n for name, (_, n) in PHYPHOX.items()}
     assert all(c["status"] == "completed" and c["parent_id"] == parent["id"] for c in children)
@@ -201,7 +187,7 @@ async def test_phyphox_zip_becomes_one_record_per_sensor(
         assert stored["g"] == 10_575 and stored["a"] == 0  # the member name said gyroscope
     finally:
         await conn.close()
-    (final,) = await _wait_all_done(stack, token, [parent["id"]])
+    (final,) = await once_ended(stack.progress_url, token, [parent["id"]], within=90)
     assert final["status"] == "completed"
     assert final["sample_count"] == final["samples_processed"] == 10_577 + 2 * 10_575
     assert final["sample_count_exact"] is True and final["percent"] == 100
@@ -226,7 +212,7 @@ async def test_sensor_logger_zip_and_duplicates(
     first = await post()
     assert first.status_code == 202, first.text
     parent = first.json()
-    children = await _wait_all_done(stack, token, parent["children"])
+    children = await once_ended(stack.progress_url, token, parent["children"], within=90)
     assert sorted(c["filename"] for c in children) == ["Accelerometer.csv", "Gyroscope.csv"]
     assert [c["sample_count"] for c in children] == [700, 700]
     # The same bytes again: 200 with the first record, nothing new stored.
