@@ -6,7 +6,6 @@ session's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -35,16 +34,6 @@ pytestmark = [
 ]
 SAMPLES = 100_000
 BATCH = 1_000  # 100 batches: the job is still running at batch 30, when the broker goes
-
-
-@pytest.fixture
-async def private_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    """A Tansu broker of this test alone (restarting the shared one would hurt other tests)."""
-    broker = await start_broker(None, log_path=tmp_path / "tansu.log")
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 async def test_broker_restarted_empty_loses_no_job(

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from imuflow.stack.broker import Broker, start_broker
+from imuflow.stack.broker import Broker
 from tests.faults.helpers import kill, service_pid
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
@@ -20,16 +19,6 @@ from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(120)]
 PROMPT = 4.0  # seconds: under the stack supervisor's 5 s grace; it takes 1.3 s (15 s before the fix)
-
-
-@pytest.fixture
-async def private_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    """A Tansu broker of this test alone (stopping the shared one would hurt other tests)."""
-    broker = await start_broker(None, log_path=tmp_path / "tansu.log")
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 async def test_parser_with_a_dead_broker_stops_promptly_on_sigterm(
