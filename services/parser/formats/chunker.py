@@ -16,6 +16,20 @@ MAX_LINE_BYTES = 1 << 20
 MAX_BLOCK_BYTES = 64 << 20
 # Past this many surplus lines, one numpy pass beats walking back with rfind.
 _RFIND_LIMIT = 8192
+# Newlines are counted this many bytes at a time: the comparison's temporary stays small.
+_COUNT_SLICE = 1 << 20
+
+
+def count_newlines(data: bytes | bytearray, start: int = 0) -> int:
+    """How many b"\n" bytes `data[start:]` holds.
+
+    numpy's vectorised compare-and-count runs ~10x faster than `bytes.count` (a byte at
+    a time), and this count is a pass over every byte of the file.
+    """
+    view = np.frombuffer(data, dtype=np.uint8, offset=start)
+    return sum(
+        int(np.count_nonzero(view[i : i + _COUNT_SLICE] == 10)) for i in range(0, view.size, _COUNT_SLICE)
+    )
 
 
 class LineChunker:
@@ -23,7 +37,7 @@ class LineChunker:
 
     def __init__(self, f: BinaryIO, offset: int, bytes_per_line: float = 100.0) -> None:
         self._f = f
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
         self._newlines = 0  # newlines in _buf
         self._offset = offset  # file offset of _buf[0]
         self._eof = False
@@ -36,40 +50,38 @@ class LineChunker:
         """File offset just after the last handed-out block."""
         return self._offset
 
-    def next_block(self, n_lines: int) -> tuple[bytes, int, bool]:
+    def next_block(self, n_lines: int) -> tuple[bytes | bytearray, int, bool]:
         """(block, end_offset, at_eof); the block ends after a newline unless at EOF.
 
         A block holds `n_lines` lines, or fewer when they come to MAX_BLOCK_BYTES first
         (lines far longer than the estimate must not grow one block without bound).
+        The file is read straight into the block's own buffer and only the bytes after
+        the cut are copied out: one copy of the data instead of three (read, join, slice).
         """
-        pieces = [self._buf] if self._buf else []
-        size = len(self._buf)
-        while self._newlines < n_lines and not self._eof and size < MAX_BLOCK_BYTES:
+        buf: bytes | bytearray = self._buf
+        while self._newlines < n_lines and not self._eof and len(buf) < MAX_BLOCK_BYTES:
             want = max(_MIN_READ, int((n_lines - self._newlines) * self.bytes_per_line * 1.05))
-            piece = self._f.read(min(want, MAX_BLOCK_BYTES - size))
-            if not piece:
+            have = len(buf)
+            buf = self._read_after(buf, min(want, MAX_BLOCK_BYTES - have))
+            if len(buf) == have:
                 self._eof = True
                 break
-            self._newlines += piece.count(b"\n")
-            last = piece.rfind(b"\n")
-            self._tail = self._tail + len(piece) if last < 0 else len(piece) - last - 1
+            self._newlines += count_newlines(buf, have)
+            last = buf.rfind(b"\n", have)
+            self._tail = self._tail + len(buf) - have if last < 0 else len(buf) - last - 1
             if self._tail > MAX_LINE_BYTES:
                 raise FormatError(
-                    f"a line near byte {self._offset + size + len(piece) - self._tail} is longer "
+                    f"a line near byte {self._offset + len(buf) - self._tail} is longer "
                     f"than {MAX_LINE_BYTES >> 20} MiB: this is not a line-by-line text recording"
                 )
-            pieces.append(piece)  # joined once below: appending to bytes in the loop was quadratic
-            size += len(piece)
-        self._buf = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._buf = buf
         # Exactly n newlines may still leave a partial line after the last one: cut there too.
         if self._newlines >= n_lines and self._newlines:
-            cut = self._nth_newline(n_lines) + 1
-            block, self._buf = self._buf[:cut], self._buf[cut:]
+            block = self._cut(self._nth_newline(n_lines) + 1)
             self._newlines -= n_lines
             self.last_lines = n_lines
         elif not self._eof and self._newlines:  # MAX_BLOCK_BYTES reached: every whole line
-            cut = len(self._buf) - self._tail
-            block, self._buf = self._buf[:cut], self._buf[cut:]
+            block = self._cut(len(self._buf) - self._tail)
             self.last_lines, self._newlines = self._newlines, 0
         else:
             block, self._buf, self.last_lines, self._tail = self._buf, b"", self._newlines, 0
@@ -79,8 +91,38 @@ class LineChunker:
         self._offset += len(block)
         return block, self._offset, self._eof and not self._buf
 
+    def _read_after(self, buf: bytes | bytearray, want: int) -> bytearray:
+        """`buf` followed by up to `want` more bytes of the file, as one bytearray."""
+        readinto = getattr(self._f, "readinto", None)
+        if isinstance(buf, bytearray) or readinto is None:  # a second read: rare
+            out = buf if isinstance(buf, bytearray) else bytearray(buf)
+            out += self._f.read(want)
+            return out
+        out = bytearray(len(buf) + want)
+        out[: len(buf)] = buf
+        with memoryview(out) as view:
+            got = readinto(view[len(buf) :]) or 0
+        del out[len(buf) + got :]  # a short read (the end of the file)
+        return out
+
+    def _cut(self, cut: int) -> bytes | bytearray:
+        """Hand out `_buf[:cut]`, keeping the rest; a bytearray is truncated in place."""
+        buf = self._buf
+        if isinstance(buf, bytearray):
+            self._buf = bytes(buf[cut:])
+            del buf[cut:]
+            return buf
+        block, self._buf = buf[:cut], buf[cut:]
+        return block
+
     def _nth_newline(self, n: int) -> int:
         surplus = self._newlines - n
+        # The n-th newline is `surplus` newlines from the end: find it in a vectorised
+        # pass over a tail of about twice the bytes those lines should take.
+        tail = min(len(self._buf), int((surplus + 1) * self.bytes_per_line * 2) + 4096)
+        marks = np.flatnonzero(np.frombuffer(self._buf, dtype=np.uint8, offset=len(self._buf) - tail) == 10)
+        if marks.size > surplus:
+            return len(self._buf) - tail + int(marks[-(surplus + 1)])
         if surplus <= _RFIND_LIMIT:
             pos = len(self._buf)
             for _ in range(surplus + 1):

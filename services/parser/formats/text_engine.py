@@ -103,6 +103,12 @@ class TextReader:
         self._anchors = None if plan.epoch or plan.kind == "none" else _anchors(layout.preamble)
         self._layout, self._cmap, self._plan, self._time_field = layout, cmap, plan, time_field
         self._types = {c.field: pa.float32() for c in cmap.imu}
+        # The column that fills each (group, value) cell: the last one mapped to it, as
+        # when every column was written in turn.
+        self._writers = list({(c.group, c.canon): c for c in cmap.imu}.values())
+        self._unmapped = np.ones((len(cmap.groups), len(VALUE_COLUMNS)), dtype=bool)
+        for c in self._writers:
+            self._unmapped[c.group, c.canon] = False
         if time_field is not None:
             self._types[time_field] = _FIELD_TYPES[plan.kind]
         if plan.kind == "utc":
@@ -182,7 +188,7 @@ class TextReader:
             self._state["warned"].append(key)
             out.append(text)
 
-    def _batch(self, data: bytes, end: int) -> SampleBatch:
+    def _batch(self, data: bytes | bytearray, end: int) -> SampleBatch:
         layout, cmap, state = self._layout, self._cmap, self._state
         line0 = state["line"]
         state["line"] += self._chunker.last_lines
@@ -200,11 +206,17 @@ class TextReader:
         if self._anchors is not None:
             t = _anchored(t, t_ok, self._anchors)
         state["row"] += n
-        vals = np.full((n, n_groups, len(VALUE_COLUMNS)), np.nan, dtype=np.float32)
-        for c in cmap.imu:
+        vals = np.empty((n, n_groups, len(VALUE_COLUMNS)), dtype=np.float32)
+        vals[:, self._unmapped] = np.nan  # every other cell is written just below
+        # A row of a group is kept unless all its values are NaN: tracked column by column
+        # on the contiguous arrays (a reduction over the 9 values of each row is slower).
+        all_nan = np.ones((n, n_groups), dtype=bool)
+        for c in self._writers:
             v = blk.columns[c.field].to_numpy(zero_copy_only=False)
-            vals[:, c.group, c.canon] = v if c.factor == 1.0 else v * np.float32(c.factor)
-        keep: npt.NDArray[np.bool_] = np.asarray(~np.isnan(vals).all(axis=2))
+            v = v if c.factor == 1.0 else v * np.float32(c.factor)
+            vals[:, c.group, c.canon] = v
+            np.logical_and(all_nan[:, c.group], np.isnan(v), out=all_nan[:, c.group])
+        keep: npt.NDArray[np.bool_] = ~all_nan
         warnings: list[str] = []
         skipped = self._note_damage(blk, keep, t_ok, data, line0, warnings)
         counts = np.asarray(state["counts"], dtype=np.int64)
@@ -239,7 +251,7 @@ class TextReader:
         blk: Block,
         keep: npt.NDArray[np.bool_],
         t_ok: npt.NDArray[np.bool_],
-        data: bytes,
+        data: bytes | bytearray,
         line0: int,
         warnings: list[str],
     ) -> int:
@@ -292,11 +304,12 @@ def _anchored(
     return np.where(ok, unix[k] + (t - rel[k]), t).astype(np.int64)
 
 
-def _row_line(data: bytes, row: int, blk: Block, line0: int) -> tuple[int, str]:
+def _row_line(data: bytes | bytearray, row: int, blk: Block, line0: int) -> tuple[int, str]:
     """Line number and text of parsed row `row` (only called for damaged blocks)."""
     bad = {number for number, _ in blk.bad_rows if number}
     seen = -1
-    for i, raw in enumerate(data.split(b"\n")):
+    lines: list[bytes | bytearray] = list(data.split(b"\n"))
+    for i, raw in enumerate(lines):
         if not raw.strip(b"\r") or (i + 1) in bad:
             continue
         seen += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from services.parser.formats.blocks import parse_block
@@ -52,3 +53,19 @@ def test_a_block_of_empty_lines_is_an_empty_block() -> None:
 def test_a_quoted_decimal_comma_still_converts_in_the_slow_path() -> None:
     blk = parse_block(b'"1,5",x\n"2",y\n', 2, ",", True, {0: pa.float32(), 1: pa.float32()})
     assert blk.columns[0].to_pylist() == [1.5, 2.0] and blk.columns[1].null_count == 2
+
+
+def test_every_pyarrow_null_cell_is_still_empty_without_the_slow_path() -> None:
+    # The first read leaves the "-..." and "1.#..." null spellings out (they slow every
+    # number down); a block holding one is read again with the whole list, not as junk.
+    data = b"1,1.#IND,5\n2,-1.#QNAN,NA\n3,-nan,-NaN\n-4,2.5,-6\n"
+    blk = parse_block(data, 3, ",", False, {0: pa.int64(), 1: pa.float32(), 2: pa.float32()})
+    assert blk.n_rows == 4 and blk.cells_fixed == 0
+    floats = blk.columns[1].to_numpy(zero_copy_only=False)
+    assert np.isnan(floats[:3]).all() and floats[3] == 2.5
+    assert blk.columns[1].null_count == 3  # read with the whole list: NULL, as before
+    assert np.isnan(blk.columns[2].to_numpy(zero_copy_only=False)[1:3]).all()
+    ints = parse_block(b"-nan,1\n7,2\n", 2, ",", False, {0: pa.int64(), 1: pa.float32()})
+    assert ints.columns[0].to_pylist() == [None, 7] and ints.cells_fixed == 0
+    junk = parse_block(b"1,oops\n2,1.#IND\n", 2, ",", False, {0: pa.int64(), 1: pa.float32()})
+    assert junk.columns[1].to_pylist() == [None, None] and junk.cells_fixed == 1

@@ -63,3 +63,40 @@ def test_a_block_stops_at_max_block_bytes_when_lines_are_far_longer_than_estimat
         if eof:
             break
     assert b"".join(pieces) == data and len(pieces) >= 8
+
+
+class _ReadOnly:
+    """A file object with `read` alone (no `readinto`), returning short reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._at = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = min(n, 1000)  # never more than 1000 bytes at a time
+        piece = self._data[self._at : self._at + n]
+        self._at += len(piece)
+        return piece
+
+
+def test_files_without_readinto_and_short_reads_give_the_same_blocks() -> None:
+    data = b"".join(b"%d,%s\n" % (i, b"y" * (i % 7)) for i in range(3000)) + b"end"
+    for f in (io.BytesIO(data), _ReadOnly(data)):
+        chunker = LineChunker(f, 0, 5.0)  # type: ignore[arg-type]
+        blocks = []
+        while True:
+            block, end, eof = chunker.next_block(250)
+            if not block:
+                break
+            assert block.count(b"\n") == 250 or eof
+            assert chunker.last_lines == block.count(b"\n")
+            blocks.append(bytes(block))
+            if eof:
+                break
+        assert b"".join(blocks) == data and end == len(data)
+
+
+def test_count_newlines_across_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunker_module, "_COUNT_SLICE", 7)
+    data = b"a\nbb\n\n" * 11 + b"\n"
+    assert chunker_module.count_newlines(data) == data.count(b"\n")
+    assert chunker_module.count_newlines(bytearray(data), 5) == data[5:].count(b"\n")

@@ -231,3 +231,30 @@ def test_gyro_scale_bits_of_zero_mean_2000_dps() -> None:
     np.testing.assert_allclose(values[:, 3:6], np.deg2rad(1000.0), rtol=1e-6)  # 16384 / 32768 * 2000
     np.testing.assert_allclose(values[:, :3], 4 * STANDARD_GRAVITY, rtol=1e-6)  # 1/4096 g per LSB
     assert batches[0].ranges is not None and batches[0].ranges["gx"] == pytest.approx(np.deg2rad(2000.0))
+
+
+def test_runs_of_full_blocks_decode_like_mixed_ones() -> None:
+    # A batch of only full blocks is decoded straight into its arrays; one with a short
+    # block takes the general gather. Both must give the same samples, exponents included.
+    rng = np.random.default_rng(5)
+    start = dt.datetime(2024, 3, 1, 12, 0, 0)
+    counts = [120, 120, 50, 120, 120, 120]
+    blocks, words = [], []
+    for seq, count in enumerate(counts):
+        w = rng.integers(0, 2**32, size=120, dtype=np.uint64).astype(np.uint32)
+        words.append(w[:count])
+        stamp = (start + dt.timedelta(seconds=1.2 * seq)).replace(microsecond=0)
+        blocks.append(make_block(seq, stamp, w.astype("<u4").tobytes(), count, 0x30))
+    data = make_header() + b"".join(blocks)
+    _, whole = read_all(CwaReader(), data)  # one batch, with the short block: general path
+    _, single = read_all(CwaReader(), data, target=1)  # a block a batch: mostly the fast path
+    assert [len(b) for b in whole] == [sum(counts)] and [len(b) for b in single] == counts
+    t_whole, v_whole = concat(whole)
+    t_single, v_single = concat(single)
+    assert np.array_equal(t_whole, t_single) and np.array_equal(v_whole, v_single, equal_nan=True)
+    v = np.concatenate(words).astype(np.int64)
+    for axis in range(3):
+        x = (v >> (10 * axis)) & 0x3FF
+        x = np.where(x >= 512, x - 1024, x) << (v >> 30)
+        np.testing.assert_allclose(v_whole[:, axis], x / 256 * STANDARD_GRAVITY, rtol=1e-6)
+    assert np.isnan(v_whole[:, 3:]).all()
