@@ -10,10 +10,10 @@ the last catch-up.
 
 Time: the issue's target is every client caught up within 2 s. The figures are printed
 beside it, but what is asserted is only that all are caught up (within CAUGHT_UP_BOUND):
-the storm is CPU-bound in the one progress process, which spends 410-460 µs per reconnect
+the storm is CPU-bound in the one progress process, which spends 370-460 µs per reconnect
 (uvloop + httptools, tuned GC; 1.1-1.3 ms before, on asyncio + h11 with CPython's GC
 defaults), while this process's 5,000 clients take about 1 s of the other core. On this
-shared 2-core machine the slowest client was caught up after 1.4 to 3.3 s (7.7 to 13.8 s
+shared 2-core machine the slowest client was caught up after 1.1 to 3.3 s (7.7 to 13.8 s
 before): the target is met only when the machine is otherwise quiet, so it is not asserted.
 
 The clients are raw sockets in this one asyncio process (5,000 is well under the open-file
