@@ -22,6 +22,7 @@ from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+from sse_starlette import ServerSentEvent
 
 from contracts.records import FileRecord
 from imuflow import db, dberrors, notifications
@@ -45,7 +46,9 @@ class FileEvent:
     file_id: UUID
     user_id: UUID
     event_type: str
-    payload: str  # the file record as SSE `data`, serialised once for every client
+    # The event as it goes on the wire (id, type, the file record as `data`), encoded once
+    # for every client that gets it, live or replayed.
+    sse: bytes
     # The parser's batch-completed time, for the event-to-SSE latency metric.
     last_checkpoint_at: datetime | None = None
 
@@ -53,13 +56,9 @@ class FileEvent:
 def file_event(row: asyncpg.Record) -> FileEvent:
     """A `file_events` row as a FileEvent with its SSE payload."""
     record = FileRecord.model_validate(row["data"])
+    sse = ServerSentEvent(data=record.model_dump_json(), event=row["event_type"], id=str(row["id"]))
     return FileEvent(
-        row["id"],
-        row["file_id"],
-        row["user_id"],
-        row["event_type"],
-        record.model_dump_json(),
-        record.last_checkpoint_at,
+        row["id"], row["file_id"], row["user_id"], row["event_type"], sse.encode(), record.last_checkpoint_at
     )
 
 

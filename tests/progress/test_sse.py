@@ -10,6 +10,7 @@ import time
 import uuid
 
 import asyncpg
+import httpx
 import pytest
 
 from imuflow.settings import Settings
@@ -228,3 +229,53 @@ async def test_a_replay_from_memory_equals_the_replay_from_postgres(
         f"{memory.progress_url}/api/events", {**bearer(other), "Last-Event-ID": str(ids[0])}, seconds=1.0
     )
     assert record_ids(bob) == [bobs], summary(bob)
+
+
+async def test_keep_alive_comments_come_every_ping_interval_on_quiet_and_busy_streams(
+    test_settings: Settings, service_stack: StartStack, database_url: str
+) -> None:
+    # The stream writes its own keep-alive comments (sse-starlette's ping task is off):
+    # at least every IMUFLOW_SSE_PING_SECONDS whether events flow or not, as SPEC §4 says.
+    ping, quiet, busy = 0.4, 1.6, 1.6
+    stack = await service_stack(
+        test_settings, {"IMUFLOW_SSE_PING_SECONDS": str(ping)}, services=("progress",)
+    )
+    token = await make_token(database_url, "pinged")
+    conn = await asyncpg.connect(database_url)
+    try:
+        file_id = await new_file(conn, "pinged", "pinged.csv")
+        loop = asyncio.get_running_loop()
+        pings: list[float] = []
+        data: list[float] = []
+
+        async def keep_busy() -> None:
+            await asyncio.sleep(quiet)
+            for n in range(int(busy / 0.1)):
+                await progress(conn, file_id, 1000 + n)
+                await asyncio.sleep(0.1)
+
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("GET", f"{stack.progress_url}/api/events", headers=bearer(token)) as response,
+        ):
+            assert response.status_code == 200
+            began = loop.time()
+            writer = asyncio.create_task(keep_busy())
+            try:
+                async for line in response.aiter_lines():
+                    at = loop.time() - began
+                    if line.startswith(": ping"):
+                        pings.append(at)
+                    elif line.startswith("data:"):
+                        data.append(at)
+                    if at > quiet + busy:
+                        break
+            finally:
+                await writer
+    finally:
+        await conn.close()
+    assert len([t for t in data if t > quiet]) >= 5, data  # the busy half was busy
+    slack = 0.6  # a shared machine's scheduling
+    gaps = [b - a for a, b in zip([0.0, *pings], [*pings, quiet + busy], strict=True)]
+    assert max(gaps) <= ping + slack, (pings, gaps)
+    assert any(t > quiet + ping for t in pings), pings  # pings went on while events flowed
