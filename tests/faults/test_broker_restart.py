@@ -32,8 +32,11 @@ pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.xdist_group("cpu"),
 ]
-SAMPLES = 100_000
-BATCH = 1_000  # 100 batches: the job is still running at batch 30, when the broker goes
+BATCH = 1_000
+# The first job is still parsing at batch 30, when the broker goes: 1,000 batches, since the
+# readers parse ~190 batches of 1,000 a second here and the progress service's stop comes
+# first. The jobs queued behind it (and the one uploaded while the broker is down) are small.
+SIZES = (1_000_000, 20_001, 20_002, 20_010)
 
 
 async def test_broker_restarted_empty_loses_no_job(
@@ -56,7 +59,7 @@ async def test_broker_restarted_empty_loses_no_job(
     stack = await service_stack(settings, env=env, services=("ingest",))
     progress = await service_stack(settings, env=env, services=("progress",))
     token = await make_token(database_url, "alice")
-    paths = [synth_csv(tmp_path / f"f{i}.csv", SAMPLES + i) for i in range(3)]
+    paths = [synth_csv(tmp_path / f"f{i}.csv", size) for i, size in enumerate(SIZES[:3])]
     ids = []
     for path in paths:
         response = await upload(stack.ingest_url, token, path)
@@ -74,7 +77,7 @@ async def test_broker_restarted_empty_loses_no_job(
     private_broker.process.kill()  # a crash: topics, messages, groups and offsets all gone
     private_broker.process.wait()
     # Uploaded while the broker is down: committed, its event waits in the outbox.
-    late = synth_csv(tmp_path / "late.csv", SAMPLES + 10)
+    late = synth_csv(tmp_path / "late.csv", SIZES[3])
     response = await upload(stack.ingest_url, token, late)
     assert response.status_code == 202, response.text
     ids.append(response.json()["id"])
@@ -84,7 +87,7 @@ async def test_broker_restarted_empty_loses_no_job(
         progress = await service_stack(settings, env=env, services=("progress",))
         for i, file_id in enumerate(ids):
             final = await wait_terminal(database_url, file_id, timeout=120)
-            expected = SAMPLES + (10 if i == 3 else i)
+            expected = SIZES[i]
             assert final.status == "completed", (i, final)
             assert (final.samples, final.distinct) == (expected, expected), (i, final)
             assert await stored(database_url, file_id) == final
