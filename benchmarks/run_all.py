@@ -27,6 +27,7 @@ MODULES = (
     "tracking_overhead",
     "sustained",
     "sse_fanout",
+    "followers",
     "upload",
     "preview",
     "s3_clients",
