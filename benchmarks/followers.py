@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
 import statistics
 import time
 from datetime import datetime
@@ -28,12 +27,18 @@ import httpx
 
 from benchmarks.common import Table, percentile, show
 from benchmarks.end_to_end import parser_ready
-from benchmarks.sse_fanout import MARKER, raise_nofile
+from benchmarks.sse_fanout import (
+    MARKER,
+    PROCESSES,
+    connect_all,
+    open_events,
+    raise_nofile,
+    start_client_processes,
+)
 from benchmarks.stack import EmbeddedStack
 from benchmarks.text_reader import synthesise
 
 CLIENTS = 5_000
-PROCESSES = 2
 ROWS = 6_000_000  # ~600 MB of CSV, as the issue measured it: tens of progress events
 TARGET = "completed by 100 %, >= 80 % of progress events, p99 <= 250 ms"
 
@@ -48,11 +53,7 @@ class Follower:
 
 
 async def _follow(host: str, port: int, token: str, me: Follower, ready: asyncio.Event) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
-        f"GET /api/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-        "Accept: text/event-stream\r\n\r\n".encode()
-    )
+    reader, writer = await open_events(host, port, token)
     kind = ""
     try:
         while line := await reader.readline():
@@ -77,12 +78,9 @@ async def _follow(host: str, port: int, token: str, me: Follower, ready: asyncio
 async def _followers(host: str, port: int, token: str, n: int, pipe: Connection) -> None:
     tallies = [Follower() for _ in range(n)]
     readies = [asyncio.Event() for _ in range(n)]
-    tasks = []
-    for i in range(n):
-        tasks.append(asyncio.create_task(_follow(host, port, token, tallies[i], readies[i])))
-        if i % 200 == 199:
-            await asyncio.sleep(0.05)  # stay inside the listen backlog
-    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 300)
+    tasks = await connect_all(
+        [_follow(host, port, token, t, r) for t, r in zip(tallies, readies, strict=True)], readies
+    )
     pipe.send("connected")
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, pipe.recv)  # "report": the file has completed
@@ -100,20 +98,8 @@ def _follower_process(host: str, port: int, token: str, n: int, pipe: Connection
 
 
 async def _measure(stack: EmbeddedStack, clients: int) -> list[Any]:
-    host, port = "127.0.0.1", stack.settings.progress_port
-    ctx = mp.get_context("spawn")
-    pipes, procs = [], []
-    for k in range(PROCESSES):
-        mine = clients // PROCESSES + (1 if k < clients % PROCESSES else 0)
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_follower_process, args=(host, port, stack.token, mine, child), daemon=True)
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+    pipes, procs = await start_client_processes(_follower_process, stack, clients)
     loop = asyncio.get_running_loop()
-    for pipe in pipes:
-        if await loop.run_in_executor(None, pipe.recv) != "connected":
-            raise RuntimeError("followers did not connect")
     path = stack.dir / "followed.csv"
     await asyncio.to_thread(synthesise, path, ROWS)
     server = stack.process("progress")

@@ -20,8 +20,11 @@ import os
 import resource
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 import asyncpg
 
@@ -40,12 +43,54 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _client(host: str, port: int, token: str, delays: list[float], ready: asyncio.Event) -> None:
+async def open_events(host: str, port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw socket that has asked for `/api/events` as the bearer of `token`."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"GET /api/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
         "Accept: text/event-stream\r\n\r\n".encode()
     )
+    return reader, writer
+
+
+async def connect_all(
+    clients: list[Coroutine[Any, Any, None]], readies: list[asyncio.Event]
+) -> list[asyncio.Task[None]]:
+    """Start the clients 200 at a time (to stay inside the listen backlog); return once each
+    has set its `ready` event (had its snapshot)."""
+    tasks = []
+    for i, client in enumerate(clients):
+        tasks.append(asyncio.create_task(client))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 300)
+    return tasks
+
+
+async def start_client_processes(
+    target: Callable[[str, int, str, int, Connection], None], stack: EmbeddedStack, n: int
+) -> tuple[list[Connection], list[BaseProcess]]:
+    """`n` clients of the progress service split over PROCESSES spawned processes, each
+    running `target(host, port, token, its share, pipe)`; return once all said "connected"."""
+    host, port = "127.0.0.1", stack.settings.progress_port
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for k in range(PROCESSES):
+        mine = n // PROCESSES + (1 if k < n % PROCESSES else 0)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(host, port, stack.token, mine, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    loop = asyncio.get_running_loop()
+    for pipe in pipes:
+        if await loop.run_in_executor(None, pipe.recv) != "connected":
+            raise RuntimeError("clients did not connect")
+    return pipes, procs
+
+
+async def _client(host: str, port: int, token: str, delays: list[float], ready: asyncio.Event) -> None:
+    reader, writer = await open_events(host, port, token)
     first = True
     try:
         while True:
@@ -71,12 +116,7 @@ async def _client(host: str, port: int, token: str, delays: list[float], ready: 
 async def _clients(host: str, port: int, token: str, n: int, pipe: Connection) -> None:
     delays: list[float] = []
     readies = [asyncio.Event() for _ in range(n)]
-    tasks = []
-    for i in range(n):
-        tasks.append(asyncio.create_task(_client(host, port, token, delays, readies[i])))
-        if i % 200 == 199:
-            await asyncio.sleep(0.05)  # stay inside the listen backlog
-    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 300)
+    tasks = await connect_all([_client(host, port, token, delays, r) for r in readies], readies)
     pipe.send("connected")
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "start"
     delays.clear()
@@ -113,20 +153,8 @@ async def _ticker(url: str, file_id: uuid.UUID, stop: asyncio.Event) -> int:
 
 
 async def _measure(stack: EmbeddedStack, url: str, file_id: uuid.UUID, n: int) -> list[object]:
-    host, port = "127.0.0.1", stack.settings.progress_port
-    ctx = mp.get_context("spawn")
-    pipes, procs = [], []
-    for k in range(PROCESSES):
-        mine = n // PROCESSES + (1 if k < n % PROCESSES else 0)
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_client_process, args=(host, port, stack.token, mine, child), daemon=True)
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+    pipes, procs = await start_client_processes(_client_process, stack, n)
     loop = asyncio.get_running_loop()
-    for pipe in pipes:
-        if await loop.run_in_executor(None, pipe.recv) != "connected":
-            raise RuntimeError("clients did not connect")
     server = stack.process("progress")
     for pipe in pipes:
         pipe.send("start")
