@@ -13,6 +13,7 @@ import numpy as np
 
 from imuflow import dberrors
 from imuflow.stack.supervisor import Supervisor
+from tests.e2e.helpers import upload
 from tests.waiting import until
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -132,6 +133,38 @@ async def wait_checkpoint(database_url: str, file_id: str, batches: int, timeout
         what=f"{batches} committed batches",
     )
     return value
+
+
+async def busy_and_queued(
+    ingest_url: str,
+    database_url: str,
+    token: str,
+    directory: Path,
+    samples: tuple[int, int],
+    *,
+    checkpoint_within: float,
+) -> tuple[str, str]:
+    """With one parser slot: a job past its 5th checkpoint holding it, and a second waiting
+    in `queued` behind it, its event on the broker (made of `samples` busy, queued). Their ids."""
+    busy_samples, queued_samples = samples
+    busy = await _accepted(ingest_url, token, synth_csv(directory / "busy.csv", busy_samples))
+    await wait_checkpoint(database_url, busy, 5, timeout=checkpoint_within)
+    queued = await _accepted(ingest_url, token, synth_csv(directory / "queued.csv", queued_samples))
+    await wait_for(
+        database_url,
+        "SELECT status = 'queued' FROM imu_data_files WHERE id = $1::uuid",
+        queued,
+        timeout=20,
+        what="the second upload's event on the broker",
+    )
+    return busy, queued
+
+
+async def _accepted(ingest_url: str, token: str, path: Path) -> str:
+    response = await upload(ingest_url, token, path)
+    assert response.status_code == 202, response.text
+    file_id: str = response.json()["id"]
+    return file_id
 
 
 def service_pid(supervisor: Supervisor, name: str) -> int:

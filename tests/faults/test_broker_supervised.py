@@ -23,11 +23,11 @@ from imuflow.stack.procs import free_port
 from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import (
     FAST_JOB_ENV,
+    busy_and_queued,
     fetchval,
     kill,
     stored,
     synth_csv,
-    wait_checkpoint,
     wait_for,
     wait_restarted,
     wait_terminal,
@@ -106,19 +106,8 @@ async def test_dead_broker_is_restarted_and_queued_work_completes(
 
     # One job keeps the only parser slot busy; the next one waits in `queued`, its event on
     # the broker, when the broker dies.
-    response = await upload(stack.ingest_url, token, synth_csv(tmp_path / "busy.csv", BUSY_SAMPLES))
-    assert response.status_code == 202, response.text
-    busy = response.json()["id"]
-    await wait_checkpoint(database_url, busy, 5, timeout=60)
-    response = await upload(stack.ingest_url, token, synth_csv(tmp_path / "queued.csv", SMALL_SAMPLES))
-    assert response.status_code == 202, response.text
-    queued = response.json()["id"]
-    await wait_for(
-        database_url,
-        "SELECT status = 'queued' FROM imu_data_files WHERE id = $1::uuid",
-        queued,
-        timeout=20,
-        what="the second upload's event on Kafka",
+    busy, queued = await busy_and_queued(
+        stack.ingest_url, database_url, token, tmp_path, (BUSY_SAMPLES, SMALL_SAMPLES), checkpoint_within=60
     )
     assert (await stored(database_url, busy)).status == "parsing"
 
@@ -146,10 +135,9 @@ async def test_dead_broker_is_restarted_and_queued_work_completes(
         holder.close()
 
     await wait_restarted(broker.supervisor, "broker", old_pid, timeout=30)
-    deadline = time.monotonic() + 30
-    while not await kafka_ready(broker.bootstrap_servers):
-        assert time.monotonic() < deadline, "the restarted broker does not answer"
-        await asyncio.sleep(0.1)
+    await until(
+        lambda: kafka_ready(broker.bootstrap_servers), "the restarted broker answering", within=30, every=0.1
+    )
     back = time.monotonic()
     assert broker.supervisor.services["broker"].starts >= 3  # restarted, AddrInUse exits included
 

@@ -6,7 +6,6 @@ and no attempt spent, and every batch's progress event is applied."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -21,11 +20,11 @@ from imuflow.settings import Settings
 from imuflow.stack.broker import SupervisedBroker, supervise_broker
 from tests.e2e.helpers import make_token, upload
 from tests.faults.helpers import (
+    busy_and_queued,
     fetchval,
     kill,
     stored,
     synth_csv,
-    wait_checkpoint,
     wait_for,
     wait_restarted,
     wait_terminal,
@@ -33,6 +32,7 @@ from tests.faults.helpers import (
 from tests.objectstore import S3Server
 from tests.servers import SettingsFactory
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(120)]
 WARM_SAMPLES = 2_000  # completed before the kill: its offsets are committed
@@ -114,24 +114,15 @@ async def test_durable_broker_killed_mid_parse_loses_nothing(
         what="the warm-up's batch log",
     )
     groups = ((settings.parser_group_id, topics.FILES), (settings.progress_group_id, topics.PROGRESS))
-    deadline = time.monotonic() + 20
-    while not all(before := [await committed(settings, *g) for g in groups]):
-        assert time.monotonic() < deadline, f"no committed offsets yet: {before}"
-        await asyncio.sleep(0.5)
 
-    response = await upload(stack.ingest_url, token, synth_csv(tmp_path / "busy.csv", BUSY_SAMPLES))
-    assert response.status_code == 202, response.text
-    busy = response.json()["id"]
-    await wait_checkpoint(database_url, busy, 5, timeout=40)
-    response = await upload(stack.ingest_url, token, synth_csv(tmp_path / "queued.csv", QUEUED_SAMPLES))
-    assert response.status_code == 202, response.text
-    queued = response.json()["id"]
-    await wait_for(
-        database_url,
-        "SELECT status = 'queued' FROM imu_data_files WHERE id = $1::uuid",
-        queued,
-        timeout=20,
-        what="the second upload's event on the broker",
+    async def every_group_committed() -> list[dict[TopicPartition, int]] | None:
+        offsets = [await committed(settings, *g) for g in groups]
+        return offsets if all(offsets) else None
+
+    before = await until(every_group_committed, "committed offsets of both groups", within=20, every=0.5)
+
+    busy, queued = await busy_and_queued(
+        stack.ingest_url, database_url, token, tmp_path, (BUSY_SAMPLES, QUEUED_SAMPLES), checkpoint_within=40
     )
 
     old_pid = broker.pid
