@@ -84,13 +84,7 @@ async def test_a_stale_pid_file_whose_pid_was_reused_does_not_stop_the_start(tmp
         lines = ["" for _ in range(8)]
         lines[0], lines[1] = str(other.pid), str(pg.pgdata)
         (pg.pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
-        again = start_postgres(tmp_path)
-        try:
-            conn = await asyncpg.connect(again.url)
-            assert await conn.fetchval("SELECT 1") == 1
-            await conn.close()
-        finally:
-            again.stop()
+        await _starts_and_answers(tmp_path)
     finally:
         other.kill()
         await other.wait()
@@ -104,10 +98,15 @@ async def test_a_server_killed_in_this_process_is_started_again(tmp_path: Path) 
     process = psutil.Process(postmaster)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
-    again = start_postgres(tmp_path)
+    await _starts_and_answers(tmp_path)
+
+
+async def _starts_and_answers(directory: Path) -> None:
+    """start_postgres on `directory` gives a server that answers a query (then stopped)."""
+    server = start_postgres(directory)
     try:
-        conn = await asyncpg.connect(again.url)
+        conn = await asyncpg.connect(server.url)
         assert await conn.fetchval("SELECT 1") == 1
         await conn.close()
     finally:
-        again.stop()
+        server.stop()
