@@ -106,15 +106,20 @@ def bounded(
     what: str,
     *,
     transient: Transient,
-    attempts: int,
+    attempts: int | None,
     within: float | None = None,
     initial: float = 0.5,
     maximum: float = 30.0,
     stop: asyncio.Event | None = None,
     sleep: Sleep | None = None,
 ) -> AsyncRetrying:
-    """Retry `transient` errors at most `attempts` times in all (and `within` seconds)."""
-    conditions: list[stop_base] = [stop_after_attempt(attempts)]
+    """Retry `transient` errors at most `attempts` times in all (None: any number) and for
+    at most `within` seconds; at least one of the two bounds it."""
+    if attempts is None and within is None:
+        raise ValueError("bounded needs attempts or within")
+    conditions: list[stop_base] = []
+    if attempts is not None:
+        conditions.append(stop_after_attempt(attempts))
     if within is not None:
         conditions.append(stop_after_delay(within))
     if stop is not None:

@@ -197,7 +197,7 @@ async def start_broker(
     policy = retrying.bounded(
         "broker start (port still in use)",
         transient=retrying.of_type(_PortInUse),
-        attempts=1_000,
+        attempts=None,
         within=retry_for,
         initial=0.25,
         maximum=4.0,
