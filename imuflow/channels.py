@@ -3,8 +3,9 @@
 `imuflow contracts export` builds a broker with the services' real FastStream subscribers
 (the progress consumer, services/progress/applier.py) and a publisher per topic carrying
 its contract message (contracts/events.py), and asks FastStream for the AsyncAPI document.
-The parser still consumes `files.v1` on aiokafka and the outbox relay still sends through
-aiokafka's producer (docs/architecture.md says why); their channels are these publishers.
+The services send through these same publishers (imuflow/producer.py: the outbox relay,
+the parser's progress events); the parser still consumes `files.v1` on aiokafka
+(docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.specification import AsyncAPI
 
 from contracts import events, topics
-from imuflow import kafka
 from imuflow.settings import Settings
 
 MESSAGES: dict[str, Any] = {
@@ -37,7 +37,10 @@ def publishers(broker: KafkaBroker, settings: Settings) -> dict[str, DefaultPubl
     """A publisher per topic of this deployment, with the contract model of its messages."""
     return {
         base: broker.publisher(
-            kafka.topic(settings, base), schema=MESSAGES[base], title=base, description=DESCRIPTIONS[base]
+            topics.topic_name(settings.kafka_topic_prefix, base),
+            schema=MESSAGES[base],
+            title=base,
+            description=DESCRIPTIONS[base],
         )
         for base in topics.ALL
     }

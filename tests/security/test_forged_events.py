@@ -112,11 +112,12 @@ async def test_forged_progress_events_are_skipped_and_counted(
     await producer.start()
     try:
         for event in forged:
-            await producer.send_and_wait(
+            sent = await producer.send(
                 kafka.topic(test_settings, topics.PROGRESS),
-                events.encode(event),
+                value=events.encode(event),
                 key=topics.message_key(event.file_id),
             )
+            await sent
     finally:
         await producer.stop()
 
