@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, TypeAlias, cast
 
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import RecordMetadata
 from faststream.kafka import KafkaBroker
@@ -50,12 +51,22 @@ class FastStreamProducer:
 
     def __init__(self, broker: KafkaBroker, settings: Settings) -> None:
         self.broker = broker
+        self.bootstrap_servers = settings.kafka_bootstrap_servers
         self.publishers: dict[str, DefaultPublisher] = {
             publisher.topic: publisher for publisher in channels.publishers(broker, settings).values()
         }
 
     async def start(self) -> None:
         """Connect FastStream's producer (and its admin client); raises while the broker is away."""
+        # FastStream makes a new aiokafka producer on every connect and drops it when its
+        # start fails; aiokafka then logs it as unclosed (an asyncio error) when collected.
+        # The services retry the start while the broker is away, so a bare client that is
+        # always closed asks first.
+        probe = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers)
+        try:
+            await probe.bootstrap()
+        finally:
+            await probe.close()
         try:
             await self.broker.connect()
         except BaseException:
