@@ -1,11 +1,11 @@
 """Every Kafka channel as FastStream declares it, and the AsyncAPI document made from them.
 
-`imuflow contracts export` builds a broker with the services' real FastStream subscribers
-(the progress consumer, services/progress/applier.py) and a publisher per topic carrying
-its contract message (contracts/events.py), and asks FastStream for the AsyncAPI document.
-The services send through these same publishers (imuflow/producer.py: the outbox relay,
-the parser's progress events); the parser still consumes `files.v1` on aiokafka
-(docs/architecture.md says why).
+`imuflow contracts export` builds the services' own FastStream brokers, unconnected: the
+progress consumer's (services/progress/applier.py) and the producer's (imuflow/producer.py),
+whose publishers, one per topic, carry the topic's contract message (contracts/events.py);
+then it asks FastStream for the AsyncAPI document. Every message the services send goes
+through these publishers (the outbox relay, the parser's progress events); the parser
+still consumes `files.v1` on aiokafka (docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def publishers(broker: KafkaBroker, settings: Settings) -> dict[str, DefaultPubl
     }
 
 
-def asyncapi(broker: KafkaBroker) -> dict[str, Any]:
-    """FastStream's AsyncAPI 3.0 document of everything registered on `broker`."""
-    spec = AsyncAPI(broker, title="imuflow events", version="1", schema_version="3.0.0")
+def asyncapi(*brokers: KafkaBroker) -> dict[str, Any]:
+    """FastStream's AsyncAPI 3.0 document of everything registered on `brokers`."""
+    spec = AsyncAPI(*brokers, title="imuflow events", version="1", schema_version="3.0.0")
     document: dict[str, Any] = spec.to_specification().to_jsonable()
     return document
