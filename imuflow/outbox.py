@@ -63,8 +63,10 @@ PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
 )
 # An outbox row as the relay handles it (claimed, stubs built).
 Row = dict[str, Any]
-# Bytes a record carries beyond key and value (headers, lengths, batch header).
-RECORD_OVERHEAD = 128
+# Bytes a record carries beyond key and value, rounded up: its batch's header (61), its own
+# lengths and deltas (~20) and FastStream's headers (content-type and a 36-character
+# correlation_id, ~82), so an event under the limit by this check is under the broker's too.
+RECORD_OVERHEAD = 256
 
 
 class PermanentError(Exception):
