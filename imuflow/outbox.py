@@ -63,9 +63,10 @@ PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
 )
 # An outbox row as the relay handles it (claimed, stubs built).
 Row = dict[str, Any]
-# Bytes a record carries beyond key and value, rounded up: its batch's header (61), its own
-# lengths and deltas (~20) and FastStream's headers (content-type and a 36-character
-# correlation_id, ~82), so an event under the limit by this check is under the broker's too.
+# Bytes a record carries beyond key and value, rounded up: its batch's header, its own
+# lengths and FastStream's two headers (content-type, a 36-character correlation_id) come
+# to 154 for a one-record batch (aiokafka's DefaultRecordBatchBuilder; 128 was the
+# allowance before those headers), so an event this check lets through fits the broker's.
 RECORD_OVERHEAD = 256
 
 
