@@ -150,7 +150,7 @@ class BatchOutcome:
     deferred: list[tuple[Row, str]] = field(default_factory=list)
     marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset floor
     # file-job row id -> (partition, offset); none for a send that placed nothing (FastStream's
-    # in-memory test broker): its file's placement stays NULL and no mark is raised.
+    # in-memory test broker): the row's kafka_partition and kafka_offset stay NULL, no mark.
     placed: dict[int, tuple[int, int]] = field(default_factory=dict)
     transient: Exception | None = None  # the broker failed some rows for a reason not theirs
 
