@@ -31,6 +31,7 @@ MODULES = (
     "upload",
     "preview",
     "s3_clients",
+    "producers",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"

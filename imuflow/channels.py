@@ -1,10 +1,11 @@
 """Every Kafka channel as FastStream declares it, and the AsyncAPI document made from them.
 
-`imuflow contracts export` builds a broker with the services' real FastStream subscribers
-(the progress consumer, services/progress/applier.py) and a publisher per topic carrying
-its contract message (contracts/events.py), and asks FastStream for the AsyncAPI document.
-The parser still consumes `files.v1` on aiokafka and the outbox relay still sends through
-aiokafka's producer (docs/architecture.md says why); their channels are these publishers.
+`imuflow contracts export` builds the services' own FastStream brokers, unconnected: the
+progress consumer's (services/progress/applier.py) and the producer's (imuflow/producer.py),
+whose publishers, one per topic, carry the topic's contract message (contracts/events.py);
+then it asks FastStream for the AsyncAPI document. Every message the services send goes
+through these publishers (the outbox relay, the parser's progress events); the parser
+still consumes `files.v1` on aiokafka (docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.specification import AsyncAPI
 
 from contracts import events, topics
-from imuflow import kafka
 from imuflow.settings import Settings
 
 MESSAGES: dict[str, Any] = {
@@ -37,14 +37,17 @@ def publishers(broker: KafkaBroker, settings: Settings) -> dict[str, DefaultPubl
     """A publisher per topic of this deployment, with the contract model of its messages."""
     return {
         base: broker.publisher(
-            kafka.topic(settings, base), schema=MESSAGES[base], title=base, description=DESCRIPTIONS[base]
+            topics.topic_name(settings.kafka_topic_prefix, base),
+            schema=MESSAGES[base],
+            title=base,
+            description=DESCRIPTIONS[base],
         )
         for base in topics.ALL
     }
 
 
-def asyncapi(broker: KafkaBroker) -> dict[str, Any]:
-    """FastStream's AsyncAPI 3.0 document of everything registered on `broker`."""
-    spec = AsyncAPI(broker, title="imuflow events", version="1", schema_version="3.0.0")
+def asyncapi(*brokers: KafkaBroker) -> dict[str, Any]:
+    """FastStream's AsyncAPI 3.0 document of everything registered on `brokers`."""
+    spec = AsyncAPI(*brokers, title="imuflow events", version="1", schema_version="3.0.0")
     document: dict[str, Any] = spec.to_specification().to_jsonable()
     return document

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -21,6 +21,7 @@ from faststream.kafka import KafkaBroker
 from contracts import topics
 from imuflow import metrics, retrying
 from imuflow.aio import unless_stopped, wait_any
+from imuflow.producer import FastStreamProducer
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,9 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def producer(settings: Settings) -> AIOKafkaProducer:
-    """A producer that waits for all in-sync replicas (not started)."""
-    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
+def producer(settings: Settings) -> FastStreamProducer:
+    """The services' producer: FastStream's publishers on a broker of ours (not started)."""
+    return FastStreamProducer(broker(settings), settings)
 
 
 def broker(settings: Settings, *, consumer_only: bool = False) -> KafkaBroker:

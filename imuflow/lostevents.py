@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from contracts import topics
 from imuflow import db, dberrors, kafka
 from imuflow.aio import unless_stopped, wait_any
 from imuflow.logs import fields
+from imuflow.producer import Producer
 from imuflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ VERIFIED_FOR = 60.0
 class LostEventCheck:
     """Compares the broker's end offsets of the file-job topic with the relays' marks."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: Producer) -> None:
         self.settings = settings
         self.pool = pool
         self.producer = producer

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from imuflow.aio import wait_any
 from imuflow.logs import fields
+from imuflow.producer import Producer
 from imuflow.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def postgres_check(pool: asyncpg.Pool) -> Check:
     return check
 
 
-def broker_check(producer: AIOKafkaProducer) -> Check:
+def broker_check(producer: Producer) -> Check:
     """The broker answers a metadata request (on the producer's own connections)."""
 
     async def check() -> object:

@@ -15,13 +15,13 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 from uuid import UUID
 
-from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from contracts import events, topics
 from imuflow import kafka, metrics, sentry, storage
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
+from imuflow.producer import Producer
 from imuflow.settings import Settings
 from imuflow.storage.local import path_of
 from services.parser import pgcopy, preview_blocks
@@ -58,7 +58,7 @@ class FileJob:
         self,
         settings: Settings,
         repo: ParserRepository,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         event: events.FileQueued,
         abandon: asyncio.Event,
     ) -> None:
@@ -365,7 +365,7 @@ class FileJob:
         file_id = event.file_id  # type: ignore[attr-defined]
         try:
             future = await self.producer.send(
-                kafka.topic(self.settings, base), events.encode(event), key=topics.message_key(file_id)
+                kafka.topic(self.settings, base), value=events.encode(event), key=topics.message_key(file_id)
             )
         except Exception as exc:  # a lost progress event is superseded by the next one
             log.warning("could not publish %s: %s", type(event).__name__, exc)

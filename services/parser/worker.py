@@ -23,7 +23,6 @@ from functools import partial
 
 from aiokafka import (
     AIOKafkaConsumer,
-    AIOKafkaProducer,
     ConsumerRebalanceListener,
     ConsumerRecord,
     TopicPartition,
@@ -35,6 +34,7 @@ from contracts import events, topics
 from imuflow import kafka, retrying
 from imuflow.aio import wait_any
 from imuflow.logs import context, fields
+from imuflow.producer import Producer
 from imuflow.settings import Settings
 from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
@@ -69,7 +69,7 @@ class ParserWorker:
         self,
         settings: Settings,
         repo: ParserRepository,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         consumer_factory: ConsumerFactory | None = None,
     ) -> None:
         self.settings = settings

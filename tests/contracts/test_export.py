@@ -41,6 +41,12 @@ def test_asyncapi_lists_every_topic_with_its_messages(tmp_path: Path, settings: 
     assert [doc["channels"][op["channel"]["$ref"].split("/")[-1]]["address"] for op in receives] == [
         kafka.topic(settings, topics.PROGRESS)
     ]
+    # The producer's publishers (what the relay and the parser send through): a send
+    # operation on every topic, each the services' own publisher of that topic.
+    sends = [op for op in doc["operations"].values() if op["action"] == "send"]
+    sent_to = {doc["channels"][op["channel"]["$ref"].split("/")[-1]]["address"] for op in sends}
+    assert len(sends) == len(topics.ALL)
+    assert sent_to == set(kafka.producer(settings).publishers) == addresses
     files = doc["channels"][topics.FILES]["messages"]
     [message] = files.values()
     ref = message["$ref"].split("/")[-1]

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts import events
 from imuflow import kafka
+from imuflow.producer import FastStreamProducer
 from imuflow.settings import Settings
 from services.parser.job import FileJob, Outcome
 from services.parser.repository import ParserRepository
@@ -33,7 +33,7 @@ CREATE TRIGGER break_fail BEFORE UPDATE ON imu_data_files
 
 
 @pytest.fixture
-async def producer(test_settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(test_settings: Settings) -> AsyncIterator[FastStreamProducer]:
     p = kafka.producer(test_settings)
     await p.start()
     try:
@@ -54,7 +54,7 @@ def _event(file_id: object, user_id: object) -> events.FileQueued:
 
 
 async def test_a_failure_that_cannot_be_written_leaves_the_message_uncommitted(
-    pool: asyncpg.Pool, producer: AIOKafkaProducer, test_settings: Settings
+    pool: asyncpg.Pool, producer: FastStreamProducer, test_settings: Settings
 ) -> None:
     async with pool.acquire() as conn:
         user = await make_user(conn)

@@ -20,11 +20,13 @@ from functools import partial
 from typing import Protocol, cast
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from faststream.kafka import KafkaBroker
 
 from contracts import topics
 from imuflow import kafka
 from imuflow.aio import wait_any
+from imuflow.producer import Producer
 from imuflow.settings import Settings
 from services.parser import worker as worker_module
 from services.parser.job import Outcome
@@ -44,7 +46,7 @@ class ScriptedWorker(ParserWorker):
     It never builds a FileJob, so it has no repository or producer."""
 
     def __init__(self, settings: Settings, consumer_factory: ConsumerFactory) -> None:
-        no_repo, no_producer = cast(ParserRepository, None), cast(AIOKafkaProducer, None)
+        no_repo, no_producer = cast(ParserRepository, None), cast(Producer, None)
         super().__init__(settings, no_repo, no_producer, consumer_factory)
         self.started: list[bytes] = []
         self.abandoned: list[bytes] = []
@@ -103,8 +105,8 @@ class MemoryRig:
 
 
 class RealRig:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
-        self.settings, self.producer = settings, producer
+    def __init__(self, settings: Settings, broker: KafkaBroker) -> None:
+        self.settings, self.broker = settings, broker
         self.topic = kafka.topic(settings, topics.FILES)
         self.others: list[tuple[AIOKafkaConsumer, asyncio.Task[None]]] = []
 
@@ -112,7 +114,7 @@ class RealRig:
         return partial(kafka.consumer, self.settings, self.settings.parser_group_id)
 
     async def send(self, partition: int, value: bytes) -> int:
-        sent = await self.producer.send_and_wait(self.topic, value, partition=partition)
+        sent = await self.broker.publish(value, self.topic, partition=partition)
         return int(sent.offset)
 
     async def committed(self, partition: int) -> int:
@@ -174,14 +176,14 @@ def memory_rig(monkeypatch: pytest.MonkeyPatch) -> MemoryRig:
 async def real_rig(settings_factory: SettingsFactory) -> AsyncIterator[RealRig]:
     settings = settings_factory(kafka_topic_partitions=PARTITIONS, parser_concurrency=3, stop_grace=2.0)
     await kafka.ensure_topics(settings)
-    producer = kafka.producer(settings)
-    await producer.start()
-    real = RealRig(settings, producer)
+    broker = kafka.broker(settings)
+    await broker.connect()
+    real = RealRig(settings, broker)
     try:
         yield real
     finally:
         await real.close()
-        await producer.stop()
+        await broker.stop()
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from prometheus_client import REGISTRY
 
@@ -44,13 +44,13 @@ class MemoryFeed:
 
 
 class RealFeed:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
-        self.settings, self.producer = settings, producer
+    def __init__(self, settings: Settings, broker: KafkaBroker) -> None:
+        self.settings, self.broker = settings, broker
         self.topic = kafka.topic(settings, topics.PROGRESS)
 
     async def send(self, *values: bytes) -> None:
         for value in values:
-            sent = await self.producer.send_and_wait(self.topic, value, key=b"k", partition=0)
+            sent = await self.broker.publish(value, self.topic, key=b"k", partition=0)
             end: int = sent.offset + 1
 
         async def all_committed() -> bool:
@@ -84,16 +84,16 @@ async def feed(
             yield MemoryFeed(broker, kafka.topic(test_settings, topics.PROGRESS))
         return
     await kafka.ensure_topics(test_settings)
-    producer = kafka.producer(test_settings)
-    await producer.start()
+    sender = kafka.broker(test_settings)
+    await sender.connect()
     stop = asyncio.Event()
     task = asyncio.create_task(applier.run(stop))
     try:
-        yield RealFeed(test_settings, producer)
+        yield RealFeed(test_settings, sender)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-        await producer.stop()
+        await sender.stop()
 
 
 def progress(file_id: uuid.UUID, user_id: uuid.UUID, samples: int, batch: int = 1) -> events.BatchProgress:

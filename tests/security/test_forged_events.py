@@ -23,6 +23,7 @@ from imuflow import kafka
 from imuflow.settings import Settings
 from tests.e2e.helpers import DATA, follow_until_done, make_token, upload
 from tests.stack import StartStack
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 XIO = DATA / "xio_fusion_sensor_data.csv"
@@ -112,20 +113,20 @@ async def test_forged_progress_events_are_skipped_and_counted(
     await producer.start()
     try:
         for event in forged:
-            await producer.send_and_wait(
+            sent = await producer.send(
                 kafka.topic(test_settings, topics.PROGRESS),
-                events.encode(event),
+                value=events.encode(event),
                 key=topics.message_key(event.file_id),
             )
+            await sent
     finally:
         await producer.stop()
 
-    deadline = time.monotonic() + 60
-    after = await _outcomes(stack.progress_url)
-    while after.get("invalid", 0) - before.get("invalid", 0) < len(forged):
-        assert time.monotonic() < deadline, f"forged events not counted as invalid: {before} -> {after}"
-        await asyncio.sleep(0.5)
-        after = await _outcomes(stack.progress_url)
+    async def counted() -> dict[str, float] | None:
+        now = await _outcomes(stack.progress_url)
+        return now if now.get("invalid", 0) - before.get("invalid", 0) >= len(forged) else None
+
+    after = await until(counted, f"forged events counted as invalid (before: {before})", within=60, every=0.5)
 
     assert after.get("invalid", 0) - before.get("invalid", 0) == len(forged)
     assert after.get("applied", 0) == before.get("applied", 0), "a forged event was applied"

@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from imuflow.stack.objectstore import (
 )
 from imuflow.stack.up import write_stack_env
 from imuflow.storage import S3Storage, open_storage
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -63,10 +63,11 @@ async def test_every_port_is_chosen_and_a_dead_store_comes_back_with_its_data(tm
         await writer.commit()
         old_pid = store.process.pid
         store.process.kill()
-        deadline = time.monotonic() + 60
-        while keeper.restarts == 0 or await s3.check() is not None:
-            assert time.monotonic() < deadline, "the store did not come back"
-            await asyncio.sleep(0.2)
+
+        async def back() -> bool:
+            return keeper.restarts > 0 and await s3.check() is None
+
+        await until(back, "the store came back", within=60, every=0.2)
         assert keeper.store.process.pid != old_pid and keeper.store.endpoint_url == store.endpoint_url
         f = await s3.open(s3.uri(key))
         assert await asyncio.to_thread(f.read) == b"t,ax\n0,1\n"
