@@ -28,6 +28,7 @@ from uuid import UUID
 import asyncpg
 
 from imuflow import metrics
+from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import Storage, StorageError
@@ -40,8 +41,8 @@ from services.ingest.storage import UploadSink, sanitize_filename
 
 log = logging.getLogger("imuflow.ingest")
 HEARTBEAT = 2.0  # seconds between a receiving ingest's touches of its record
-STALE_AFTER = 30.0  # a receiving record untouched this long lost its ingest
-SWEEP_EVERY = 10.0
+STALE_AFTER = 15.0  # a receiving record untouched this long (7 missed beats) lost its ingest
+SWEEP_EVERY = 5.0
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -171,9 +172,9 @@ class EarlyRecord:
             log.warning("could not fail the stopped upload: %s", exc, extra=fields(action="upload"))
 
 
-async def sweep(pool: asyncpg.Pool, storage: Storage) -> None:
-    """Forever: fail receiving records whose ingest died, and remove their partial bytes."""
-    while True:
+async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> None:
+    """Until `stop`: fail receiving records whose ingest died, and remove their partial bytes."""
+    while not stop.is_set():
         try:
             for row in await early_repository.stale(pool, STALE_AFTER):
                 reason = (
@@ -187,7 +188,7 @@ async def sweep(pool: asyncpg.Pool, storage: Storage) -> None:
                     )
         except (StorageUnavailable, StorageError, OSError) as exc:
             log.warning("could not sweep abandoned uploads: %s", exc, extra=fields(action="sweep"))
-        await asyncio.sleep(SWEEP_EVERY)
+        await wait_any(stop, timeout=SWEEP_EVERY)
 
 
 def _remove_partial(storage: Storage, uri: str) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from imuflow.settings import Settings
 from tests.e2e.helpers import bearer, follow_until_done, make_token
+from tests.faults.helpers import kill, service_pid, wait_restarted, wait_terminal
 from tests.stack import ServiceStack, StartStack
 from tests.waiting import until
 
@@ -149,12 +150,16 @@ async def test_parsed_while_it_streams_with_exact_final_count(stack: ServiceStac
         assert percents == sorted(percents), "percent went backwards"
         stored = await conn.fetchval("SELECT count(*) FROM imu_samples WHERE file_id = $1", seen["id"])
         assert stored == ROWS
-        assert not await conn.fetchval("SELECT upload_receiving FROM imu_data_files WHERE id = $1", seen["id"])
+        assert not await conn.fetchval(
+            "SELECT upload_receiving FROM imu_data_files WHERE id = $1", seen["id"]
+        )
     finally:
         await conn.close()
 
 
-async def test_duplicate_of_a_partly_parsed_upload_leaves_nothing(stack: ServiceStack, database_url: str) -> None:
+async def test_duplicate_of_a_partly_parsed_upload_leaves_nothing(
+    stack: ServiceStack, database_url: str
+) -> None:
     token = await make_token(database_url, "bob")
     data = _csv(seed=1)
     conn = await asyncpg.connect(database_url)
@@ -225,3 +230,49 @@ def _assert_no_bytes(stack: ServiceStack, file_id: str) -> None:
     uploads: Path = stack.settings.storage_dir
     left = [p.name for p in uploads.iterdir() if p.name.startswith(file_id)] if uploads.exists() else []
     assert left == [], left
+
+
+async def test_parser_killed_mid_overlap_resumes_exactly(stack: ServiceStack, database_url: str) -> None:
+    token = await make_token(database_url, "dave")
+    conn = await asyncpg.connect(database_url)
+    speculative: dict[str, Any] = {}
+
+    async def halfway() -> None:
+        speculative.update(await _parsed_while_receiving(conn, "dave"))
+        pid = service_pid(stack.supervisor, "parser")
+        kill(pid)
+        await wait_restarted(stack.supervisor, "parser", pid)
+
+    try:
+        response = await _send(stack, token, _csv(seed=3), halfway)
+        assert response.status_code == 202, response.text
+        done = await wait_terminal(database_url, str(speculative["id"]), timeout=90)
+        assert done.status == "completed", done.error_message
+        assert (done.samples, done.distinct) == (ROWS, ROWS)
+        assert done.attempts >= 2
+    finally:
+        await conn.close()
+
+
+async def test_ingest_killed_mid_upload_leaves_a_failed_record(
+    stack: ServiceStack, database_url: str
+) -> None:
+    token = await make_token(database_url, "erin")
+    conn = await asyncpg.connect(database_url)
+    speculative: dict[str, Any] = {}
+
+    async def halfway() -> None:
+        speculative.update(await _parsed_while_receiving(conn, "erin"))
+        pid = service_pid(stack.supervisor, "ingest")
+        kill(pid)
+        await wait_restarted(stack.supervisor, "ingest", pid)
+
+    try:
+        with contextlib.suppress(httpx.HTTPError):
+            await _send(stack, token, _csv(seed=4), halfway)
+        done = await wait_terminal(database_url, str(speculative["id"]), timeout=60)
+        assert done.status == "failed" and done.samples == 0, done
+        assert done.error_message is not None and "the ingest receiving it stopped" in done.error_message
+        _assert_no_bytes(stack, str(speculative["id"]))
+    finally:
+        await conn.close()
