@@ -180,7 +180,7 @@ async def test_duplicate_of_a_partly_parsed_upload_leaves_nothing(
         assert again.json()["id"] == first.json()["id"]
         gone = speculative["id"]
         for table in ("imu_samples", "streaming_processing_logs", "imu_preview_blocks", "file_events"):
-            count = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE file_id = $1", gone)  # noqa: S608
+            count = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE file_id = $1", gone)
             assert count == 0, table
         assert await conn.fetchval("SELECT count(*) FROM imu_data_files WHERE id = $1", gone) == 0
         _assert_no_bytes(stack, str(gone))
