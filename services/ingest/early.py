@@ -73,18 +73,23 @@ class EarlyRecord:
         return self.file_id is not None
 
     async def observe(
-        self, sink: UploadSink, received: int, file_seen: bool, filename: str | None, form: dict[str, str]
-    ) -> None:
-        """After each chunk: record the upload once its file part began (at most once)."""
-        if self.decided or not file_seen or len(sink.first_bytes) < len(ZIP_MAGIC):
-            return
+        self, sink: UploadSink, received: int, filename: str | None, form: dict[str, str]
+    ) -> bool:
+        """After each chunk of the file part: record the upload once it has its first bytes.
+
+        False once decided (recorded or not): no more calls are needed.
+        """
+        if self.decided:
+            return False
+        if len(sink.first_bytes) < len(ZIP_MAGIC):
+            return True
         self.decided = True
         if sink.first_bytes.startswith(ZIP_MAGIC):
-            return  # a ZIP is split into its streams at the end, never parsed growing
+            return False  # a ZIP is split into its streams at the end, never parsed growing
         try:
             options = parse_options(form)
         except UploadRejected:
-            return  # the end answers 400 with the reason
+            return False  # the end answers 400 with the reason
         assert self.declared is not None
         # Every byte of the body not before the file part is at most the file's.
         self.estimate = max(self.declared - (received - sink.size), sink.size)
@@ -103,13 +108,14 @@ class EarlyRecord:
             await early_repository.start(self.pool, new, sink.size)
         except StorageUnavailable as exc:  # the end records it (or answers 503)
             log.warning("could not record the upload early: %s", exc, extra=fields(action="upload"))
-            return
+            return False
         self.file_id, self.options, self._sink = sink.file_id, options, sink
         self._heartbeat = asyncio.create_task(self._beat(), name=f"upload-heartbeat:{sink.file_id}")
         log.info(
             "upload recorded at its first bytes",
             extra=fields(file_id=str(sink.file_id), size_bytes=self.estimate, action="upload"),
         )
+        return False
 
     async def _beat(self) -> None:
         assert self.file_id is not None and self._sink is not None

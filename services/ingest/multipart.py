@@ -64,9 +64,9 @@ class UploadForm:
 
 FIELDS = ("format", "sensor", "timezone", "allow_duplicate")
 
-# Called after each stored chunk with (sink, body bytes received, whether the file part
-# began, its filename, the fields complete so far): services/ingest/early.py.
-Observer = Callable[[UploadSink, int, bool, "str | None", dict[str, str]], Awaitable[None]]
+# Called after each stored chunk of the file part with (sink, body bytes received, its
+# filename, the fields complete so far) until it answers False: services/ingest/early.py.
+Observer = Callable[[UploadSink, int, "str | None", dict[str, str]], Awaitable[bool]]
 
 
 async def receive_upload(request: Request, sink: UploadSink, observe: Observer | None = None) -> UploadForm:
@@ -95,7 +95,8 @@ async def receive_upload(request: Request, sink: UploadSink, observe: Observer |
             parser.data_received(chunk)
             await sink.drain()  # backpressure: the next chunk is read once this one is stored
             if observe is not None and target.seen:
-                await observe(sink, received, True, target.multipart_filename, _fields(values))
+                keep = await observe(sink, received, target.multipart_filename, _fields(values))
+                observe = observe if keep else None
     except ClientDisconnect as exc:
         raise UploadRejected(400, "the client disconnected before the upload finished") from exc
     except UploadRejected:

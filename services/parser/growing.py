@@ -100,6 +100,8 @@ class GrowingFile(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """At least one byte, waiting for it if the upload is not there yet; 0 at the real end."""
         want = len(buffer)
+        if want == 0:
+            return 0
         while True:
             end = self._end.size
             if end is not None:
