@@ -139,7 +139,8 @@ async def _one(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path) -> d
 
 async def _run(megabytes: int) -> list[Table]:
     load = os.getloadavg()[0]
-    async with EmbeddedStack() as stack, httpx.AsyncClient(trust_env=False) as client:
+    # Deleting a file of millions of samples takes seconds: a generous timeout.
+    async with EmbeddedStack() as stack, httpx.AsyncClient(trust_env=False, timeout=300) as client:
         path = stack.dir / "walk.csv"
         size = await asyncio.to_thread(_write_csv, path, megabytes)
         small = stack.dir / "warm.csv"
