@@ -37,6 +37,7 @@ log = logging.getLogger("imuflow.parser")
 MISSING_UPLOAD = "the stored upload is missing; upload the file again"
 ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
 FOLLOW_EVERY = 0.1  # seconds between looks at the record of an upload still being received
+SNIFF_BYTES = 4096  # what the binary formats' sniffers look at (cwa's header, GENEActiv's text)
 
 
 class Outcome(enum.Enum):
@@ -238,9 +239,12 @@ class FileJob:
             raise TransientError(f"upload storage: {exc}") from exc
 
     def _open_reader(self, f: BinaryIO, claim: Claim, end: UploadEnd) -> tuple[Reader, FileInfo]:
-        format_id = claim.format or registry.detect_file(f, claim.filename)
-        if isinstance(f, GrowingFile) and format_id in registry.BINARY_READERS and end.size is None:
+        growing = isinstance(f, GrowingFile) and end.size is None
+        if growing and _binary_upload(f, claim):
             raise _NotWhileReceiving  # binary readers size the file first: they need its end
+        format_id = claim.format or registry.detect_file(f, claim.filename)
+        if growing and format_id in registry.BINARY_READERS and end.size is None:
+            raise _NotWhileReceiving
         reader = registry.make_reader(format_id)
         resume = None
         if claim.resume_batch_number > 0:
@@ -439,6 +443,16 @@ def _prepare_next(batches: Iterator[SampleBatch], file_id: UUID) -> _Prepared | 
     return _Prepared(
         batch, pgcopy.encode_parts(file_id, batch), preview_blocks.block_rows(file_id, batch), started
     )
+
+
+def _binary_upload(f: BinaryIO, claim: Claim) -> bool:
+    """Whether the upload is of a binary format, from its first bytes (the whole head a text
+    sniff reads may be far ahead of a streaming upload)."""
+    if claim.format is not None:
+        return claim.format in registry.BINARY_READERS
+    head = f.read(SNIFF_BYTES)
+    f.seek(0)
+    return any(binary.sniff(head, claim.filename) for binary in registry.BINARY_READERS.values())
 
 
 def _is_stored(path: Path) -> bool:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from imuflow.settings import Settings
-from tests.e2e.helpers import bearer, follow_until_done, make_token
+from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token
 from tests.faults.helpers import kill, service_pid, wait_restarted, wait_terminal
 from tests.stack import ServiceStack, StartStack
 from tests.waiting import until
@@ -36,19 +36,20 @@ def _csv(rows: int = ROWS, seed: int = 0) -> bytes:
     return b"".join(lines)
 
 
-def _head(**fields: str) -> bytes:
-    parts = [
+def _fields(fields: dict[str, str]) -> str:
+    return "".join(
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
         for name, value in fields.items()
-    ]
-    parts.append(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="walk.csv"\r\n'
-        "Content-Type: text/csv\r\n\r\n"
     )
-    return "".join(parts).encode()
 
 
-TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+def _head(filename: str, **fields: str) -> bytes:
+    part = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'
+    return (_fields(fields) + part).encode()
+
+
+def _tail(after: dict[str, str]) -> bytes:
+    return ("\r\n" + _fields(after) + f"--{BOUNDARY}--\r\n").encode()
 
 
 async def _send(
@@ -56,24 +57,29 @@ async def _send(
     token: str,
     data: bytes,
     halfway: Callable[[], Awaitable[None]],
+    *,
+    filename: str = "walk.csv",
+    chunk: int = CHUNK,
+    after: dict[str, str] | None = None,
     **fields: str,
 ) -> httpx.Response:
-    """POST `data` as the file part in 64 KiB chunks, awaiting `halfway()` in the middle."""
-    head = _head(**fields)
+    """POST `data` as the file part in chunks, awaiting `halfway()` in the middle; `fields`
+    go before the file part, `after` after it."""
+    head, tail = _head(filename, **fields), _tail(after or {})
 
     async def body() -> AsyncIterator[bytes]:
         yield head
-        for start in range(0, len(data), CHUNK):
-            if start <= len(data) // 2 < start + CHUNK:
+        for start in range(0, len(data), chunk):
+            if start <= len(data) // 2 < start + chunk:
                 await halfway()
-            yield data[start : start + CHUNK]
+            yield data[start : start + chunk]
             await asyncio.sleep(0.002)
-        yield TAIL
+        yield tail
 
     headers = {
         **bearer(token),
         "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-        "Content-Length": str(len(head) + len(data) + len(TAIL)),
+        "Content-Length": str(len(head) + len(data) + len(tail)),
     }
     async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
         return await client.post(f"{stack.ingest_url}/api/files", headers=headers, content=body())
@@ -106,7 +112,7 @@ async def stack(test_settings: Settings, service_stack: StartStack) -> ServiceSt
     return await service_stack(
         test_settings,
         env={
-            "IMUFLOW_OVERLAP_MIN_BYTES": "500000",
+            "IMUFLOW_OVERLAP_MIN_BYTES": "50000",  # the .cwa below is 75 KB
             "IMUFLOW_BATCH_SIZE": "2000",
             "IMUFLOW_ADAPTIVE_BATCHING": "false",
         },
@@ -274,5 +280,53 @@ async def test_ingest_killed_mid_upload_leaves_a_failed_record(
         assert done.status == "failed" and done.samples == 0, done
         assert done.error_message is not None and "the ingest receiving it stopped" in done.error_message
         _assert_no_bytes(stack, str(speculative["id"]))
+    finally:
+        await conn.close()
+
+
+async def test_options_after_the_file_record_it_anew(stack: ServiceStack, database_url: str) -> None:
+    token = await make_token(database_url, "frank")
+    conn = await asyncpg.connect(database_url)
+    speculative: dict[str, Any] = {}
+
+    async def halfway() -> None:
+        speculative.update(await _parsed_while_receiving(conn, "frank"))
+
+    try:
+        response = await _send(stack, token, _csv(seed=5), halfway, after={"timezone": "Europe/Berlin"})
+        assert response.status_code == 202, response.text
+        record = response.json()
+        gone = speculative["id"]
+        assert record["id"] != str(gone)
+        assert await conn.fetchval("SELECT count(*) FROM imu_data_files WHERE id = $1", gone) == 0
+        done = await wait_terminal(database_url, record["id"], timeout=60)
+        assert done.status == "completed", done.error_message
+        assert (done.samples, done.distinct) == (ROWS, ROWS)
+        assert await conn.fetchval(
+            "SELECT timezone FROM imu_data_files WHERE id = $1::uuid", record["id"]
+        ) == ("Europe/Berlin")
+        assert await conn.fetchval("SELECT count(*) FROM imu_samples WHERE file_id = $1", gone) == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_binary_file_waits_for_its_last_byte(stack: ServiceStack, database_url: str) -> None:
+    token = await make_token(database_url, "grace")
+    conn = await asyncpg.connect(database_url)
+    data = (DATA / "ggirread_ax3_testfile.cwa").read_bytes()
+
+    async def given_back() -> None:
+        async def released() -> bool:
+            row = await _receiving(conn, "grace")
+            return row is not None and row["status"] == "queued" and row["attempts"] >= 1
+
+        await until(released, "the parser gave the streaming .cwa back", within=30)
+
+    try:
+        response = await _send(stack, token, data, given_back, filename="ax3.cwa", chunk=4096)
+        assert response.status_code == 202, response.text
+        done = await wait_terminal(database_url, response.json()["id"], timeout=60)
+        assert done.status == "completed", done.error_message
+        assert done.samples == 17_400  # as in tests/e2e/test_real_files.py
     finally:
         await conn.close()
