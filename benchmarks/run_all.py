@@ -29,6 +29,7 @@ MODULES = (
     "sse_fanout",
     "followers",
     "upload",
+    "overlap",
     "preview",
     "s3_clients",
     "producers",

@@ -27,6 +27,7 @@ from imuflow.web import (
     AppSettings,
     CurrentUser,
     Pool,
+    database_unavailable,
     health_router,
     install_cors,
     install_error_shape,
@@ -34,8 +35,8 @@ from imuflow.web import (
     install_query_attribution,
     readiness_report,
 )
-from services.ingest import repository, tus, tus_expiry, tus_headers, tus_repository
-from services.ingest.acceptance import StoredUpload, accept_stored, parse_options
+from services.ingest import early, repository, tus, tus_expiry, tus_headers, tus_repository
+from services.ingest.acceptance import StoredUpload, accept_stored, dump, parse_options
 from services.ingest.limits import LimitExceeded, UploadLimiter
 from services.ingest.multipart import UploadRejected, receive_upload
 from services.ingest.storage import UploadSink
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor.start("topic-keeper", partial(kafka.keep_topics, settings))  # broker restarted empty
         supervisor.start("lost-events", LostEventCheck(settings, app.state.pool, producer).run)
         supervisor.start("tus-expiry", partial(tus_expiry.run, settings, app.state.pool, app.state.storage))
+        supervisor.start("early-sweep", partial(early.sweep, app.state.pool, app.state.storage))
         sweeping = asyncio.create_task(_sweep(app.state.pool, app.state.storage), name="storage-sweep")
         try:
             yield
@@ -154,33 +156,48 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def _store_upload(request: Request, user: User, pool: asyncpg.Pool, cfg: Settings) -> JSONResponse:
-    """Receive, store, deduplicate and record one upload."""
+    """Receive, store, deduplicate and record one upload (a large one as it streams)."""
     file_id = uuid.uuid4()
     storage: Storage = request.app.state.storage
+    declared = request.headers.get("content-length", "")
+    recorder = early.EarlyRecord(pool, storage, cfg, user.id, int(declared) if declared.isdigit() else None)
     try:
         sink = await UploadSink.open(storage, file_id, cfg.max_upload_bytes)
     except StorageError as exc:
         raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
     try:
-        form = await receive_upload(request, sink)
+        form = await receive_upload(request, sink, recorder.observe if recorder.enabled else None)
         options = parse_options(form.fields)
         if sink.size == 0:
             raise UploadRejected(400, "the file is empty")
         await sink.finish()
+        finished = await recorder.finish(sink, options) if recorder.started else None
     except UploadRejected as exc:
+        await recorder.fail(sink, exc.detail)
         await sink.discard()
         metrics.UPLOADS.labels("rejected").inc()
         log.info("upload rejected", extra=fields(reason=exc.detail, status=exc.status))
         raise HTTPException(exc.status, exc.detail) from exc
     except StorageError as exc:
+        await recorder.fail(sink, "the upload storage failed")
         await sink.discard()
         log.warning("upload storage failed", extra=fields(error=str(exc), action="upload"))
         raise HTTPException(503, "the upload storage is unavailable; try again shortly") from exc
+    except repository.StorageUnavailable as exc:
+        await recorder.fail(sink, "Postgres was unavailable at its end")
+        await sink.discard()
+        raise database_unavailable(exc) from exc
     except BaseException:
+        await recorder.fail(sink, "the upload was interrupted")
         await sink.discard()
         raise
+    if finished is not None:
+        status, record = finished
+        return JSONResponse(dump(record), status_code=status)
     stored = StoredUpload(
-        file_id=file_id,
+        # A record made early and removed (options after the file) leaves its id to its
+        # fenced parse: this one gets a new id over the same stored bytes.
+        file_id=uuid.uuid4() if recorder.started else file_id,
         user_id=user.id,
         filename=form.filename,
         size=sink.size,

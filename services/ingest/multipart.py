@@ -9,6 +9,7 @@ bytes arrive and memory stays at one part whatever the upload's size.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
@@ -63,8 +64,12 @@ class UploadForm:
 
 FIELDS = ("format", "sensor", "timezone", "allow_duplicate")
 
+# Called after each stored chunk of the file part with (sink, body bytes received, its
+# filename, the fields complete so far) until it answers False: services/ingest/early.py.
+Observer = Callable[[UploadSink, int, "str | None", dict[str, str]], Awaitable[bool]]
 
-async def receive_upload(request: Request, sink: UploadSink) -> UploadForm:
+
+async def receive_upload(request: Request, sink: UploadSink, observe: Observer | None = None) -> UploadForm:
     """Stream the body into `sink`; raise UploadRejected (400/413) with a reason."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -89,6 +94,9 @@ async def receive_upload(request: Request, sink: UploadSink) -> UploadForm:
                 raise UploadRejected(413, _too_large(sink.max_bytes))
             parser.data_received(chunk)
             await sink.drain()  # backpressure: the next chunk is read once this one is stored
+            if observe is not None and target.seen:
+                keep = await observe(sink, received, target.multipart_filename, _fields(values))
+                observe = observe if keep else None
     except ClientDisconnect as exc:
         raise UploadRejected(400, "the client disconnected before the upload finished") from exc
     except UploadRejected:
@@ -99,13 +107,17 @@ async def receive_upload(request: Request, sink: UploadSink) -> UploadForm:
         raise UploadRejected(413, _too_large(sink.max_bytes))
     if not target.seen:
         raise UploadRejected(400, "no file: send it in a multipart field named 'file'")
-    fields = {}
     for name, value in values.items():
         if value.size > MAX_FIELD_BYTES:
             raise UploadRejected(400, f"field '{name}' is longer than {MAX_FIELD_BYTES} bytes")
-        if value.value:
-            fields[name] = value.value.decode("utf-8", "replace").strip()
-    return UploadForm(filename=target.multipart_filename, fields=fields)
+    return UploadForm(filename=target.multipart_filename, fields=_fields(values))
+
+
+def _fields(values: dict[str, _ShortValue]) -> dict[str, str]:
+    """The fields received so far, as text."""
+    return {
+        name: value.value.decode("utf-8", "replace").strip() for name, value in values.items() if value.value
+    }
 
 
 def _too_large(limit: int) -> str:

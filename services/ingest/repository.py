@@ -53,7 +53,7 @@ async def record_upload(pool: asyncpg.Pool, new: NewFile, *, enqueue: bool = Tru
     """Insert the file and (unless `enqueue` is False) its outbox event in one transaction."""
     with dberrors.translated(StorageUnavailable):
         async with pool.acquire() as conn, conn.transaction():
-            await _insert(conn, new, enqueue=enqueue)
+            await insert(conn, new, enqueue=enqueue)
             await conn.fetchval(QUERIES["record_event"], new.id)
             row = await conn.fetchrow(QUERIES["file_record"], new.id, new.user_id)
     assert row is not None
@@ -66,17 +66,17 @@ async def record_archive(
     """Insert a ZIP upload (never parsed itself) and its queued streams in one transaction."""
     with dberrors.translated(StorageUnavailable):
         async with pool.acquire() as conn, conn.transaction():
-            await _insert(conn, parent, enqueue=False)
+            await insert(conn, parent, enqueue=False)
             await conn.execute(QUERIES["mark_archive"], parent.id, notes)
             for child in children:
-                await _insert(conn, child, enqueue=True)
+                await insert(conn, child, enqueue=True)
                 await conn.fetchval(QUERIES["record_event"], child.id)
             row = await conn.fetchrow(QUERIES["file_record"], parent.id, parent.user_id)
     assert row is not None
     return dict(row)
 
 
-async def _insert(conn: asyncpg.Connection, new: NewFile, *, enqueue: bool) -> None:
+async def insert(conn: asyncpg.Connection, new: NewFile, *, enqueue: bool) -> None:
     await conn.execute(
         QUERIES["insert_file"],
         new.id,

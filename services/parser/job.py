@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
 from uuid import UUID
 
@@ -29,12 +29,15 @@ from services.parser.batching import BatchSizer
 from services.parser.cursor import Cursor
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
+from services.parser.growing import GrowingFile, UploadEnd, UploadStopped, open_growing
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 from services.parser.threads import JobThread
 
 log = logging.getLogger("imuflow.parser")
 MISSING_UPLOAD = "the stored upload is missing; upload the file again"
 ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
+FOLLOW_EVERY = 0.1  # seconds between looks at the record of an upload still being received
+SNIFF_BYTES = 4096  # what the binary formats' sniffers look at (cwa's header, GENEActiv's text)
 
 
 class Outcome(enum.Enum):
@@ -102,6 +105,13 @@ class FileJob:
             return await self._fail(claim, "format", str(exc))
         except Fenced:
             return await self._on_fenced(claim)
+        except UploadStopped as exc:
+            return await self._on_upload_stopped(claim, str(exc))
+        except _NotWhileReceiving:
+            if await self.repo.release_receiving(claim):
+                log.info("binary upload still streaming; parsed once it ends", extra=fields(action="release"))
+                return Outcome.DONE
+            return Outcome.RETRY  # it ended meanwhile: the next claim reads it whole
         except _Abandoned:
             log.info("abandoning at a batch boundary", extra=fields(action="abandon"))
             return Outcome.ABANDONED
@@ -155,9 +165,14 @@ class FileJob:
                 return
 
     async def _parse(self, claim: Claim, thread: JobThread) -> Outcome:
-        f = await self._open_upload(claim, thread)
+        end = UploadEnd()
+        f = await self._open_upload(claim, thread, end)
+        follow = None
+        if isinstance(f, GrowingFile):
+            follow = asyncio.ensure_future(self._follow_upload(claim, end))
+            follow.add_done_callback(_retrieve)
         try:
-            reader, info = await thread.submit(self._open_reader, f, claim)
+            reader, info = await thread.submit(self._open_reader, f, claim, end)
             warnings = _merge(claim.warnings, list(info.warnings))
             await self.repo.set_format(claim, info.format_id, dict(info.units), warnings)
             await self._publish(
@@ -173,13 +188,44 @@ class FileJob:
             )
             return await self._batches(claim, reader, info, warnings, thread)
         finally:
+            end.stop("the job stopped")  # a read waiting for bytes in the thread ends
+            if follow is not None:
+                follow.cancel()
             # After whatever the thread still does (a read-ahead); not waited for.
             thread.submit(f.close).add_done_callback(_retrieve)
 
-    async def _open_upload(self, claim: Claim, thread: JobThread) -> BinaryIO:
-        """The stored upload, seekable: a local file, or ranged GETs with read-ahead on S3."""
+    async def _follow_upload(self, claim: Claim, end: UploadEnd) -> None:
+        """Until its upload is finished: tell the reader its real size, or that it stopped."""
+        while True:
+            try:
+                state = await self.repo.status_of(claim.file_id)
+            except TransientError:
+                state = {"status": "parsing", "lease": claim.lease, "upload_receiving": True}
+            if state is None or state["status"] != "parsing" or state["lease"] != claim.lease:
+                end.stop("the upload's record changed while it was being received")
+                return
+            if not state["upload_receiving"]:
+                end.finish(state["size_bytes"])
+                return
+            await asyncio.sleep(FOLLOW_EVERY)
+
+    async def _on_upload_stopped(self, claim: Claim, why: str) -> Outcome:
+        """The growing upload ended short: ingest failed (or removed) the record, or it is ours to fail."""
+        state = await self.repo.status_of(claim.file_id)
+        if state is not None and state["status"] == "parsing" and state["lease"] == claim.lease:
+            return await self._fail(claim, "upload", why)
+        return await self._on_fenced(claim)
+
+    async def _open_upload(self, claim: Claim, thread: JobThread, end: UploadEnd) -> BinaryIO:
+        """The stored upload, seekable: a local file (still growing, if it is being received),
+        or ranged GETs with read-ahead on S3."""
         if urlparse(claim.storage_uri).scheme == "file":
             path = path_of(claim.storage_uri)
+            if claim.upload_receiving:
+                growing = await thread.submit(open_growing, path, claim.size_bytes, end)
+                if growing is None:
+                    raise FormatError(MISSING_UPLOAD)
+                return cast(BinaryIO, growing)  # a raw file object, like the S3 reader
             # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
             if not await thread.submit(_is_stored, path):
                 raise FormatError(MISSING_UPLOAD)
@@ -192,8 +238,13 @@ class FileJob:
         except storage.StorageError as exc:
             raise TransientError(f"upload storage: {exc}") from exc
 
-    def _open_reader(self, f: BinaryIO, claim: Claim) -> tuple[Reader, FileInfo]:
+    def _open_reader(self, f: BinaryIO, claim: Claim, end: UploadEnd) -> tuple[Reader, FileInfo]:
+        growing = isinstance(f, GrowingFile) and end.size is None
+        if growing and _binary_upload(f, claim):
+            raise _NotWhileReceiving  # binary readers size the file first: they need its end
         format_id = claim.format or registry.detect_file(f, claim.filename)
+        if growing and format_id in registry.BINARY_READERS and end.size is None:
+            raise _NotWhileReceiving
         reader = registry.make_reader(format_id)
         resume = None
         if claim.resume_batch_number > 0:
@@ -394,6 +445,16 @@ def _prepare_next(batches: Iterator[SampleBatch], file_id: UUID) -> _Prepared | 
     )
 
 
+def _binary_upload(f: BinaryIO, claim: Claim) -> bool:
+    """Whether the upload is of a binary format, from its first bytes (the whole head a text
+    sniff reads may be far ahead of a streaming upload)."""
+    if claim.format is not None:
+        return claim.format in registry.BINARY_READERS
+    head = f.read(SNIFF_BYTES)
+    f.seek(0)
+    return any(binary.sniff(head, claim.filename) for binary in registry.BINARY_READERS.values())
+
+
 def _is_stored(path: Path) -> bool:
     # Not `is_file()`: only a missing upload (or a directory) is the user's to fix; any
     # other file is read, and a read that blocks is the job's timer's business.
@@ -425,6 +486,10 @@ class _FairShare:
 def _log_send_failure(future: asyncio.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("progress event not delivered: %s", future.exception())
+
+
+class _NotWhileReceiving(Exception):
+    """A binary format's upload is still streaming: its reader needs the whole file."""
 
 
 class _Abandoned(Exception):

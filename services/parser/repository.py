@@ -63,6 +63,7 @@ class Claim:
     rows_skipped: int
     warnings: list[str]
     last_error: str | None  # the previous attempt's transient error, if it had one
+    upload_receiving: bool = False  # its upload is still streaming in (services/parser/growing.py)
 
     @property
     def event_ids(self) -> dict[str, Any]:
@@ -250,6 +251,15 @@ class ParserRepository:
                 )
                 await conn.fetchval(QUERIES["record_event"], claim.file_id)
         return True
+
+    async def release_receiving(self, claim: Claim) -> bool:
+        """Give back a job whose upload still streams (queued again at its end); False if it ended."""
+        with dberrors.translated(TransientError, "release"):
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(QUERIES["release_receiving"], claim.file_id, claim.lease, claim.run)
+                if row is not None:
+                    await conn.fetchval(QUERIES["record_event"], claim.file_id)
+        return row is not None
 
     async def _execute(self, query: str, *args: Any) -> str:
         with dberrors.translated(TransientError):

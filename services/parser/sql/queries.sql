@@ -18,11 +18,11 @@ SET attempts = attempts + CASE WHEN yielded_at IS NULL THEN 1 ELSE 0 END,
 WHERE id = $1 AND run = $2 AND status IN ('uploaded', 'queued', 'parsing')
 RETURNING id, user_id, filename, size_bytes, format, sensor, timezone, storage_uri, run,
           attempts, lease, attempts_base, resume_offset, resume_samples, resume_batch_number,
-          resume_state, rows_skipped, warnings, last_error;
+          resume_state, rows_skipped, warnings, last_error, upload_receiving;
 
 -- name: status_of
 -- $1 file id
-SELECT status, run, attempts, lease FROM imu_data_files WHERE id = $1;
+SELECT status, run, attempts, lease, upload_receiving, size_bytes FROM imu_data_files WHERE id = $1;
 
 -- name: set_format
 -- $1 file id, $2 lease, $3 run, $4 format id, $5 units, $6 warnings (jsonb list). Fenced
@@ -151,6 +151,17 @@ UPDATE imu_data_files
 SET status = 'queued', queued_at = now(), yielded_at = now(), updated_at = now()
 WHERE id = $1 AND lease = $2 AND run = $3 AND status = 'parsing' AND resume_batch_number = $4
 RETURNING id, user_id, storage_uri, filename, size_bytes, format, sensor, timezone, run;
+
+-- name: release_receiving
+-- $1 file id, $2 lease, $3 run. A binary file whose upload still streams cannot be read
+-- growing (its reader sizes the file first): back to queued, its claim's attempt kept but
+-- the next claim counting none (yielded_at); ingest queues its event again once the last
+-- byte is stored (services/ingest/sql/early.sql `finish`). Zero rows: the upload finished
+-- meanwhile, so the job can be parsed whole.
+UPDATE imu_data_files
+SET status = 'queued', queued_at = now(), yielded_at = now(), updated_at = now()
+WHERE id = $1 AND lease = $2 AND run = $3 AND status = 'parsing' AND upload_receiving
+RETURNING id;
 
 -- name: record_event
 -- $1 file id. Append the file's displayed record to the SSE event log (file_events).
