@@ -26,6 +26,9 @@ MAX_BLOCK_BYTES = 64 << 20
 _RFIND_LIMIT = 8192
 # Newlines are counted this many bytes at a time: the comparison's temporary stays small.
 _COUNT_SLICE = 1 << 20
+# Off only where instructions are counted (benchmarks.tracking_overhead under callgrind):
+# a second thread's GIL hand-offs make a run's count vary by millions.
+READ_AHEAD = True
 
 
 def count_newlines(data: bytes | bytearray, start: int = 0) -> int:
@@ -100,7 +103,7 @@ class LineChunker:
         if n_lines and block:
             self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, self.last_lines)
         self._offset += len(block)
-        if not self._eof and self._ahead is None and self._newlines < n_lines:
+        if READ_AHEAD and not self._eof and self._ahead is None and self._newlines < n_lines:
             # What the next call's first read will be if it asks for as many lines.
             self._ahead = _ReadAhead(self._f, len(self._buf), self._want(n_lines, len(self._buf)))
         return block, self._offset, self._eof and not self._buf
