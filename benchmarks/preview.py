@@ -1,6 +1,6 @@
 """Benchmark: the signal preview and summary of a 60M-sample file, from its pyramid.
 
-The parser's own code (`preview_blocks.block_rows`) builds the pyramid of a 60M-sample,
+The parser's own code (`preview_blocks.store`) builds the pyramid of a 60M-sample,
 6-axis, 100 Hz recording in 50,000-sample batches (as the parser stores them) into a fresh
 embedded Postgres with the migrations applied; then the progress service's own code
 answers previews and the summary query, each the median of 5 runs: `build_preview`
@@ -32,8 +32,8 @@ from fastapi import FastAPI
 from benchmarks.common import Table, show
 from imuflow import auth, db
 from imuflow.stack.postgres import start_postgres
+from services.parser import preview_blocks
 from services.parser.formats.base import SampleBatch
-from services.parser.preview_blocks import COLUMNS, block_rows
 from services.progress import preview
 from services.progress.preview import build_preview
 from services.progress.repository import ProgressRepository
@@ -105,12 +105,11 @@ async def _http_rows(
 
 async def _fill(conn: asyncpg.Connection, file_id: uuid.UUID) -> tuple[float, int]:
     rng = np.random.default_rng(1)
-    started, rows = time.perf_counter(), 0
+    started = time.perf_counter()
     for first in range(0, SAMPLES, BATCH):
-        records = block_rows(file_id, _batch(first, rng))
-        rows += len(records)
-        await conn.copy_records_to_table("imu_preview_blocks", records=records, columns=list(COLUMNS))
+        await preview_blocks.store(conn, file_id, _batch(first, rng))
     await conn.execute("ANALYZE imu_preview_blocks")
+    rows = await conn.fetchval("SELECT count(*) FROM imu_preview_blocks WHERE file_id = $1", file_id)
     return time.perf_counter() - started, rows
 
 

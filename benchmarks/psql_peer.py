@@ -109,6 +109,7 @@ async def _pairs(stack: EmbeddedStack, pairs: int) -> list[Table]:
     cpu: dict[str, list[float]] = {"imuflow": [], "psql": []}
     ratios: list[float] = []
     mb = 0.0
+    load_before = os.getloadavg()[0]
     for pair in range(pairs):
         path = stack.dir / f"peer-{pair}.csv"
         await asyncio.to_thread(synthesise7, path, 1000 + pair)
@@ -157,6 +158,7 @@ async def _pairs(stack: EmbeddedStack, pairs: int) -> list[Table]:
                 "7-column table (double precision + 6 real), no index, on the same Postgres.",
                 "CPU s: the side's own process plus every stack process (Postgres, broker, ingest, "
                 "parser, progress) while it ran.",
+                f"load average {load_before:.2f} before the pairs, {os.getloadavg()[0]:.2f} after (2 cores).",
             ],
         )
     ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -106,10 +107,13 @@ def _tracking_child(mode: str, rows: int, path: Path) -> None:
     """The process valgrind counts: read + encode `path`, with the tracking code or not."""
     from services.parser import pgcopy
     from services.parser.cursor import Cursor
+    from services.parser.formats import chunker
     from services.parser.formats.base import FileInfo, ReadOptions
     from services.parser.formats.registry import detect_format, make_reader
     from services.parser.job import FileJob
     from services.parser.repository import Claim, _log_row
+
+    chunker.READ_AHEAD = False  # one thread: a repeatable count (the reads are the same)
 
     file_id = uuid.uuid4()
     claim = Claim(file_id, uuid.uuid4(), path.name, 1, None, None, "UTC", "file:///x", 1, 1, 1, 0,
@@ -138,7 +142,8 @@ def _tracking_child(mode: str, rows: int, path: Path) -> None:
 def _instructions(mode: str, rows: int, path: Path, out: Path) -> int:
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
            "benchmarks.tracking_overhead", "--child", mode, str(rows), str(path)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
+    # A fixed hash seed: string hashing otherwise changes dict and set work run to run.
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
     if match is None:
         raise RuntimeError(f"no instruction total in {out}")

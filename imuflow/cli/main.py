@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from imuflow.cli import data, ops, trends
 from imuflow.cli.client import CliError, StackClient
 from imuflow.settings import Settings, load_settings
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+
+class _Console:
+    """rich's Console on stderr, imported when first used: `imuflow upload` sends its first
+    bytes before rich is loaded (issue 18: the CLI's imports preceded the upload)."""
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
+    def print(self, *objects: Any) -> None:
+        self.get().print(*objects)
+
+
+console = _Console()
 
 
 def _positive(text: str) -> int:
@@ -150,6 +170,8 @@ def _run_service(name: str, settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> int:
+    import asyncio
+
     from imuflow import db
 
     settings.require_servers() if not settings.database_url else None
@@ -159,8 +181,6 @@ def _migrate(settings: Settings) -> int:
 
 
 def _upload(client: StackClient, args: argparse.Namespace) -> int:
-    from imuflow.cli.watch import describe, watch
-
     if not args.file.is_file():
         raise CliError(f"no such file: {args.file}")
     fields = {
@@ -173,7 +193,9 @@ def _upload(client: StackClient, args: argparse.Namespace) -> int:
     print(record["id"])
     if not args.watch:
         return 0
-    final = watch(client, record["id"], console)
+    from imuflow.cli.watch import describe, watch
+
+    final = watch(client, record["id"], console.get())
     status_text = final["status"]
     if status_text == "completed":
         console.print(f"[green]completed[/green]: {describe(final)}")
@@ -186,32 +208,59 @@ def _send(
     client: StackClient, path: Path, fields: dict[str, str], limit_rate: float, chunk: int
 ) -> dict[str, Any]:
     """Upload with tus (resuming by itself, and where a killed run stopped); the file record."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from imuflow.cli.resumable import ResumableUpload
 
     upload = ResumableUpload(client, path, fields, chunk=max(chunk, 1024), limit_rate=limit_rate)
-    columns = (
-        TextColumn("{task.description:>9}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("uploading", total=upload.size)
-        outcome = upload.run(lambda sent: bar.update(task, completed=sent))
+    bar = _UploadBar(upload.size)
+    try:
+        outcome = upload.run(bar.update)
+    finally:
+        bar.close()
     if outcome.resumed_from:
         console.print(f"resumed from byte {outcome.resumed_from:,} of {upload.size:,}")
     record: dict[str, Any] = client.progress("GET", f"/api/files/{outcome.file_id}")
     return record
+
+
+class _UploadBar:
+    """The upload's progress bar, drawn from the first chunk sent: the upload is created
+    and its first bytes are on their way before rich's progress module is imported."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.calls = 0
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def update(self, sent: int) -> None:
+        self.calls += 1
+        if self.bar is None:
+            if self.calls == 1:  # the upload's start (nothing sent by this run yet)
+                return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            columns = (
+                TextColumn("{task.description:>9}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            )
+            self.bar = Progress(*columns, console=console.get())
+            self.bar.start()
+            self.task = self.bar.add_task("uploading", total=self.size)
+        self.bar.update(self.task, completed=sent)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _rate(text: str) -> float:

@@ -7,13 +7,14 @@ unless `--token` names another admin token.
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from imuflow.cli.client import StackClient
 from imuflow.settings import Settings
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn: `imuflow upload` never needs it
+    from rich.console import Console
+    from rich.table import Table
 
 COMMANDS = ("status", "stuck", "reset-stuck", "dead-letters")
 STATUSES = ("uploaded", "queued", "parsing", "completed", "failed", "cancelled")
@@ -34,6 +35,9 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
     """Run one operator command; tables go to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
     out = console or Console()
     client = StackClient(settings, admin=True, token=args.token)
     if args.command == "status":
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console | None = 
 
 
 def _status(client: StackClient, out: Console, limit: int) -> int:
+    from rich.table import Table
+
     listing = client.progress("GET", "/api/admin/jobs", params={"limit": 2000})
     counts = listing["counts"]
     summary = Table(*STATUSES, title="files by status")
@@ -110,6 +116,8 @@ def _health(job: dict[str, Any]) -> str:
 
 
 def _stuck_table(rows: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "file", "owner", "name", "status", "stuck for", "limit", "attempts", "resume at", title="stuck"
     )
@@ -128,6 +136,8 @@ def _stuck_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _dead_letters(client: StackClient, out: Console, replay: int | None, limit: int) -> int:
+    from rich.table import Table
+
     if replay is not None:
         result = client.progress("POST", f"/api/admin/dead-letters/{replay}/replay")
         again = f"; file {result['requeued_file']} is queued again" if result["requeued_file"] else ""

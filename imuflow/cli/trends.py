@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from imuflow.cli.client import StackClient
 from imuflow.settings import Settings
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn: `imuflow upload` never needs it
+    from rich.console import Console
+    from rich.table import Table
 
 COMMANDS = ("trends",)
 
@@ -31,6 +32,8 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
     """Print the trend table."""
+    from rich.console import Console
+
     out = console or Console(width=140)
     client = StackClient(settings, admin=True, token=args.token)
     params = {"days": args.days, "bucket": args.per}
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console | None = 
 
 def table(points: list[dict[str, Any]], days: int, *, per: str = "day") -> Table:
     """One row per day or hour (newest last) and a total row."""
+    from rich.table import Table
+
     t = Table(
         f"{per} (UTC)", "samples", "samples/s", "busy samples/s", "completed", "failed (by reason)",
         "queue wait p50", "parse p50", "parse p95",

@@ -430,7 +430,7 @@ class _Prepared:
 
     batch: SampleBatch
     payload: list[memoryview]  # its COPY BINARY rows
-    preview: list[tuple[Any, ...]]  # its preview pyramid rows
+    preview: preview_blocks.Encoded  # its preview pyramid rows
     started: datetime  # when reading it began
 
 
@@ -441,7 +441,7 @@ def _prepare_next(batches: Iterator[SampleBatch], file_id: UUID) -> _Prepared | 
     if batch is None:
         return None
     return _Prepared(
-        batch, pgcopy.encode_parts(file_id, batch), preview_blocks.block_rows(file_id, batch), started
+        batch, pgcopy.encode_parts(file_id, batch), preview_blocks.encode(file_id, batch), started
     )
 
 

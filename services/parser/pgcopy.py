@@ -14,6 +14,7 @@ encoder runs in the parser's critical path).
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,13 +33,13 @@ def _lengths(n: int, size: int) -> npt.NDArray[np.uint8]:
     return np.broadcast_to(np.frombuffer(size.to_bytes(4, "big"), dtype=np.uint8), (n, 4))
 
 
-def _fixed(data: npt.NDArray[np.uint8], present: npt.NDArray[np.bool_]) -> Block:
+def field(data: npt.NDArray[np.uint8], present: npt.NDArray[np.bool_]) -> Block:
     """A fixed-size field: `data` is (n, size) bytes, `present` marks non-NULL rows."""
     n, size = data.shape
     if present.all():
         return np.hstack([_lengths(n, size), data]), None
     if not present.any():
-        return np.broadcast_to(_NULL, (n, 4)).copy(), None
+        return null_field(n)
     block = np.hstack([_lengths(n, size), data])
     block[~present, :4] = _NULL
     keep = np.ones(block.shape, dtype=np.bool_)
@@ -46,10 +47,61 @@ def _fixed(data: npt.NDArray[np.uint8], present: npt.NDArray[np.bool_]) -> Block
     return block, keep
 
 
+def null_field(n: int) -> Block:
+    """A field that is NULL in all `n` rows."""
+    return np.broadcast_to(_NULL, (n, 4)).copy(), None
+
+
+def number_field(values: npt.NDArray[Any], dtype: str, present: npt.NDArray[np.bool_] | None = None) -> Block:
+    """A numeric field of (n,) `values` sent as `dtype` (">i4", ">i8", ">f4"...)."""
+    data = _big_endian(np.asarray(values).astype(dtype))
+    return field(data, np.ones(data.shape[0], np.bool_) if present is None else present)
+
+
+# Element type OIDs of the arrays `array_field` sends (pg_type.dat).
+ARRAY_OIDS = {">i4": 23, ">f4": 700, ">f8": 701}
+
+
+def array_field(values: npt.NDArray[Any], dtype: str, present: npt.NDArray[np.bool_]) -> Block:
+    """A one-dimensional array field per row of (n, k) `values` (elements NULL where not
+    `present`), in array_send's layout: ndim, has-NULL flag, element OID, length, lower
+    bound, then each element as a field."""
+    n, k = values.shape
+    size = np.dtype(dtype).itemsize
+    head = np.zeros(n, dtype=[(name, ">i4") for name in ("len", "ndim", "flags", "oid", "dim", "lower")])
+    head["len"] = 20 + 4 * k + size * present.sum(axis=1)
+    head["ndim"], head["oid"], head["dim"], head["lower"] = 1, ARRAY_OIDS[dtype], k, 1
+    head["flags"] = ~present.all(axis=1)
+    elements = [number_field(values[:, j], dtype, present[:, j]) for j in range(k)]
+    blocks = [(head.view(np.uint8).reshape(n, 24), None), *elements]
+    return _stack(blocks)
+
+
+def _stack(blocks: list[Block]) -> Block:
+    """Blocks side by side, as one block (with a keep-mask if any of them has one)."""
+    rows = np.hstack([b for b, _ in blocks])
+    if all(keep is None for _, keep in blocks):
+        return rows, None
+    return rows, np.hstack([k if k is not None else np.ones(b.shape, np.bool_) for b, k in blocks])
+
+
+def join_rows(blocks: list[Block]) -> bytes:
+    """The rows' bytes: the blocks side by side, the bytes of NULL cells squeezed out."""
+    if not blocks or blocks[0][0].shape[0] == 0:
+        return b""
+    rows, keep = _stack(blocks)
+    return bytes(rows[keep].tobytes() if keep is not None else rows.tobytes())
+
+
+def field_count(n: int, count: int) -> Block:
+    """Each row's leading field count."""
+    return np.broadcast_to(np.frombuffer(count.to_bytes(2, "big"), np.uint8), (n, 2)), None
+
+
 def _sensor_block(batch: SampleBatch) -> Block:
     n = len(batch)
     if batch.sensor is None or not batch.sensors:
-        return np.broadcast_to(_NULL, (n, 4)).copy(), None
+        return null_field(n)
     names = [s.encode() for s in batch.sensors]
     width = max(len(b) for b in names)
     table = np.zeros((len(names), 4 + width), dtype=np.uint8)
@@ -146,25 +198,19 @@ def _fixed_width_rows(file_id: uuid.UUID, batch: SampleBatch) -> npt.NDArray[np.
 def _masked_rows(file_id: uuid.UUID, batch: SampleBatch) -> bytes:
     """Any mix of NULLs: byte blocks per field, NULL cells squeezed out with a mask."""
     n = len(batch)
+    everywhere = np.ones(n, np.bool_)
     blocks: list[Block] = [
-        (np.broadcast_to(np.frombuffer((len(COLUMNS)).to_bytes(2, "big"), np.uint8), (n, 2)), None),
-        _fixed(np.broadcast_to(np.frombuffer(file_id.bytes, np.uint8), (n, 16)), np.ones(n, np.bool_)),
-        _fixed(_big_endian(batch.sample_index.astype(">i8")), np.ones(n, np.bool_)),
-        _fixed(_big_endian(batch.t_ns.astype(">i8")), batch.t_ns != NULL_TIME),
+        field_count(n, len(COLUMNS)),
+        field(np.broadcast_to(np.frombuffer(file_id.bytes, np.uint8), (n, 16)), everywhere),
+        number_field(batch.sample_index, ">i8"),
+        number_field(batch.t_ns, ">i8", batch.t_ns != NULL_TIME),
     ]
     values = np.ascontiguousarray(batch.values, dtype=np.float32)
     present = ~np.isnan(values)
-    big = values.astype(">f4")
     for col in range(len(VALUE_COLUMNS)):
-        blocks.append(_fixed(_big_endian(np.ascontiguousarray(big[:, col])), present[:, col]))
+        blocks.append(number_field(values[:, col], ">f4", present[:, col]))
     blocks.append(_sensor_block(batch))
-    rows = np.hstack([b for b, _ in blocks]) if n else np.zeros((0, 0), np.uint8)
-    if any(keep is not None for _, keep in blocks):
-        keep = np.hstack([k if k is not None else np.ones(b.shape, np.bool_) for b, k in blocks])
-        body = rows[keep].tobytes()
-    else:
-        body = rows.tobytes()
-    return bytes(body)
+    return join_rows(blocks)
 
 
 def _big_endian(column: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:

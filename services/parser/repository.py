@@ -114,7 +114,7 @@ class ParserRepository:
         *,
         progress: Callable[[], dict[str, Any]] | None = None,
         payload: Sequence[memoryview] | None = None,
-        preview: list[tuple[Any, ...]] | None = None,
+        preview: preview_blocks.Encoded | None = None,
     ) -> None:
         """Commit the batch's samples, the checkpoint `cursor` (the position after the
         batch) and its progress event in one transaction.
@@ -122,7 +122,7 @@ class ParserRepository:
         `progress` builds the batch's progress event once the samples are written; it goes
         to the outbox in the same transaction (fault tests found fire-and-forget sends lost
         to a crash right after the commit: holes in the batch log). `payload` and `preview`
-        are the batch already encoded by `pgcopy.encode_parts` and its preview rows (the
+        are the batch already encoded by `pgcopy.encode_parts` and `preview_blocks.encode` (the
         parser makes them in its read-ahead thread).
         """
         with dberrors.translated(TransientError, "store batch"):
@@ -155,7 +155,7 @@ class ParserRepository:
         claim: Claim,
         batch: SampleBatch,
         payload: Sequence[memoryview] | None = None,
-        preview: list[tuple[Any, ...]] | None = None,
+        preview: preview_blocks.Encoded | None = None,
     ) -> None:
         """COPY the batch's samples and its preview pyramid rows (in the caller's transaction)."""
         if len(batch):

@@ -1,7 +1,15 @@
-"""Read a file forward in blocks of whole lines, tracking byte offsets for resume."""
+"""Read a file forward in blocks of whole lines, tracking byte offsets for resume.
+
+While the caller parses a block, the file's next read runs on a thread (one read ahead,
+so memory stays at two blocks): the kernel copy, the zero-fill and the page faults of the
+next block's buffer then overlap pyarrow's parse instead of preceding it, as pyarrow's own
+reader does with its I/O thread. Blocks are cut by line counts alone, so they are the
+same whatever the reads; only the too-long-line guard looks at how much is buffered.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import BinaryIO
 
 import numpy as np
@@ -18,6 +26,9 @@ MAX_BLOCK_BYTES = 64 << 20
 _RFIND_LIMIT = 8192
 # Newlines are counted this many bytes at a time: the comparison's temporary stays small.
 _COUNT_SLICE = 1 << 20
+# Off only where instructions are counted (benchmarks.tracking_overhead under callgrind):
+# a second thread's GIL hand-offs make a run's count vary by millions.
+READ_AHEAD = True
 
 
 def count_newlines(data: bytes | bytearray, start: int = 0) -> int:
@@ -44,6 +55,7 @@ class LineChunker:
         self._tail = 0  # bytes in _buf after its last newline (the unfinished line)
         self.bytes_per_line = max(bytes_per_line, 8.0)
         self.last_lines = 0  # newlines in the last handed-out block (its callers need it too)
+        self._ahead: _ReadAhead | None = None  # the next read, running on a thread
 
     @property
     def offset(self) -> int:
@@ -60,9 +72,11 @@ class LineChunker:
         """
         buf: bytes | bytearray = self._buf
         while self._newlines < n_lines and not self._eof and len(buf) < MAX_BLOCK_BYTES:
-            want = max(_MIN_READ, int((n_lines - self._newlines) * self.bytes_per_line * 1.05))
             have = len(buf)
-            buf = self._read_after(buf, min(want, MAX_BLOCK_BYTES - have))
+            if self._ahead is not None:
+                buf, self._ahead = self._ahead.result(buf), None
+            else:
+                buf = self._read_after(buf, self._want(n_lines, have))
             if len(buf) == have:
                 self._eof = True
                 break
@@ -89,7 +103,15 @@ class LineChunker:
         if n_lines and block:
             self.bytes_per_line = 0.8 * self.bytes_per_line + 0.2 * len(block) / max(1, self.last_lines)
         self._offset += len(block)
+        if READ_AHEAD and not self._eof and self._ahead is None and self._newlines < n_lines:
+            # What the next call's first read will be if it asks for as many lines.
+            self._ahead = _ReadAhead(self._f, len(self._buf), self._want(n_lines, len(self._buf)))
         return block, self._offset, self._eof and not self._buf
+
+    def _want(self, n_lines: int, have: int) -> int:
+        """How many bytes to read for `n_lines` lines after the `have` buffered."""
+        want = max(_MIN_READ, int((n_lines - self._newlines) * self.bytes_per_line * 1.05))
+        return min(want, MAX_BLOCK_BYTES - have)
 
     def _read_after(self, buf: bytes | bytearray, want: int) -> bytearray:
         """`buf` followed by up to `want` more bytes of the file, as one bytearray."""
@@ -130,3 +152,44 @@ class LineChunker:
             return pos
         marks = np.flatnonzero(np.frombuffer(self._buf, dtype=np.uint8) == 10)
         return int(marks[n - 1])
+
+
+class _ReadAhead:
+    """One read of `want` bytes on a thread, into a new buffer with `reserve` bytes of room
+    in front for what the chunker still holds then (a suffix of it by the time it is used:
+    blocks are only cut off the front)."""
+
+    def __init__(self, f: BinaryIO, reserve: int, want: int) -> None:
+        self._reserve = reserve
+        self._out = bytearray()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._read, args=(f, want), name="chunker-read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, f: BinaryIO, want: int) -> None:
+        try:
+            readinto = getattr(f, "readinto", None)
+            if readinto is None:
+                self._out = bytearray(self._reserve) + f.read(want)
+                return
+            out = bytearray(self._reserve + want)
+            with memoryview(out) as view:
+                got = readinto(view[self._reserve :]) or 0
+            del out[self._reserve + got :]  # a short read (the end of the file)
+            self._out = out
+        except BaseException as exc:  # raised again where the read is used
+            self._error = exc
+
+    def result(self, buf: bytes | bytearray) -> bytearray:
+        """`buf` (what the chunker holds now) followed by the bytes read."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        out, start = self._out, self._reserve - len(buf)
+        if start < 0:  # cannot happen (blocks are cut off the front); stay correct anyway
+            return bytearray(buf) + out[self._reserve :]
+        out[start : self._reserve] = buf
+        del out[:start]  # O(1): a bytearray drops its front by moving its start
+        return out

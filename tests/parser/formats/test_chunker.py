@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 
@@ -100,3 +101,44 @@ def test_count_newlines_across_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"a\nbb\n\n" * 11 + b"\n"
     assert chunker_module.count_newlines(data) == data.count(b"\n")
     assert chunker_module.count_newlines(bytearray(data), 5) == data[5:].count(b"\n")
+
+
+class _Recording(io.BytesIO):
+    """A file that notes which thread reads, and can fail from a given offset."""
+
+    def __init__(self, data: bytes, fail_from: int | None = None) -> None:
+        super().__init__(data)
+        self.threads: list[str] = []
+        self.fail_from = fail_from
+
+    def readinto(self, buffer: object) -> int:
+        self.threads.append(threading.current_thread().name)
+        if self.fail_from is not None and self.tell() >= self.fail_from:
+            raise OSError("the disk went away")
+        return super().readinto(buffer)  # type: ignore[arg-type]
+
+
+def test_the_next_read_runs_on_a_thread_and_blocks_stay_cut_by_line_counts() -> None:
+    data = b"".join(b"%d,%s\n" % (i, b"z" * (i % 11)) for i in range(20_000))
+    lines = data.splitlines(keepends=True)
+    f = _Recording(data)
+    chunker = LineChunker(f, 0, 4.0)
+    at = 0
+    for n in [10, 3000, 3000, 7, 1, 9000, 500, 50_000]:  # as an adaptive batch sizer asks
+        block, end, _ = chunker.next_block(n)
+        assert block == b"".join(lines[at : at + n]) and end == len(b"".join(lines[: at + n]))
+        at += n
+    assert chunker.next_block(10) == (b"", len(data), True)
+    assert f.threads[0] == threading.current_thread().name  # the first read: nothing to overlap
+    assert "chunker-read-ahead" in f.threads[1:]
+
+
+def test_a_failed_read_ahead_is_raised_where_its_bytes_are_needed() -> None:
+    data = b"1,2\n" * 100_000
+    chunker = LineChunker(_Recording(data, fail_from=len(data) // 2), 0, 4.0)
+    blocks = [bytes(chunker.next_block(1000)[0])]
+    with pytest.raises(OSError, match="the disk went away"):
+        while block := chunker.next_block(20_000)[0]:
+            blocks.append(bytes(block))
+    handed = b"".join(blocks)  # whole lines, in order, none after the failure
+    assert data.startswith(handed) and chunker.offset == len(handed) < len(data)
