@@ -1,5 +1,6 @@
 """Shared fixtures: real servers (tests/servers.py) and the service stack (tests/stack.py)."""
 
+from tests.basetemp import pytest_configure, pytest_unconfigure
 from tests.objectstore import s3_prefix, s3_server, storage
 from tests.servers import (
     database_url,
@@ -17,7 +18,9 @@ __all__ = [
     "kafka_bootstrap",
     "pool",
     "postgres_server_url",
+    "pytest_configure",
     "pytest_runtest_makereport",
+    "pytest_unconfigure",
     "s3_prefix",
     "s3_server",
     "service_stack",
