@@ -28,6 +28,7 @@ from contracts.records import FileRecord
 from imuflow import db, dberrors, notifications
 from imuflow.aio import wait_any
 from services.progress.credentials import CredentialCache
+from services.progress.edgepublish import EdgePublisher
 from services.progress.recent import RECENT_EVENTS, RecentEvents
 
 log = logging.getLogger("imuflow.progress")
@@ -129,7 +130,13 @@ def _release(waiter: asyncio.Future[None]) -> None:
 class Multiplexer:
     """Listens for new file events and hands them to the subscriptions that want them."""
 
-    def __init__(self, database_url: str, pool: asyncpg.Pool, replay_window: int = RECENT_EVENTS) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        pool: asyncpg.Pool,
+        replay_window: int = RECENT_EVENTS,
+        edge: EdgePublisher | None = None,
+    ) -> None:
         self.database_url = database_url
         self.pool = pool
         self.subscriptions: set[Subscription] = set()
@@ -138,6 +145,10 @@ class Multiplexer:
         self.recent = RecentEvents(replay_window)
         self.credentials = CredentialCache()
         self.started = asyncio.Event()
+        # The SSE edge (IMUFLOW_SSE_EDGE_PUBLISH_URL), and the tokens of the edge streams this
+        # replica opened: the session check closes theirs through it (grip.py).
+        self.edge = edge
+        self.edge_tokens: set[bytes] = set()
 
     def subscribe(
         self, user_id: UUID | None, file_id: UUID | None, token_hash: bytes | None = None
@@ -155,6 +166,14 @@ class Multiplexer:
         """Follow `file_events` until `stop` is set."""
         self.last_id = await self._load_recent()
         self.started.set()
+        if self.edge is not None:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.edge.run(stop))
+                tasks.create_task(self._follow(stop))
+        else:
+            await self._follow(stop)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         await notifications.follow(
             self.database_url,
             "imuflow_file_events",
@@ -175,9 +194,9 @@ class Multiplexer:
         while not await wait_any(stop, timeout=SESSION_CHECK_SECONDS):
             self.credentials.clear()  # so a revoked token opens no stream after this check
             subs = [s for s in self.subscriptions if s.token_hash is not None and not s.ended]
-            if not subs:
+            if not subs and not self.edge_tokens:
                 continue
-            digests = list({s.token_hash for s in subs if s.token_hash is not None})
+            digests = list({s.token_hash for s in subs if s.token_hash is not None} | self.edge_tokens)
             try:
                 rows = await self.pool.fetch(QUERIES["live_tokens"], digests)
             except dberrors.DRIVER as exc:
@@ -187,6 +206,10 @@ class Multiplexer:
             for sub in subs:
                 if sub.token_hash not in live:
                     sub.end()
+            for digest in self.edge_tokens - live:
+                self.edge_tokens.discard(digest)
+                if self.edge is not None:
+                    self.edge.close_streams(digest)
 
     async def _drain(self) -> None:
         while True:
@@ -197,6 +220,8 @@ class Multiplexer:
                     if sub.wants(event):
                         sub.put(event)
                 self.recent.add(event)
+                if self.edge is not None:
+                    self.edge.add(event)
                 self.last_id = event.id
             if len(rows) < FETCH_LIMIT:
                 return
@@ -212,4 +237,6 @@ class Multiplexer:
         floor = events[-1].id - 1 if full and events else pruned
         newest = events[0].id if events else int(await self.pool.fetchval(QUERIES["max_event_id"]))
         self.recent.load(events, floor=max(floor, pruned), newest=newest)
+        if self.edge is not None:
+            self.edge.seed(events)
         return newest
