@@ -52,6 +52,7 @@ class EdgeConfig:
     publish_port: int
     backends: tuple[str, ...]  # host:port of each progress replica
     sig_key: str
+    binary: str = "pushpin"
     rundir: Path | None = None  # default: directory/run
 
     @property
@@ -68,7 +69,7 @@ class EdgeConfig:
         return self.directory / "pushpin.conf"
 
 
-def local_edge(directory: Path, backends: list[str], host: str = "127.0.0.1") -> EdgeConfig:
+def local_edge(directory: Path, backends: list[str], binary: str, host: str = "127.0.0.1") -> EdgeConfig:
     """An edge on free ports of `host` with a new random key, in front of `backends`."""
     return EdgeConfig(
         directory=directory,
@@ -77,6 +78,7 @@ def local_edge(directory: Path, backends: list[str], host: str = "127.0.0.1") ->
         publish_port=free_port(),
         backends=tuple(backends),
         sig_key=secrets.token_urlsafe(32),
+        binary=binary,
     )
 
 
@@ -168,12 +170,12 @@ def write_config(config: EdgeConfig) -> Path:
     return config.config_path
 
 
-def edge_spec(config: EdgeConfig, binary: str, log_path: Path) -> ServiceSpec:
+def edge_spec(config: EdgeConfig, log_path: Path) -> ServiceSpec:
     """The supervisor's spec of the edge; healthy when a replica's /readyz answers through it."""
     return ServiceSpec(
         name="sse-edge",
-        argv=[binary, "--config", str(config.config_path), "--merge-output"],
-        env={},
+        argv=[config.binary, "--config", str(config.config_path), "--merge-output"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         log_path=log_path,
         health_url=f"{config.url}/readyz",
     )
@@ -184,9 +186,7 @@ class EdgeDidNotStart(RuntimeError):
 
 
 @contextlib.contextmanager
-def running_edge(
-    config: EdgeConfig, binary: str, *, within: float = 20.0
-) -> Iterator[subprocess.Popen[bytes]]:
+def running_edge(config: EdgeConfig, *, within: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
     """Pushpin on `config` (written first) until the block ends, for tests and benchmarks.
 
     Ready once its client port and its publish port both accept connections. It runs in a
@@ -196,7 +196,7 @@ def running_edge(
     log_path = config.directory / "pushpin.out"
     with log_path.open("ab") as out:
         process = subprocess.Popen(
-            [binary, "--config", str(config.config_path), "--merge-output"],
+            [config.binary, "--config", str(config.config_path), "--merge-output"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -114,7 +114,7 @@ async def _edge_in_front(
 ) -> AsyncIterator[EdgeStack]:
     """Pushpin on free ports in front of a progress service (publishing to it, or not)."""
     assert PUSHPIN is not None
-    config = local_edge(directory, [f"127.0.0.1:{settings.progress_port}"])
+    config = local_edge(directory, [f"127.0.0.1:{settings.progress_port}"], PUSHPIN)
     edge_settings = settings.model_copy(
         update={
             "sse_edge_key": config.sig_key,
@@ -122,7 +122,7 @@ async def _edge_in_front(
             "sse_ping_seconds": PING_SECONDS,
         }
     )
-    with running_edge(config, PUSHPIN):
+    with running_edge(config):
         yield config, await service_stack(edge_settings, services=("progress",))
 
 
