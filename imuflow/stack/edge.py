@@ -99,7 +99,8 @@ stats_connection_ttl=120
 services=condure,zurl,pushpin-proxy,pushpin-handler
 http_port={config.listen}
 logdir={logdir}
-log_level=2
+# 1: warnings only. At 2 every request and subscription is a log line: 10,000 of them per storm.
+log_level=1
 client_buffer_size=8192
 client_maxconn=50000
 condure_bin=condure
@@ -168,6 +169,35 @@ def write_config(config: EdgeConfig) -> Path:
     config.config_path.write_text(text)
     config.config_path.chmod(0o600)  # it holds the signing key
     return config.config_path
+
+
+# docker-compose's edge (the `sse-edge` service): deploy/pushpin/ is render_deploy()'s output,
+# checked by tests/stack/test_sse_edge_config.py. Its key must match the progress
+# service's IMUFLOW_SSE_EDGE_KEY there; change both for anything but a trial.
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "pushpin"
+COMPOSE_EDGE = EdgeConfig(
+    directory=Path("/etc/pushpin"),
+    listen="0.0.0.0:7999",
+    publish_host="0.0.0.0",
+    publish_port=5561,
+    backends=("progress:8000",),
+    sig_key="imuflow-dev-edge-key",
+)
+
+
+def render_deploy(config: EdgeConfig = COMPOSE_EDGE) -> dict[str, str]:
+    """deploy/pushpin's files (name: text) for the compose edge."""
+    conf = render_config(
+        config, rundir="/var/run/pushpin", logdir="/var/log/pushpin", routes="/etc/pushpin/routes"
+    )
+    return {"pushpin.conf": conf, "routes": render_routes(config)}
+
+
+def write_deploy(directory: Path = DEPLOY_DIR) -> None:
+    """Regenerate deploy/pushpin: `python -c 'import imuflow.stack.edge as e; e.write_deploy()'`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in render_deploy().items():
+        (directory / name).write_text(text)
 
 
 def edge_spec(config: EdgeConfig, log_path: Path) -> ServiceSpec:

@@ -13,6 +13,10 @@ another stack that is ahead) gets the full current state again. The live
 queue is subscribed to before either, and events at or below the last id sent are
 dropped, so nothing falls in the gap and nothing repeats.
 
+A stream request that came through the Pushpin SSE edge (a valid Grip-Sig) gets the same
+start, as one response that hands the connection to the edge (`edge_hold`, grip.py); the
+edge then gets every later event from the multiplexer's publisher, not from here.
+
 Each stream holds one of its user's `IMUFLOW_MAX_STREAMS_PER_USER` slots until it ends,
 and ends by itself within SESSION_CHECK_SECONDS of its token or session ending.
 
