@@ -52,7 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
         app.state.storage = open_storage(settings)
-        edge = EdgePublisher(settings.sse_edge_publish_url) if settings.sse_edge_publish_url else None
+        edge_url = settings.sse_edge_publish_url
+        edge = EdgePublisher(edge_url, settings.database_url) if edge_url else None
         app.state.mux = Multiplexer(settings.database_url, pool, settings.sse_replay_window, edge)
         producer = kafka.producer(settings)
         applier = ProgressApplier(settings, pool)

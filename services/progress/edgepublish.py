@@ -5,11 +5,15 @@ multiplexer hands each event it reads to `EdgePublisher.add`: one item per chann
 user's, the file's, the operators'; services/progress/grip.py), with the event's id and the
 previous id published on that channel. What is queued goes out as one POST per round.
 
-Every replica reads every event (the multiplexer follows `file_events`), and every replica
-publishes it: Pushpin drops an id it has seen on a channel within `id_cache_ttl` (60 s),
-so a client gets it once whichever replica is first, and no leader has to be elected or
-failed over. A replica that is behind by more than that publishes ids whose prev-id no
-longer matches; Pushpin then recovers each stream from its Grip-Link instead of repeating.
+Every replica reads every event (the multiplexer follows `file_events`), but one publishes:
+the replica holding a Postgres advisory lock on a connection of its own (PUBLISH_LOCK).
+Two publishers would not repeat an event (Pushpin drops the second copy, or its prev-id
+mismatch makes Pushpin recover the stream), but each second copy can cost a recovery
+request per held stream, and a recovery's replay is coalesced, so clients would see fewer
+progress events (tests/progress/test_sse_edge.py saw exactly that). The others follow:
+they track each channel's previous id, queue nothing, and try for the lock every
+LEADER_RETRY_SECONDS; when the leader dies its connection ends, the lock passes on, and
+what was published in between is repaired by the next publish's prev-id mismatch.
 
 Memory is bounded twice: at most MAX_QUEUED items wait (beyond that the oldest are
 dropped, which the next publish's prev-id mismatch repairs), and the previous id is kept
@@ -24,8 +28,10 @@ import logging
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import httpx
 
+from imuflow import dberrors
 from imuflow.aio import wait_any
 from services.progress.grip import ADMIN_CHANNEL, file_channel, token_channel, user_channel
 
@@ -37,13 +43,17 @@ MAX_QUEUED = 50_000
 MAX_CHANNELS = 100_000
 BATCH = 500  # items per POST, about 1 MB: imuflow/stack/edge.py sets Pushpin's body limit to fit
 RETRY_SECONDS = 1.0
+LEADER_RETRY_SECONDS = 2.0
+PUBLISH_LOCK = 7_202_617  # advisory-lock key: the one replica that publishes to the edge
 
 
 class EdgePublisher:
     """A bounded queue of publish items and the task that posts them to Pushpin."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, url: str, database_url: str, client: httpx.AsyncClient | None = None) -> None:
         self.url = url
+        self.database_url = database_url
+        self.leading = False
         self._client = client
         self._queue: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED)
         self._prev: OrderedDict[str, int] = OrderedDict()
@@ -72,13 +82,19 @@ class EdgePublisher:
                     continue  # seen already (seeded from the window)
                 item["prev-id"] = str(prev)
             self._remember(channel, event.id)
+            if not self.leading:
+                continue
             if len(self._queue) == self._queue.maxlen:
                 self.dropped += 1
             self._queue.append(item)
         self._wake.set()
 
     def close_streams(self, token_hash: bytes) -> None:
-        """Close every edge stream opened with this token (it was revoked or expired)."""
+        """Close every edge stream opened with this token (it was revoked or expired).
+
+        Queued by whichever replica noticed (only the leader posts it): a replica that
+        follows would lose it, and a repeated close is harmless.
+        """
         channel = token_channel(token_hash)
         self._queue.append({"channel": channel, "formats": {"http-stream": {"action": "close"}}})
         self._wake.set()
@@ -90,27 +106,59 @@ class EdgePublisher:
             self._prev.popitem(last=False)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Post what is queued, a batch per round, until `stop`."""
+        """Lead (publish) or follow, until `stop`."""
         client = self._client or httpx.AsyncClient(timeout=10.0)
         try:
             while not stop.is_set():
-                if not self._queue:
-                    self._wake.clear()
-                    await wait_any(stop, self._wake, timeout=60.0)
-                    continue
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
                 try:
-                    response = await client.post(self.url, json={"items": batch})
-                    response.raise_for_status()
-                    self.published += len(batch)
-                except httpx.HTTPError as exc:
-                    # Put them back in front (the queue's bound still holds) and try again.
-                    log.warning("sse edge: publish to %s failed: %s", self.url, exc)
-                    self._queue.extendleft(reversed(batch))
-                    await wait_any(stop, timeout=RETRY_SECONDS)
+                    conn = await asyncpg.connect(self.database_url, timeout=10)
+                except dberrors.DRIVER as exc:
+                    log.warning("sse edge: cannot reach Postgres for the publish lock: %s", exc)
+                    await wait_any(stop, timeout=LEADER_RETRY_SECONDS)
+                    continue
+                try:
+                    await self._lead_or_follow(stop, conn, client)
+                except dberrors.DRIVER as exc:
+                    log.warning("sse edge: publish lock lost: %s", exc)
+                finally:
+                    self.leading = False
+                    conn.terminate()
         finally:
             if self._client is None:
                 await client.aclose()
+
+    async def _lead_or_follow(
+        self, stop: asyncio.Event, conn: asyncpg.Connection, client: httpx.AsyncClient
+    ) -> None:
+        while not stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", PUBLISH_LOCK):
+                self.leading = True
+                log.info("sse edge: this replica publishes to %s", self.url)
+                await self._publish(stop, conn, client)
+                return
+            self._queue.clear()  # only close actions, which the leader posts instead
+            await wait_any(stop, timeout=LEADER_RETRY_SECONDS)
+
+    async def _publish(
+        self, stop: asyncio.Event, conn: asyncpg.Connection, client: httpx.AsyncClient
+    ) -> None:
+        """Post what is queued, a batch per round, while the lock's connection lives."""
+        while not stop.is_set() and not conn.is_closed():
+            if not self._queue:
+                self._wake.clear()
+                if not await wait_any(stop, self._wake, timeout=LEADER_RETRY_SECONDS):
+                    await conn.execute("SELECT 1")  # the lock is only as alive as its connection
+                continue
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            try:
+                response = await client.post(self.url, json={"items": batch})
+                response.raise_for_status()
+                self.published += len(batch)
+            except httpx.HTTPError as exc:
+                # Put them back in front (the queue's bound still holds) and try again.
+                log.warning("sse edge: publish to %s failed: %s", self.url, exc)
+                self._queue.extendleft(reversed(batch))
+                await wait_any(stop, timeout=RETRY_SECONDS)
 
 
 def _channels(event: FileEvent) -> tuple[str, str, str]:
