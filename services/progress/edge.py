@@ -38,6 +38,5 @@ async def recover(request: Request, grant: Annotated[str, Query(max_length=400)]
         raise database_unavailable(exc) from exc
     if not live:
         raise HTTPException(401, "invalid, revoked or expired token")
-    channel = found.channels()[0]
-    last = grip.last_ids(request).get(channel)
+    last = grip.last_ids(request).get(found.channel())
     return await edge_hold(request, found, last)

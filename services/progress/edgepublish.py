@@ -10,8 +10,8 @@ the replica holding a Postgres advisory lock on a connection of its own (PUBLISH
 Two publishers would not repeat an event (Pushpin drops the second copy, or its prev-id
 mismatch makes Pushpin recover the stream), but each second copy can cost a recovery
 request per held stream, and a recovery's replay is coalesced, so clients would see fewer
-progress events (tests/progress/test_sse_edge.py saw exactly that). The others follow:
-they track each channel's previous id, queue nothing, and try for the lock every
+progress events (seen with two replicas while this was built). The others follow: they
+track each channel's previous id, queue nothing, and try for the lock every
 LEADER_RETRY_SECONDS; when the leader dies its connection ends, the lock passes on, and
 what was published in between is repaired by the next publish's prev-id mismatch.
 
@@ -33,7 +33,7 @@ import httpx
 
 from imuflow import dberrors
 from imuflow.aio import wait_any
-from services.progress.grip import ADMIN_CHANNEL, file_channel, token_channel, user_channel
+from services.progress.grip import ADMIN_CHANNEL, file_channel, user_channel
 
 if TYPE_CHECKING:
     from services.progress.multiplexer import FileEvent
@@ -89,16 +89,6 @@ class EdgePublisher:
             self._queue.append(item)
         self._wake.set()
 
-    def close_streams(self, token_hash: bytes) -> None:
-        """Close every edge stream opened with this token (it was revoked or expired).
-
-        Queued by whichever replica noticed (only the leader posts it): a replica that
-        follows would lose it, and a repeated close is harmless.
-        """
-        channel = token_channel(token_hash)
-        self._queue.append({"channel": channel, "formats": {"http-stream": {"action": "close"}}})
-        self._wake.set()
-
     def _remember(self, channel: str, event_id: int) -> None:
         self._prev[channel] = event_id
         self._prev.move_to_end(channel)
@@ -136,7 +126,6 @@ class EdgePublisher:
                 log.info("sse edge: this replica publishes to %s", self.url)
                 await self._publish(stop, conn, client)
                 return
-            self._queue.clear()  # only close actions, which the leader posts instead
             await wait_any(stop, timeout=LEADER_RETRY_SECONDS)
 
     async def _publish(
@@ -149,16 +138,20 @@ class EdgePublisher:
                 if not await wait_any(stop, self._wake, timeout=LEADER_RETRY_SECONDS):
                     await conn.execute("SELECT 1")  # the lock is only as alive as its connection
                 continue
-            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-            try:
-                response = await client.post(self.url, json={"items": batch})
-                response.raise_for_status()
-                self.published += len(batch)
-            except httpx.HTTPError as exc:
-                # Put them back in front (the queue's bound still holds) and try again.
-                log.warning("sse edge: publish to %s failed: %s", self.url, exc)
-                self._queue.extendleft(reversed(batch))
-                await wait_any(stop, timeout=RETRY_SECONDS)
+            await self._post_batch(stop, client)
+
+    async def _post_batch(self, stop: asyncio.Event, client: httpx.AsyncClient) -> None:
+        """Post the oldest BATCH queued items; put them back in front if Pushpin is away."""
+        batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+        try:
+            response = await client.post(self.url, json={"items": batch})
+            response.raise_for_status()
+            self.published += len(batch)
+        except httpx.HTTPError as exc:
+            # The queue's bound still holds: extendleft drops from the newest end if full.
+            log.warning("sse edge: publish to %s failed: %s", self.url, exc)
+            self._queue.extendleft(reversed(batch))
+            await wait_any(stop, timeout=RETRY_SECONDS)
 
 
 def _channels(event: FileEvent) -> tuple[str, str, str]:

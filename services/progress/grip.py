@@ -7,7 +7,7 @@ client's connection and this service's is done. Each event then reaches the clie
 published by the multiplexer to the stream's channel (services/progress/edgepublish.py):
 
 - `u-<user id>` (/api/events), `f-<file id>` (/api/files/{id}/events), `admin`
-  (/api/admin/events); plus `t-<token digest>`, on which a revoked token's streams are closed.
+  (/api/admin/events).
 - Every publish carries its event id and the previous id on its channel (`prev-id`); the
   hold says the last id its body covered. An event published before Pushpin subscribed, or
   dropped on the way, makes the next one's prev-id mismatch, and Pushpin then asks the
@@ -15,7 +15,10 @@ published by the multiplexer to the stream's channel (services/progress/edgepubl
   the replay after n. So no event falls between the replay and the hold, and none repeats.
 
 Pushpin forwards no credential with that recovery request, so the link carries what the
-stream was opened for (user, file, token digest), signed with the edge key.
+stream was opened for (user, file, token digest), signed with the edge key; a recovery for
+a token no longer live is refused (401), which ends the held stream. Unlike a direct
+stream, a held one is not ended by the session check: a revoked token's edge stream lives
+until its next recovery or reconnect (docs/architecture.md, open).
 
 The JWT is checked here by hand (stdlib hmac): one algorithm, two claims, no dependency.
 """
@@ -44,10 +47,6 @@ def user_channel(user_id: UUID) -> str:
 
 def file_channel(file_id: UUID) -> str:
     return f"f-{file_id}"
-
-
-def token_channel(token_hash: bytes) -> str:
-    return f"t-{token_hash.hex()}"
 
 
 def _b64decode(part: str) -> bytes:
@@ -100,16 +99,11 @@ class Grant:
     owner: UUID
     token_hash: bytes
 
-    def channels(self) -> list[str]:
-        """The channels the stream holds: its events', then its token's (for closing)."""
-        events = (
-            file_channel(self.file_id)
-            if self.file_id is not None
-            else user_channel(self.user_id)
-            if self.user_id is not None
-            else ADMIN_CHANNEL
-        )
-        return [events, token_channel(self.token_hash)]
+    def channel(self) -> str:
+        """The channel the stream holds."""
+        if self.file_id is not None:
+            return file_channel(self.file_id)
+        return user_channel(self.user_id) if self.user_id is not None else ADMIN_CHANNEL
 
     def encode(self, key: str) -> str:
         raw = "|".join(
@@ -140,13 +134,12 @@ RECOVER_PATH = "/api/edge/recover"
 
 def hold_headers(grant: Grant, key: str, last_id: int, keep_alive_seconds: float) -> dict[str, str]:
     """The GRIP headers that hand the stream to the edge, its body covering up to `last_id`."""
-    events, closing = grant.channels()
     link = f"{RECOVER_PATH}?grant={quote(grant.encode(key))}"
     return {
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-store",
         "Grip-Hold": "stream",
-        "Grip-Channel": f"{events}; prev-id={last_id}, {closing}",
+        "Grip-Channel": f"{grant.channel()}; prev-id={last_id}",
         "Grip-Link": f"<{link}>; rel=next",
         # A comment, as sse.py's own pings; `cstring` so the \n escapes are newlines.
         "Grip-Keep-Alive": f":ping\\n\\n; format=cstring; timeout={max(int(keep_alive_seconds), 1)}",

@@ -145,10 +145,8 @@ class Multiplexer:
         self.recent = RecentEvents(replay_window)
         self.credentials = CredentialCache()
         self.started = asyncio.Event()
-        # The SSE edge (IMUFLOW_SSE_EDGE_PUBLISH_URL), and the tokens of the edge streams this
-        # replica opened: the session check closes theirs through it (grip.py).
+        # The SSE edge (IMUFLOW_SSE_EDGE_PUBLISH_URL): every event read is published to it.
         self.edge = edge
-        self.edge_tokens: set[bytes] = set()
 
     def subscribe(
         self, user_id: UUID | None, file_id: UUID | None, token_hash: bytes | None = None
@@ -194,9 +192,9 @@ class Multiplexer:
         while not await wait_any(stop, timeout=SESSION_CHECK_SECONDS):
             self.credentials.clear()  # so a revoked token opens no stream after this check
             subs = [s for s in self.subscriptions if s.token_hash is not None and not s.ended]
-            if not subs and not self.edge_tokens:
+            if not subs:
                 continue
-            digests = list({s.token_hash for s in subs if s.token_hash is not None} | self.edge_tokens)
+            digests = list({s.token_hash for s in subs if s.token_hash is not None})
             try:
                 rows = await self.pool.fetch(QUERIES["live_tokens"], digests)
             except dberrors.DRIVER as exc:
@@ -206,10 +204,6 @@ class Multiplexer:
             for sub in subs:
                 if sub.token_hash not in live:
                     sub.end()
-            for digest in self.edge_tokens - live:
-                self.edge_tokens.discard(digest)
-                if self.edge is not None:
-                    self.edge.close_streams(digest)
 
     async def _drain(self) -> None:
         while True:

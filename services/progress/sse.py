@@ -131,7 +131,6 @@ async def edge_hold(request: Request, grant: grip.Grant, resume_after: int | Non
             sent = covered
     except Unavailable as exc:
         raise database_unavailable(exc) from exc
-    mux.edge_tokens.add(grant.token_hash)
     headers = grip.hold_headers(grant, settings.sse_edge_key, sent, settings.sse_ping_seconds)
     return Response(b"".join(chunks), headers=headers, media_type="text/event-stream")
 

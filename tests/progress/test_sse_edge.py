@@ -59,6 +59,7 @@ class Stream:
     comments: list[str] = field(default_factory=list)
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    ended: bool = False  # the server (the edge) closed the stream
 
     def ids(self) -> list[int]:
         return [event_id for _, event_id, _ in self.events]
@@ -69,6 +70,13 @@ class Stream:
 
 async def _read(url: str, headers: dict[str, str], into: Stream) -> None:
     """Read raw SSE frames until cancelled (comments too, which httpx-sse hides)."""
+    try:
+        await _frames(url, headers, into)
+    except httpx.HTTPError:
+        into.ended = True  # closed by the server mid-chunk: ended all the same
+
+
+async def _frames(url: str, headers: dict[str, str], into: Stream) -> None:
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False) as client,
         client.stream("GET", url, headers=headers) as response,
