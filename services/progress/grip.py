@@ -3,8 +3,8 @@
 With IMUFLOW_SSE_EDGE_KEY set, a stream request that Pushpin forwarded (it signs each with
 a `Grip-Sig` JWT, HS256 under its `sig_key`) is answered with the stream's start (the
 current state, or the Last-Event-ID replay) and `Grip-Hold: stream`: Pushpin keeps the
-client's connection and this service's is done. Each event then reaches the client once,
-published by the multiplexer to the stream's channel (services/progress/edgepublish.py):
+client's connection and this service's is done. Each event then reaches the client,
+published by one replica's multiplexer to the stream's channel (services/progress/edgepublish.py):
 
 - `u-<user id>` (/api/events), `f-<file id>` (/api/files/{id}/events), `admin`
   (/api/admin/events).
