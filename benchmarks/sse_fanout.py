@@ -113,7 +113,7 @@ async def _client(
         try:
             await _follow(host, port, token, delays, ready)
             return
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # reset, refused, or the connect timed out
             if ready.is_set() or attempt == CONNECT_ATTEMPTS - 1:
                 raise
             retried[0] += 1
