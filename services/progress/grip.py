@@ -16,9 +16,12 @@ published by one replica's multiplexer to the stream's channel (services/progres
 
 Pushpin forwards no credential with that recovery request, so the link carries what the
 stream was opened for (user, file, token digest), signed with the edge key; a recovery for
-a token no longer live is refused (401), which ends the held stream. Unlike a direct
-stream, a held one is not ended by the session check: a revoked token's edge stream lives
-until its next recovery or reconnect (docs/architecture.md, open).
+a token no longer live gets a plain answer (no hold, no link), which ends the held
+stream. The link also has a timeout (LINK_TIMEOUT_SECONDS): Pushpin asks it again that
+long after each delivery even when nothing was missed, so a held stream's token is
+checked as often as a direct stream's, and a signed-out, revoked or expired one ends
+within SPEC §7's 20 s. Each held stream costs one small request (one token query) per
+interval.
 
 The JWT is checked here by hand (stdlib hmac): one algorithm, two claims, no dependency.
 """
@@ -130,6 +133,9 @@ class Grant:
 
 
 RECOVER_PATH = "/api/edge/recover"
+# How long Pushpin holds a stream before asking its link again (a token check); at most
+# SPEC §7's 20 s, less the check's own time.
+LINK_TIMEOUT_SECONDS = 10
 
 
 def hold_headers(grant: Grant, key: str, last_id: int, keep_alive_seconds: float) -> dict[str, str]:
@@ -140,7 +146,7 @@ def hold_headers(grant: Grant, key: str, last_id: int, keep_alive_seconds: float
         "Cache-Control": "no-store",
         "Grip-Hold": "stream",
         "Grip-Channel": f"{grant.channel()}; prev-id={last_id}",
-        "Grip-Link": f"<{link}>; rel=next",
+        "Grip-Link": f"<{link}>; rel=next; timeout={LINK_TIMEOUT_SECONDS}",
         # A comment, as sse.py's own pings; `cstring` so the \n escapes are newlines.
         "Grip-Keep-Alive": f":ping\\n\\n; format=cstring; timeout={max(int(keep_alive_seconds), 1)}",
     }

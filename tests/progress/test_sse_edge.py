@@ -70,10 +70,9 @@ class Stream:
 
 async def _read(url: str, headers: dict[str, str], into: Stream) -> None:
     """Read raw SSE frames until cancelled (comments too, which httpx-sse hides)."""
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # closed by the server mid-chunk: ended all the same
         await _frames(url, headers, into)
-    except httpx.HTTPError:
-        into.ended = True  # closed by the server mid-chunk: ended all the same
+    into.ended = True
 
 
 async def _frames(url: str, headers: dict[str, str], into: Stream) -> None:
@@ -269,7 +268,7 @@ async def test_recovery_replays_what_the_edge_missed_and_only_for_the_edge(
         forged = {**bearer(alice), "Grip-Sig": _grip_sig("not-the-key")}
         async with client.stream("GET", f"{stack.progress_url}/api/events", headers=forged) as direct:
             assert direct.status_code == 200 and "grip-hold" not in direct.headers
-        # Revoked: the recovery (and so the held stream) ends with 401.
+        # Revoked: the recovery answers without a hold or a link, which ends the held stream.
         conn = await asyncpg.connect(database_url)
         try:
             await conn.execute(
@@ -278,7 +277,7 @@ async def test_recovery_replays_what_the_edge_missed_and_only_for_the_edge(
         finally:
             await conn.close()
         gone = await client.get(recover, headers={"Grip-Sig": _grip_sig(config.sig_key), **last})
-        assert gone.status_code == 401
+        assert gone.status_code == 200 and "grip-hold" not in gone.headers and "grip-link" not in gone.headers
 
 
 async def test_pushpin_recovers_what_it_missed_from_the_link_and_repeats_nothing(
@@ -325,3 +324,38 @@ async def test_pushpin_recovers_what_it_missed_from_the_link_and_repeats_nothing
     assert stream.ids() == [first, latest, ended]
     assert stream.files() == {mine}
     assert all(kind != "bogus" for kind, _, _ in stream.events)
+
+
+async def test_a_held_stream_ends_within_20_s_of_its_token_being_revoked(
+    edge_stack: EdgeStack, database_url: str
+) -> None:
+    """SPEC §7: a stream ends within 20 s of its session ending, held by the edge too.
+
+    Pushpin asks the stream's link again every LINK_TIMEOUT_SECONDS; once the token is
+    revoked it answers with no hold and no link, and the edge ends the stream. A live token's stream stays,
+    and the re-asked link repeats no event."""
+    config, _ = edge_stack
+    alice = await make_token(database_url, "alice")
+    carol = await make_token(database_url, "carol")
+    conn = await asyncpg.connect(database_url)
+    try:
+        mine = await new_file(conn, "alice", "mine.csv")
+        await new_file(conn, "carol", "kept.csv")
+        async with (
+            following(f"{config.url}/api/events", bearer(alice)) as revoked,
+            following(f"{config.url}/api/events", bearer(carol)) as live,
+        ):
+            await soon(lambda: len(revoked.events) == 1 and len(live.events) == 1, "both streams started")
+            changed = await progress(conn, mine, 100)
+            await soon(lambda: revoked.ids()[-1:] == [changed], "the change reached alice")
+            await conn.execute(
+                "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", hash_token(alice)
+            )
+            started = time.monotonic()
+            await soon(lambda: revoked.ended, "alice's held stream ended after her token's revocation", 20.0)
+            ended_after = time.monotonic() - started
+            assert not live.ended, "a live token's held stream must stay open"
+    finally:
+        await conn.close()
+    assert ended_after <= 20.0
+    assert len(live.ids()) == len(set(live.ids())) == 1, "the re-asked link repeated an event"
