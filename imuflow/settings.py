@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     # Newest file events each progress process keeps in memory to replay reconnects without
     # a query (services/progress/recent.py); 0 = every replay asks Postgres.
     sse_replay_window: int = Field(20_000, ge=0)
+    # The Pushpin SSE edge (docs/architecture.md). PUBLISH_URL: its publish API, to which the
+    # progress service publishes every event (empty: no edge). KEY: its `sig_key`; a stream
+    # request with a valid Grip-Sig under it is handed to the edge (empty: none is).
+    sse_edge_publish_url: str = ""
+    sse_edge_key: str = ""
     # Connections of the exports' own pool, so exports never starve the rest of the service.
     export_pool_size: int = Field(8, ge=1)
     # Seconds the event log keeps the superseded events of finished files (each file's newest

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N progress processes on free ports (listed in stack.env as IMUFLOW_PROGRESS_URLS)",
     )
+    up.add_argument(
+        "--sse-edge",
+        action="store_true",
+        help="hold event streams in a Pushpin SSE edge (its URL: IMUFLOW_SSE_EDGE_URL in stack.env)",
+    )
     sub.add_parser("ingest", help="run the upload service")
     sub.add_parser("parser", help="run one parser worker")
     sub.add_parser("progress", help="run the progress service (page, API, SSE)")
@@ -125,7 +130,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "up":
         from imuflow.stack.up import run_up
 
-        return run_up(settings, object_store=args.object_store, progress_replicas=args.progress_replicas)
+        return run_up(
+            settings,
+            object_store=args.object_store,
+            progress_replicas=args.progress_replicas,
+            sse_edge=args.sse_edge,
+        )
     if command in ("ingest", "parser", "progress"):
         _run_service(command, settings)
         return 0

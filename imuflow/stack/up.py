@@ -31,6 +31,7 @@ from imuflow import auth, db, supervision
 from imuflow.logs import JsonFormatter, fields
 from imuflow.settings import Settings
 from imuflow.stack.broker import MEMORY, BrokerStorage, supervise_broker
+from imuflow.stack.edge import INSTALL_HINT, EdgeConfig, edge_spec, local_edge, pushpin_binary, write_config
 from imuflow.stack.objectstore import SETTING_OF, start_embedded_object_store
 from imuflow.stack.postgres import start_postgres
 from imuflow.stack.procs import free_port, port_is_free
@@ -123,7 +124,9 @@ def _configure_logging(data_dir: Path) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_up(settings: Settings, *, object_store: bool = False, progress_replicas: int = 1) -> int:
+def run_up(
+    settings: Settings, *, object_store: bool = False, progress_replicas: int = 1, sse_edge: bool = False
+) -> int:
     """Run the embedded stack until Ctrl-C/SIGTERM; the exit code of `imuflow up`."""
     console = Console(highlight=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -132,14 +135,18 @@ def run_up(settings: Settings, *, object_store: bool = False, progress_replicas:
     try:
         with _single_up(settings.data_dir):
             check_ports(settings)
-            return asyncio.run(_main(settings, console, object_store, progress_replicas))
+            return asyncio.run(_main(settings, console, object_store, progress_replicas, sse_edge))
     except PortTaken as exc:
         console.print(f"[bold red]✗[/] {exc}")
         return 2
 
 
 async def _main(
-    settings: Settings, console: Console, object_store: bool = False, progress_replicas: int = 1
+    settings: Settings,
+    console: Console,
+    object_store: bool = False,
+    progress_replicas: int = 1,
+    sse_edge: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -156,7 +163,7 @@ async def _main(
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            return await _start_and_serve(settings, console, stack, object_store, progress_replicas)
+            return await _start_and_serve(settings, console, stack, object_store, progress_replicas, sse_edge)
     except asyncio.CancelledError:
         if not signalled:
             raise
@@ -178,6 +185,7 @@ async def _start_and_serve(
     stack: contextlib.AsyncExitStack,
     object_store: bool = False,
     progress_replicas: int = 1,
+    sse_edge: bool = False,
 ) -> int:
     data_dir = settings.data_dir
     database_url = settings.database_url
@@ -224,6 +232,8 @@ async def _start_and_serve(
     # them is a page origin (IMUFLOW_PROGRESS_URLS), and a load balancer may front them.
     ports = replica_ports(settings.progress_port, progress_replicas)
     replicas = [urls["progress"], *replica_urls(settings.host, ports[1:])]
+    edge = _sse_edge(settings, console, ports) if sse_edge else None
+    edge_settings = {"sse_edge_key": edge.sig_key, "sse_edge_publish_url": edge.publish_url} if edge else {}
     run_settings = settings.model_copy(
         update={
             "database_url": database_url,
@@ -232,12 +242,14 @@ async def _start_and_serve(
             "progress_url": urls["progress"],
             "progress_urls": ",".join(replicas),
             **{SETTING_OF[key]: value for key, value in storage_env.items()},
+            **edge_settings,
         }
     )
     # SIGKILL only once a service's own stop budget (IMUFLOW_STOP_GRACE) has run out.
-    supervisor = Supervisor(
-        service_specs(run_settings, progress_ports=ports), grace=supervision.kill_after(run_settings)
-    )
+    specs = service_specs(run_settings, progress_ports=ports)
+    if edge is not None:
+        specs.append(edge_spec(edge, data_dir / "logs" / "sse-edge.log"))
+    supervisor = Supervisor(specs, grace=supervision.kill_after(run_settings))
     stack.push_async_callback(supervisor.stop)
     await supervisor.start()
     began = time.monotonic()
@@ -249,10 +261,13 @@ async def _start_and_serve(
     values = stack_env_values(
         run_settings, database_url=database_url, kafka=kafka, token=token, admin_token=admin_token
     )
-    write_stack_env(env_path, {**values, **storage_env})
+    edge_env = {"IMUFLOW_SSE_EDGE_URL": edge.url} if edge else {}
+    write_stack_env(env_path, {**values, **storage_env, **edge_env})
     stack.callback(env_path.unlink, missing_ok=True)
     log.info("stack up", extra=fields(action="up", stack_env=str(env_path), **urls))
     web = "".join(f"web:    [bold cyan]{url}/[/]\n" for url in replicas)
+    if edge is not None:
+        web += f"events: [bold cyan]{edge.url}/api/events[/] (SSE edge, Pushpin)\n"
     console.print(
         Panel.fit(
             f"{web}token:  [bold]{token}[/]\nenv:    {env_path}\nlogs:   {data_dir / 'logs'}",
@@ -263,6 +278,21 @@ async def _start_and_serve(
     console.print("running; press Ctrl-C to stop")
     await asyncio.Event().wait()  # until a signal cancels this task
     return 0
+
+
+def _sse_edge(settings: Settings, console: Console, ports: list[int]) -> EdgeConfig | None:
+    """The Pushpin edge's config in DATA_DIR/pushpin, in front of every replica; None if missing."""
+    binary = pushpin_binary()
+    if binary is None:
+        console.print(f"[yellow]![/] --sse-edge skipped: pushpin not found; {INSTALL_HINT}")
+        return None
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    config = local_edge(
+        settings.data_dir / "pushpin", [f"{host}:{port}" for port in ports], binary, settings.host
+    )
+    write_config(config)
+    console.print(f"[green]✓[/] SSE edge (Pushpin) on {config.url}, publish API {config.publish_url}")
+    return config
 
 
 async def upload_sample(

@@ -99,9 +99,9 @@ async def list_jobs(
 )
 async def admin_events(
     request: Request, admin: CurrentAdmin, repo: Repo, mux: Mux, cfg: AppSettings
-) -> EventSourceResponse:
+) -> Response:
     """Live events of every user's files (current state first; Last-Event-ID replays)."""
-    return stream_response(
+    return await stream_response(
         request, mux, repo, owner=admin.id, user_id=None, file_id=None, ping_seconds=cfg.sse_ping_seconds
     )
 

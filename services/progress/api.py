@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from contracts.records import BatchLog, ErrorBody, FileList, FileProgress, FileRecord
@@ -155,9 +156,9 @@ async def retry(record: OwnedFile, user: CurrentUser, repo: Repo) -> FileRecord:
 )
 async def file_events(
     request: Request, record: OwnedFile, user: CurrentUser, repo: Repo, mux: Mux, cfg: AppSettings
-) -> EventSourceResponse:
+) -> Response:
     """Live events of one file (current state first; Last-Event-ID replays)."""
-    return stream_response(
+    return await stream_response(
         request,
         mux,
         repo,
@@ -173,7 +174,7 @@ async def file_events(
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": ErrorBody}, **TOO_MANY},
 )
-async def all_events(request: Request) -> EventSourceResponse:
+async def all_events(request: Request) -> Response:
     """Live events of all the caller's files."""
     # What the dependencies of the other routes would give, taken by hand: FastAPI solves
     # each dependency per request (~50 µs for these four), which a restarted replica's
@@ -182,7 +183,7 @@ async def all_events(request: Request) -> EventSourceResponse:
     mux: Multiplexer = state.mux
     user = await stream_user(request, mux)
     settings: Settings = state.settings
-    return stream_response(
+    return await stream_response(
         request,
         mux,
         state.repo,

@@ -20,8 +20,9 @@ from imuflow.settings import Settings
 from imuflow.storage import open_storage
 from imuflow.supervision import TaskSupervisor
 from imuflow.web import health_router, install_error_shape, install_origin_guard, install_query_attribution
-from services.progress import admin, api, export, lifecycle, pageconfig, preview, session, summary
+from services.progress import admin, api, edge, export, lifecycle, pageconfig, preview, session, summary
 from services.progress.applier import ProgressApplier
+from services.progress.edgepublish import EdgePublisher
 from services.progress.export import EXPORT_RETRY_AFTER
 from services.progress.limits import UserSlots
 from services.progress.multiplexer import Multiplexer
@@ -51,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.streams = UserSlots(settings.max_streams_per_user, "event streams", STREAM_RETRY_AFTER)
         app.state.repo = ProgressRepository(pool)
         app.state.storage = open_storage(settings)
-        app.state.mux = Multiplexer(settings.database_url, pool, settings.sse_replay_window)
+        edge_url = settings.sse_edge_publish_url
+        edge = EdgePublisher(edge_url, settings.database_url) if edge_url else None
+        app.state.mux = Multiplexer(settings.database_url, pool, settings.sse_replay_window, edge)
         producer = kafka.producer(settings)
         applier = ProgressApplier(settings, pool)
         supervisor = TaskSupervisor(
@@ -108,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(preview.router)
     app.include_router(admin.router)
     app.include_router(admin.page_router)
+    app.include_router(edge.router)
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -28,6 +28,7 @@ from contracts.records import FileRecord
 from imuflow import db, dberrors, notifications
 from imuflow.aio import wait_any
 from services.progress.credentials import CredentialCache
+from services.progress.edgepublish import EdgePublisher
 from services.progress.recent import RECENT_EVENTS, RecentEvents
 
 log = logging.getLogger("imuflow.progress")
@@ -129,7 +130,13 @@ def _release(waiter: asyncio.Future[None]) -> None:
 class Multiplexer:
     """Listens for new file events and hands them to the subscriptions that want them."""
 
-    def __init__(self, database_url: str, pool: asyncpg.Pool, replay_window: int = RECENT_EVENTS) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        pool: asyncpg.Pool,
+        replay_window: int = RECENT_EVENTS,
+        edge: EdgePublisher | None = None,
+    ) -> None:
         self.database_url = database_url
         self.pool = pool
         self.subscriptions: set[Subscription] = set()
@@ -138,6 +145,8 @@ class Multiplexer:
         self.recent = RecentEvents(replay_window)
         self.credentials = CredentialCache()
         self.started = asyncio.Event()
+        # The SSE edge (IMUFLOW_SSE_EDGE_PUBLISH_URL): every event read is published to it.
+        self.edge = edge
 
     def subscribe(
         self, user_id: UUID | None, file_id: UUID | None, token_hash: bytes | None = None
@@ -155,6 +164,14 @@ class Multiplexer:
         """Follow `file_events` until `stop` is set."""
         self.last_id = await self._load_recent()
         self.started.set()
+        if self.edge is not None:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.edge.run(stop))
+                tasks.create_task(self._follow(stop))
+        else:
+            await self._follow(stop)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         await notifications.follow(
             self.database_url,
             "imuflow_file_events",
@@ -197,6 +214,8 @@ class Multiplexer:
                     if sub.wants(event):
                         sub.put(event)
                 self.recent.add(event)
+                if self.edge is not None:
+                    self.edge.add(event)
                 self.last_id = event.id
             if len(rows) < FETCH_LIMIT:
                 return
@@ -212,4 +231,6 @@ class Multiplexer:
         floor = events[-1].id - 1 if full and events else pruned
         newest = events[0].id if events else int(await self.pool.fetchval(QUERIES["max_event_id"]))
         self.recent.load(events, floor=max(floor, pruned), newest=newest)
+        if self.edge is not None:
+            self.edge.seed(events)
         return newest

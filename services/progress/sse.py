@@ -13,6 +13,10 @@ another stack that is ahead) gets the full current state again. The live
 queue is subscribed to before either, and events at or below the last id sent are
 dropped, so nothing falls in the gap and nothing repeats.
 
+A stream request that came through the Pushpin SSE edge (a valid Grip-Sig) gets the same
+start, as one response that hands the connection to the edge (`edge_hold`, grip.py); the
+edge then gets every later event from the multiplexer's publisher, not from here.
+
 Each stream holds one of its user's `IMUFLOW_MAX_STREAMS_PER_USER` slots until it ends,
 and ends by itself within SESSION_CHECK_SECONDS of its token or session ending.
 
@@ -27,21 +31,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
+from starlette.responses import Response
 
 from contracts.records import FileRecord
 from imuflow import metrics
 from imuflow.auth import hash_token
-from imuflow.web import token_of
+from imuflow.settings import Settings
+from imuflow.web import database_unavailable, token_of
+from services.progress import grip
 from services.progress.limits import ReleasingEventSource, UserSlots
 from services.progress.multiplexer import FileEvent, Multiplexer, Subscription, file_event
-from services.progress.repository import ProgressRepository
+from services.progress.repository import ProgressRepository, Unavailable
 
 SNAPSHOT_LIMIT = 500
 REPLAY_PAGE = 1_000
@@ -63,7 +70,7 @@ def stream_slots(request: Request) -> UserSlots:
     return slots
 
 
-def stream_response(
+async def stream_response(
     request: Request,
     mux: Multiplexer,
     repo: ProgressRepository,
@@ -72,14 +79,19 @@ def stream_response(
     user_id: UUID | None,
     file_id: UUID | None,
     ping_seconds: float,
-) -> EventSourceResponse:
+) -> Response:
     """An SSE response for one user's files (or one file; user None = every user).
 
-    `owner` is the caller, whose stream slot it takes (429 when they hold too many).
+    `owner` is the caller, whose stream slot it takes (429 when they hold too many). A
+    request through the SSE edge is handed to it instead (`edge_hold`).
     """
+    token = token_of(request)
+    settings: Settings = request.app.state.settings
+    if token and grip.signed_by_edge(request, settings.sse_edge_key):
+        grant = grip.Grant(user_id, file_id, owner, hash_token(token))
+        return await edge_hold(request, grant, last_event_id(request))
     slots = stream_slots(request)
     slots.take(owner)
-    token = token_of(request)
     sub = mux.subscribe(user_id, file_id, hash_token(token) if token else None)
     metrics.SSE_CLIENTS.inc()
     released = False
@@ -100,6 +112,29 @@ def stream_response(
     )
 
 
+async def edge_hold(request: Request, grant: grip.Grant, resume_after: int | None) -> Response:
+    """The stream's start as the body, handed to the SSE edge to hold on the grant's channels.
+
+    The edge holds the connection, so it takes none of the owner's stream slots; Pushpin's
+    `client_maxconn` bounds them instead.
+    """
+    state = request.app.state
+    mux: Multiplexer = state.mux
+    settings: Settings = state.settings
+    wants = Subscription(grant.user_id, grant.file_id).wants
+    start = opening(mux, state.repo, wants, grant.user_id, grant.file_id, resume_after)
+    chunks: list[bytes] = []
+    sent = 0
+    try:
+        async for chunk, covered in start:
+            chunks.append(chunk)
+            sent = covered
+    except Unavailable as exc:
+        raise database_unavailable(exc) from exc
+    headers = grip.hold_headers(grant, settings.sse_edge_key, sent, settings.sse_ping_seconds)
+    return Response(b"".join(chunks), headers=headers, media_type="text/event-stream")
+
+
 async def _events(
     request: Request,
     sub: Subscription,
@@ -111,28 +146,10 @@ async def _events(
     ping_seconds: float,
 ) -> AsyncGenerator[bytes, None]:
     sent = 0
-    # Read with no await since the subscription began: what comes later is in its queue.
-    recent = mux.recent.replay(resume_after, sub.wants) if resume_after is not None else None
-    if recent is not None:
-        sent = recent[-1].id if recent else resume_after or 0
-        if recent:
-            yield b"".join(event.sse for event in recent)
-    elif resume_after is not None and await repo.resumable(resume_after):
-        sent = resume_after
-        async for page in _replay(repo, resume_after, user_id, file_id):
-            sent = page[-1].id
-            yield b"".join(event.sse for event in page)
-    else:
-        rows = await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT)
-        snapshot = []
-        for row, event_id in zip(rows, _snapshot_ids(rows), strict=True):
-            record = FileRecord.model_validate(row)
-            sent = max(sent, event_id)
-            kind = EVENT_TYPES.get(record.status, "progress")
-            sse = ServerSentEvent(data=record.model_dump_json(), event=kind, id=str(event_id))
-            snapshot.append(sse.encode())
-        if snapshot:
-            yield b"".join(snapshot)
+    async for chunk, covered in opening(mux, repo, sub.wants, user_id, file_id, resume_after):
+        sent = covered
+        if chunk:
+            yield chunk
     loop = asyncio.get_running_loop()
     ping_at = loop.time() + ping_seconds
     while not sub.overflowed and not sub.ended:
@@ -153,6 +170,45 @@ async def _events(
             yield _ping()
     # A client that fell too far behind is let go; it reconnects and is replayed. A stream
     # whose session ended is closed; the browser's reconnect then gets its 401.
+
+
+async def opening(
+    mux: Multiplexer,
+    repo: ProgressRepository,
+    wants: Callable[[FileEvent], bool],
+    user_id: UUID | None,
+    file_id: UUID | None,
+    resume_after: int | None,
+) -> AsyncIterator[tuple[bytes, int]]:
+    """A stream's start, chunk by chunk, each with the last event id it covers.
+
+    The replay after `resume_after` when it is a position of the log, else the current
+    state; the last chunk may be empty (it still says the id the start covers).
+    """
+    sent = 0
+    # Read with no await since the subscription began: what comes later is in its queue.
+    recent = mux.recent.replay(resume_after, wants) if resume_after is not None else None
+    if recent is not None:
+        sent = recent[-1].id if recent else resume_after or 0
+        if recent:
+            yield b"".join(event.sse for event in recent), sent
+    elif resume_after is not None and await repo.resumable(resume_after):
+        sent = resume_after
+        async for page in _replay(repo, resume_after, user_id, file_id):
+            sent = page[-1].id
+            yield b"".join(event.sse for event in page), sent
+    else:
+        rows = await repo.snapshot(user_id, file_id, SNAPSHOT_LIMIT)
+        snapshot = []
+        for row, event_id in zip(rows, _snapshot_ids(rows), strict=True):
+            record = FileRecord.model_validate(row)
+            sent = max(sent, event_id)
+            kind = EVENT_TYPES.get(record.status, "progress")
+            sse = ServerSentEvent(data=record.model_dump_json(), event=kind, id=str(event_id))
+            snapshot.append(sse.encode())
+        if snapshot:
+            yield b"".join(snapshot), sent
+    yield b"", sent
 
 
 def _ping() -> bytes:
