@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # this large (its Content-Length) is recorded and queued at its first bytes, and parsed
     # while it streams (local storage only; 0 = never).
     overlap_min_bytes: int = Field(16 * 1024**2, ge=0)
+    # A parse that overlaps an upload gives the job back (queued, no attempt counted) after
+    # this many seconds without a new byte; the next bytes ingest stores queue it again, so
+    # a paused upload (a client offline) holds no parser slot.
+    upload_pause_yield: float = Field(10.0, gt=0)
     stuck_after: float = Field(300.0, gt=0)
     # The longest the progress service's apply transaction may hold files' row locks
     # (seconds); applying a poll takes milliseconds.
