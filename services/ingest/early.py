@@ -12,7 +12,9 @@ The end of the upload decides the record's fate in one transaction (early_reposi
 kept (202), removed as the duplicate of an earlier upload with its speculative samples
 (200 with the earlier record, as for any duplicate), or failed with the reason and
 without samples (the client went away, 413, storage failure). A record whose ingest
-was killed stops being touched and is failed by the sweep of any ingest.
+was killed stops being touched and is failed by the sweep of any ingest. Resumable (tus)
+uploads share this path through services/ingest/tus_early.py (`overlap_enabled`,
+`parsed_growing`, `start_record`, `beat`); the sweep leaves them alone (paused, not dead).
 Only on local storage: an S3 multipart object cannot be read before it is completed
 (docs/architecture.md says what S3 would need).
 """
