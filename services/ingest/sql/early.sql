@@ -37,7 +37,7 @@ WITH failed AS (
         error_message = CASE WHEN status IN ('uploaded', 'queued', 'parsing') THEN $2 ELSE error_message END,
         completed_at = COALESCE(completed_at, now()), updated_at = now(),
         eta_seconds = NULL, eta_low_seconds = NULL, eta_high_seconds = NULL,
-        upload_receiving = false
+        upload_receiving = false, upload_parked = NULL
     WHERE id = $1 AND upload_receiving
     RETURNING id
 )
