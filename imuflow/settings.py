@@ -51,10 +51,15 @@ class Settings(BaseSettings):
     # after which an unfinished one expires and is removed from storage.
     max_pending_uploads: int = Field(20, ge=1)
     upload_expiry: float = Field(86_400.0, gt=0)
-    # Processing overlaps the upload (docs/architecture.md): a `POST /api/files` body at least
-    # this large (its Content-Length) is recorded and queued at its first bytes, and parsed
-    # while it streams (local storage only; 0 = never).
+    # Processing overlaps the upload (docs/architecture.md): a `POST /api/files` body (its
+    # Content-Length) or a resumable upload (its Upload-Length) at least this large is
+    # recorded and queued at its first bytes, and parsed while it streams (local storage
+    # only; 0 = never).
     overlap_min_bytes: int = Field(16 * 1024**2, ge=0)
+    # A parse that overlaps an upload gives the job back (queued, no attempt counted) after
+    # this many seconds without a new byte; the next bytes ingest stores queue it again, so
+    # a paused upload (a client offline) holds no parser slot.
+    upload_pause_yield: float = Field(10.0, gt=0)
     stuck_after: float = Field(300.0, gt=0)
     # The longest the progress service's apply transaction may hold files' row locks
     # (seconds); applying a poll takes milliseconds.

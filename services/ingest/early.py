@@ -12,7 +12,9 @@ The end of the upload decides the record's fate in one transaction (early_reposi
 kept (202), removed as the duplicate of an earlier upload with its speculative samples
 (200 with the earlier record, as for any duplicate), or failed with the reason and
 without samples (the client went away, 413, storage failure). A record whose ingest
-was killed stops being touched and is failed by the sweep of any ingest.
+was killed stops being touched and is failed by the sweep of any ingest. Resumable (tus)
+uploads share this path through services/ingest/tus_early.py (`overlap_enabled`,
+`parsed_growing`, `start_record`, `beat`); the sweep leaves them alone (paused, not dead).
 Only on local storage: an S3 multipart object cannot be read before it is completed
 (docs/architecture.md says what S3 would need).
 """
@@ -55,12 +57,7 @@ class EarlyRecord:
         self.pool = pool
         self.user_id = user_id
         self.declared = declared
-        self.enabled = (
-            isinstance(storage, LocalStorage)
-            and cfg.overlap_min_bytes > 0
-            and declared is not None
-            and declared >= cfg.overlap_min_bytes
-        )
+        self.enabled = overlap_enabled(storage, cfg, declared)
         self.decided = not self.enabled
         self.file_id: UUID | None = None  # set once the record exists
         self.options: Options | None = None
@@ -84,8 +81,8 @@ class EarlyRecord:
         if len(sink.first_bytes) < len(ZIP_MAGIC):
             return True
         self.decided = True
-        if sink.first_bytes.startswith(ZIP_MAGIC):
-            return False  # a ZIP is split into its streams at the end, never parsed growing
+        if not parsed_growing(sink.first_bytes):
+            return False
         try:
             options = parse_options(form)
         except UploadRejected:
@@ -104,27 +101,20 @@ class EarlyRecord:
             sensor=options.sensor,
             timezone=options.timezone,
         )
-        try:
-            await early_repository.start(self.pool, new, sink.size)
-        except StorageUnavailable as exc:  # the end records it (or answers 503)
-            log.warning("could not record the upload early: %s", exc, extra=fields(action="upload"))
-            return False
+        if not await start_record(self.pool, new, sink.size):
+            return False  # the end records it (or answers 503)
         self.file_id, self.options, self._sink = sink.file_id, options, sink
         self._heartbeat = asyncio.create_task(self._beat(), name=f"upload-heartbeat:{sink.file_id}")
-        log.info(
-            "upload recorded at its first bytes",
-            extra=fields(file_id=str(sink.file_id), size_bytes=self.estimate, action="upload"),
-        )
         return False
 
     async def _beat(self) -> None:
         assert self.file_id is not None and self._sink is not None
+        last = self._sink.size
         while True:
             await asyncio.sleep(HEARTBEAT)
-            try:
-                await early_repository.touch(self.pool, self.file_id, self._sink.size)
-            except StorageUnavailable as exc:
-                log.warning("upload heartbeat failed: %s", exc, extra=fields(action="upload"))
+            size = self._sink.size
+            await beat(self.pool, self.file_id, size, new_bytes=size > last)
+            last = size
 
     async def _stop_beating(self) -> None:
         if self._heartbeat is not None:
@@ -176,6 +166,47 @@ class EarlyRecord:
             await asyncio.shield(early_repository.fail(self.pool, file_id, reason))
         except StorageUnavailable as exc:  # left receiving: the sweep fails it
             log.warning("could not fail the stopped upload: %s", exc, extra=fields(action="upload"))
+
+
+def overlap_enabled(storage: Storage, cfg: Settings, declared: int | None) -> bool:
+    """Whether an upload of `declared` bytes is recorded at its first bytes and parsed growing."""
+    return (
+        isinstance(storage, LocalStorage)
+        and cfg.overlap_min_bytes > 0
+        and declared is not None
+        and declared >= cfg.overlap_min_bytes
+    )
+
+
+def parsed_growing(first_bytes: bytes) -> bool:
+    """Whether a file starting with these (at least 4) bytes may be parsed while it streams:
+    not a ZIP, which is split into its streams at the end."""
+    return not first_bytes.startswith(ZIP_MAGIC)
+
+
+async def start_record(pool: asyncpg.Pool, new: NewFile, received: int) -> bool:
+    """Commit the receiving record and its FileQueued; False (logged) if Postgres is away."""
+    try:
+        await early_repository.start(pool, new, received)
+    except StorageUnavailable as exc:
+        log.warning("could not record the upload early: %s", exc, extra=fields(action="upload"))
+        return False
+    log.info(
+        "upload recorded at its first bytes",
+        extra=fields(file_id=str(new.id), size_bytes=new.size_bytes, action="upload"),
+    )
+    return True
+
+
+async def beat(pool: asyncpg.Pool, file_id: UUID, received: int, *, new_bytes: bool) -> None:
+    """The receiving ingest is alive; bytes that arrived queue again a job given back for want of them."""
+    try:
+        if await early_repository.touch(pool, file_id, received, new_bytes=new_bytes):
+            log.info(
+                "upload continues; its job queued again", extra=fields(file_id=str(file_id), action="upload")
+            )
+    except StorageUnavailable as exc:
+        log.warning("upload heartbeat failed: %s", exc, extra=fields(action="upload"))
 
 
 async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> None:

@@ -38,10 +38,20 @@ async def start(pool: asyncpg.Pool, new: NewFile, received: int) -> dict[str, An
     return dict(row)
 
 
-async def touch(pool: asyncpg.Pool, file_id: UUID, received: int) -> None:
-    """Say the receiving ingest is alive, with the bytes it has stored."""
+async def touch(pool: asyncpg.Pool, file_id: UUID, received: int, *, new_bytes: bool = True) -> bool:
+    """Say the receiving ingest is alive, with the bytes it has stored; True if that queued again
+    a job the parser gave back for want of bytes (`new_bytes`: some arrived since the last touch)."""
     with dberrors.translated(StorageUnavailable):
-        await pool.execute(QUERIES["touch"], file_id, received)
+        if not new_bytes:
+            await pool.execute(QUERIES["touch"], file_id, received)
+            return False
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(QUERIES["requeue_paused"], file_id)
+            if row is not None:
+                event = FileQueued.of_file(dict(row), "upload")
+                await outbox.enqueue(conn, topics.FILES, file_id, event.model_dump(mode="json"))
+            await conn.execute(QUERIES["touch"], file_id, received)
+    return row is not None
 
 
 async def finish(
@@ -65,7 +75,7 @@ async def finish(
                 existing = await conn.fetchrow(repository.QUERIES["file_record"], duplicate_of, user_id)
                 return Finished(db.record(existing), duplicate=True)
             done = await conn.fetchrow(QUERIES["finish"], file_id, size, sha256, duplicate_of)
-            if done is not None and done["status"] in ("uploaded", "queued"):
+            if done is not None and row["upload_parked"] is not None and done["status"] == "queued":
                 event = FileQueued.of_file(dict(done), "upload")
                 await outbox.enqueue(conn, topics.FILES, file_id, event.model_dump(mode="json"))
             record = await conn.fetchrow(repository.QUERIES["file_record"], file_id, user_id)
@@ -109,3 +119,10 @@ async def _remove(conn: asyncpg.Connection, file_id: UUID) -> None:
     await conn.execute(QUERIES["delete_pending_outbox"], str(file_id))
     await conn.execute(QUERIES["delete_file"], file_id)
     await conn.execute(QUERIES["delete_events"], file_id)
+
+
+async def receiving(pool: asyncpg.Pool, file_id: UUID) -> bool | None:
+    """True if the record's upload is still being received, False if not, None if no record."""
+    with dberrors.translated(StorageUnavailable):
+        value = await pool.fetchval(QUERIES["receiving"], file_id)
+    return None if value is None else bool(value)

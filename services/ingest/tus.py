@@ -33,7 +33,7 @@ from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import ObjectMissing, PartialState, PartialWriter, Storage, StorageError
 from imuflow.web import AppSettings, CurrentUser, Pool, database_unavailable
-from services.ingest import repository, tus_headers, tus_repository
+from services.ingest import repository, tus_early, tus_headers, tus_repository
 from services.ingest.acceptance import StoredUpload, accept_stored, parse_options
 from services.ingest.limits import LimitExceeded, UploadLimiter
 from services.ingest.multipart import UploadRejected
@@ -171,6 +171,7 @@ def router() -> APIRouter:
         try:
             async with tus_repository.writing(request.app.state.lock_pool, upload.id):
                 if not upload.completed:
+                    await tus_early.fail(pool, upload, "the client terminated it (DELETE)")
                     await _storage(request).abort_partial(str(upload.id), _state(upload))
                 await tus_repository.delete(pool, upload.id)
         except UploadBusy as exc:
@@ -298,6 +299,8 @@ async def _receive(
     running = hashes.take(upload)
     work = running.copy() if running is not None else None
     check = tus_headers.CHECKSUMS[expected[0]]() if expected else None
+    early = tus_early.TusEarly(pool, _storage(request), cfg, upload)
+    await early.begin()
     writer: PartialWriter = await _storage(request).resume(str(upload.id), _state(upload))
     written = upload.offset
     try:
@@ -309,6 +312,7 @@ async def _receive(
                 if written > upload.length:
                     raise HTTPException(413, "the body goes past Upload-Length", _tus())
                 await writer.write(chunk)
+                await early.observe(chunk, written)
                 metrics.TUS_BYTES.inc(len(chunk))
                 if work is not None:
                     work.update(chunk)
@@ -355,8 +359,9 @@ async def _finish(request: Request, pool: Any, upload: TusUpload) -> TusUpload:
     cfg: Settings = request.app.state.settings
     key = str(upload.id)
     uri = storage.uri(key)
+    receiving = await tus_early.is_receiving(pool, upload.id)  # recorded at its first bytes
     existing = await repository.file_record(pool, upload.id, upload.user_id)
-    if existing is None:
+    if existing is None or receiving:
         if not await storage.exists(uri):
             writer = await storage.resume(key, _state(upload))
             try:
@@ -370,6 +375,11 @@ async def _finish(request: Request, pool: Any, upload: TusUpload) -> TusUpload:
             sha256 = await _hash_stored(storage, uri)
             log.info("upload re-hashed after a break", extra=fields(upload_id=key, size_bytes=upload.length))
         await tus_repository.save_sha256(pool, upload.id, sha256)
+        if receiving:
+            try:
+                return await tus_early.finish(pool, storage, upload, uri, sha256)
+            except UploadRejected as exc:
+                raise _refuse(exc) from exc
         first = await _first_bytes(storage, uri)
         stored = StoredUpload(
             file_id=upload.id,

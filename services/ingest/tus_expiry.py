@@ -14,7 +14,7 @@ from imuflow import metrics
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import PartialState, Storage, StorageError
-from services.ingest import repository, tus_repository
+from services.ingest import repository, tus_early, tus_repository
 
 log = logging.getLogger("imuflow.ingest")
 
@@ -47,6 +47,7 @@ async def _expire(pool: asyncpg.Pool, storage: Storage, upload_id: UUID) -> int:
         if upload is None:
             return 0
         if not upload.completed:
+            await tus_early.fail(pool, upload, "it expired (no byte for IMUFLOW_UPLOAD_EXPIRY)")
             state = PartialState(upload.offset, upload.s3_upload_id, upload.s3_parts, upload.tail_bytes)
             await storage.abort_partial(str(upload.id), state)
             metrics.TUS_EXPIRED.inc()

@@ -1,11 +1,14 @@
 """A blocking reader of an upload that is still being received (local storage).
 
-Ingest records a large `POST /api/files` upload at its first bytes (services/ingest/early.py)
-and keeps writing `<id>.part`, renamed to `<id>` after its last byte. The parser reads it
-while it grows: at the current end a read waits until more bytes arrive, the upload is
-finished (then the real end is `UploadEnd.size`, read from its record) or it stopped (the
-read raises UploadStopped). Its open descriptor survives the rename, and a redelivered job
-opens whichever of the two names exists, resuming at its checkpoint like any other.
+Ingest records a large upload at its first bytes (services/ingest/early.py: a `POST
+/api/files` body, written to `<id>.part`, or a resumable upload, written to `<id>.tus`),
+both renamed to `<id>` after the last byte. The parser reads it while it grows: at the
+current end a read waits until more bytes arrive, the upload is finished (then the real end
+is `UploadEnd.size`, read from its record) or it stopped (the read raises UploadStopped).
+No byte for `pause_after` seconds raises UploadPaused: the job gives its slot back and is
+queued again by the next bytes (services/parser/upload_follower.py). Its open descriptor
+survives the rename, and a redelivered job opens whichever name exists, resuming at its
+checkpoint like any other.
 
 Until the end is known, the file's size is the declared estimate ingest recorded (an upper
 bound: the body's Content-Length minus what came before the file part), so progress is
@@ -17,14 +20,22 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 POLL = 0.02  # seconds between looks at the file's size while waiting for bytes
 
 
+PARTIAL_SUFFIXES = (".part", ".tus")  # POST /api/files, resumable (tus) uploads
+
+
 class UploadStopped(Exception):
     """The upload ended without its last byte, or the job was taken away meanwhile."""
+
+
+class UploadPaused(Exception):
+    """No byte arrived for a while: the client paused (a tus upload continues later)."""
 
 
 class UploadEnd:
@@ -56,11 +67,13 @@ class UploadEnd:
         return self.size
 
 
-def open_growing(path: Path, estimate: int, end: UploadEnd) -> GrowingFile | None:
-    """The upload being received at `path` (its `.part`, else the finished file); None if neither."""
-    for candidate in (path.with_name(f"{path.name}.part"), path):
+def open_growing(
+    path: Path, estimate: int, end: UploadEnd, pause_after: float = float("inf")
+) -> GrowingFile | None:
+    """The upload being received at `path` (its partial file, else the finished one); None if none."""
+    for candidate in (*(path.with_name(path.name + s) for s in PARTIAL_SUFFIXES), path):
         try:
-            return GrowingFile(open(candidate, "rb", buffering=0), estimate, end)
+            return GrowingFile(open(candidate, "rb", buffering=0), estimate, end, pause_after)
         except FileNotFoundError:
             continue
     return None
@@ -69,12 +82,14 @@ def open_growing(path: Path, estimate: int, end: UploadEnd) -> GrowingFile | Non
 class GrowingFile(io.RawIOBase):
     """Reads a file another process is appending to, up to the upload's real end."""
 
-    def __init__(self, f: BinaryIO, estimate: int, end: UploadEnd) -> None:
+    def __init__(self, f: BinaryIO, estimate: int, end: UploadEnd, pause_after: float = float("inf")) -> None:
         super().__init__()
         self._f = f
         self._estimate = estimate
         self._end = end
         self._pos = 0
+        self._pause_after = pause_after
+        self._last_byte = time.monotonic()  # when a read last got bytes (or the file was opened)
         self.name = getattr(f, "name", "")
 
     def readable(self) -> bool:
@@ -111,11 +126,14 @@ class GrowingFile(io.RawIOBase):
             got = os.preadv(self._f.fileno(), [memoryview(buffer)[:want]], self._pos) if want else 0
             if got:
                 self._pos += got
+                self._last_byte = time.monotonic()
                 return got
             if end is not None:  # finished, yet shorter than its record says
                 raise UploadStopped(f"the upload holds {self._pos:,} bytes, not {end:,}")
             if self._end.stopped is not None:
                 raise UploadStopped(self._end.stopped)
+            if time.monotonic() - self._last_byte > self._pause_after:
+                raise UploadPaused(f"no byte for {self._pause_after:g} s at {self._pos:,}")
             self._end.wait(POLL)
 
     def read(self, size: int = -1) -> bytes:

@@ -10,34 +10,29 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
-from typing import Any, BinaryIO, cast
-from urllib.parse import urlparse
+from typing import Any, BinaryIO
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from contracts import events, topics
-from imuflow import kafka, metrics, sentry, storage
+from imuflow import kafka, metrics, sentry
 from imuflow.filewarnings import merge as _merge
 from imuflow.logs import context, fields
 from imuflow.producer import Producer
 from imuflow.settings import Settings
-from imuflow.storage.local import path_of
-from services.parser import pgcopy, preview_blocks
+from services.parser import pgcopy, preview_blocks, upload_follower
 from services.parser.batching import BatchSizer
 from services.parser.cursor import Cursor
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
-from services.parser.growing import GrowingFile, UploadEnd, UploadStopped, open_growing
+from services.parser.growing import GrowingFile, UploadEnd, UploadPaused, UploadStopped
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 from services.parser.threads import JobThread
+from services.parser.upload_follower import NotWhileReceiving
 
 log = logging.getLogger("imuflow.parser")
-MISSING_UPLOAD = "the stored upload is missing; upload the file again"
 ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
-FOLLOW_EVERY = 0.1  # seconds between looks at the record of an upload still being received
-SNIFF_BYTES = 4096  # what the binary formats' sniffers look at (cwa's header, GENEActiv's text)
 
 
 class Outcome(enum.Enum):
@@ -107,11 +102,15 @@ class FileJob:
             return await self._on_fenced(claim)
         except UploadStopped as exc:
             return await self._on_upload_stopped(claim, str(exc))
-        except _NotWhileReceiving:
-            if await self.repo.release_receiving(claim):
-                log.info("binary upload still streaming; parsed once it ends", extra=fields(action="release"))
+        except NotWhileReceiving:
+            if await upload_follower.release(self.repo, claim, "binary"):
                 return Outcome.DONE
             return Outcome.RETRY  # it ended meanwhile: the next claim reads it whole
+        except UploadPaused as exc:
+            log.info("no upload bytes: %s", exc, extra=fields(action="paused"))
+            if await upload_follower.release(self.repo, claim, "paused"):
+                return Outcome.DONE
+            return Outcome.RETRY  # it ended (or failed) meanwhile: the next claim sees which
         except _Abandoned:
             log.info("abandoning at a batch boundary", extra=fields(action="abandon"))
             return Outcome.ABANDONED
@@ -166,10 +165,10 @@ class FileJob:
 
     async def _parse(self, claim: Claim, thread: JobThread) -> Outcome:
         end = UploadEnd()
-        f = await self._open_upload(claim, thread, end)
+        f = await upload_follower.open_upload(self.settings, thread, claim, end)
         follow = None
         if isinstance(f, GrowingFile):
-            follow = asyncio.ensure_future(self._follow_upload(claim, end))
+            follow = asyncio.ensure_future(upload_follower.follow(self.repo, claim, end))
             follow.add_done_callback(_retrieve)
         try:
             reader, info = await thread.submit(self._open_reader, f, claim, end)
@@ -194,21 +193,6 @@ class FileJob:
             # After whatever the thread still does (a read-ahead); not waited for.
             thread.submit(f.close).add_done_callback(_retrieve)
 
-    async def _follow_upload(self, claim: Claim, end: UploadEnd) -> None:
-        """Until its upload is finished: tell the reader its real size, or that it stopped."""
-        while True:
-            try:
-                state = await self.repo.status_of(claim.file_id)
-            except TransientError:
-                state = {"status": "parsing", "lease": claim.lease, "upload_receiving": True}
-            if state is None or state["status"] != "parsing" or state["lease"] != claim.lease:
-                end.stop("the upload's record changed while it was being received")
-                return
-            if not state["upload_receiving"]:
-                end.finish(state["size_bytes"])
-                return
-            await asyncio.sleep(FOLLOW_EVERY)
-
     async def _on_upload_stopped(self, claim: Claim, why: str) -> Outcome:
         """The growing upload ended short: ingest failed (or removed) the record, or it is ours to fail."""
         state = await self.repo.status_of(claim.file_id)
@@ -216,35 +200,13 @@ class FileJob:
             return await self._fail(claim, "upload", why)
         return await self._on_fenced(claim)
 
-    async def _open_upload(self, claim: Claim, thread: JobThread, end: UploadEnd) -> BinaryIO:
-        """The stored upload, seekable: a local file (still growing, if it is being received),
-        or ranged GETs with read-ahead on S3."""
-        if urlparse(claim.storage_uri).scheme == "file":
-            path = path_of(claim.storage_uri)
-            if claim.upload_receiving:
-                growing = await thread.submit(open_growing, path, claim.size_bytes, end)
-                if growing is None:
-                    raise FormatError(MISSING_UPLOAD)
-                return cast(BinaryIO, growing)  # a raw file object, like the S3 reader
-            # Even a stat blocks on a stalled filesystem: in the job's thread, not the loop.
-            if not await thread.submit(_is_stored, path):
-                raise FormatError(MISSING_UPLOAD)
-            f: BinaryIO = await thread.submit(open, path, "rb")
-            return f
-        try:
-            return await storage.open_any(storage.for_process(self.settings), claim.storage_uri)
-        except storage.ObjectMissing as exc:
-            raise FormatError(MISSING_UPLOAD) from exc
-        except storage.StorageError as exc:
-            raise TransientError(f"upload storage: {exc}") from exc
-
     def _open_reader(self, f: BinaryIO, claim: Claim, end: UploadEnd) -> tuple[Reader, FileInfo]:
         growing = isinstance(f, GrowingFile) and end.size is None
-        if growing and _binary_upload(f, claim):
-            raise _NotWhileReceiving  # binary readers size the file first: they need its end
+        if growing and upload_follower.binary_upload(f, claim):
+            raise NotWhileReceiving  # binary readers size the file first: they need its end
         format_id = claim.format or registry.detect_file(f, claim.filename)
         if growing and format_id in registry.BINARY_READERS and end.size is None:
-            raise _NotWhileReceiving
+            raise NotWhileReceiving
         reader = registry.make_reader(format_id)
         resume = None
         if claim.resume_batch_number > 0:
@@ -445,22 +407,6 @@ def _prepare_next(batches: Iterator[SampleBatch], file_id: UUID) -> _Prepared | 
     )
 
 
-def _binary_upload(f: BinaryIO, claim: Claim) -> bool:
-    """Whether the upload is of a binary format, from its first bytes (the whole head a text
-    sniff reads may be far ahead of a streaming upload)."""
-    if claim.format is not None:
-        return claim.format in registry.BINARY_READERS
-    head = f.read(SNIFF_BYTES)
-    f.seek(0)
-    return any(binary.sniff(head, claim.filename) for binary in registry.BINARY_READERS.values())
-
-
-def _is_stored(path: Path) -> bool:
-    # Not `is_file()`: only a missing upload (or a directory) is the user's to fix; any
-    # other file is read, and a read that blocks is the job's timer's business.
-    return path.exists() and not path.is_dir()
-
-
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Retrieve a read-ahead's error nobody awaits any more (an error after ours)."""
     if not future.cancelled():
@@ -486,10 +432,6 @@ class _FairShare:
 def _log_send_failure(future: asyncio.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("progress event not delivered: %s", future.exception())
-
-
-class _NotWhileReceiving(Exception):
-    """A binary format's upload is still streaming: its reader needs the whole file."""
 
 
 class _Abandoned(Exception):

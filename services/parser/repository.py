@@ -252,11 +252,14 @@ class ParserRepository:
                 await conn.fetchval(QUERIES["record_event"], claim.file_id)
         return True
 
-    async def release_receiving(self, claim: Claim) -> bool:
-        """Give back a job whose upload still streams (queued again at its end); False if it ended."""
+    async def release_receiving(self, claim: Claim, parked: str) -> bool:
+        """Give back a job whose upload still streams (`parked`: 'binary' or 'paused'; ingest
+        queues it again); False if the upload ended meanwhile."""
         with dberrors.translated(TransientError, "release"):
             async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(QUERIES["release_receiving"], claim.file_id, claim.lease, claim.run)
+                row = await conn.fetchrow(
+                    QUERIES["release_receiving"], claim.file_id, claim.lease, claim.run, parked
+                )
                 if row is not None:
                     await conn.fetchval(QUERIES["record_event"], claim.file_id)
         return row is not None

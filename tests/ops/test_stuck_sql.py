@@ -1,4 +1,4 @@
-"""The stuck rule and the operations views (migrations 0002, 0007, 0008), on a real Postgres."""
+"""The stuck rule and the operations views (migrations 0002, 0007, 0008, 0020), on a real Postgres."""
 
 from __future__ import annotations
 
@@ -78,6 +78,18 @@ async def test_queued_job_never_claimed_is_stuck(conn: asyncpg.Connection) -> No
     await make_job(conn, user, status="queued", claimed_ago=None, queued_ago=20, attempts=0)
     await make_job(conn, user, status="completed", claimed_ago=5000, checkpoint_ago=5000)
     assert await stuck_ids(conn) == {lost}
+
+
+async def test_a_queued_job_of_an_upload_still_receiving_is_ingests_not_stuck(
+    conn: asyncpg.Connection,
+) -> None:
+    user = await make_user(conn)
+    parked = await make_job(conn, user, status="queued", claimed_ago=500, queued_ago=4000, attempts=1)
+    await conn.execute(
+        "UPDATE imu_data_files SET upload_receiving = true, upload_parked = 'paused' WHERE id = $1", parked
+    )
+    lost = await make_job(conn, user, status="queued", claimed_ago=None, queued_ago=400, attempts=0)
+    assert await stuck_ids(conn) == {lost}  # a paused tus upload waits for its next bytes (0020)
 
 
 async def test_reset_requeues_through_the_outbox_and_records_an_event(conn: asyncpg.Connection) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.parser.growing import UploadEnd, UploadStopped, open_growing
+from services.parser.growing import UploadEnd, UploadPaused, UploadStopped, open_growing
 
 
 def _append(path: Path, data: bytes, pieces: int, then: UploadEnd | None, rename: bool = False) -> None:
@@ -87,3 +87,37 @@ def test_a_finished_upload_shorter_than_its_record_is_an_error(tmp_path: Path) -
 
 def test_neither_name_exists(tmp_path: Path) -> None:
     assert open_growing(tmp_path / "gone", estimate=10, end=UploadEnd()) is None
+
+
+def test_a_tus_partial_file_is_read_and_no_byte_for_a_while_is_a_pause(tmp_path: Path) -> None:
+    (tmp_path / "f5.tus").write_bytes(b"time,ax\n0.0,1\n")
+    f = open_growing(tmp_path / "f5", estimate=1_000, end=UploadEnd(), pause_after=0.2)
+    assert f is not None
+    assert f.read(14) == b"time,ax\n0.0,1\n"
+    started = time.monotonic()
+    with pytest.raises(UploadPaused, match=r"no byte for 0\.2 s at 14"):
+        f.read(1)
+    assert 0.2 <= time.monotonic() - started < 2.0
+    f.close()
+
+
+def test_bytes_that_keep_coming_are_no_pause(tmp_path: Path) -> None:
+    path = tmp_path / "f6.tus"
+    path.write_bytes(b"")
+    data = os.urandom(20_000)
+    end = UploadEnd()
+    f = open_growing(tmp_path / "f6", estimate=len(data), end=end, pause_after=0.3)
+    assert f is not None
+
+    def slowly() -> None:  # a piece every 0.1 s: 1 s in all, never 0.3 s without a byte
+        for start in range(0, len(data), 2_000):
+            with path.open("ab") as out:
+                out.write(data[start : start + 2_000])
+            time.sleep(0.1)
+        end.finish(len(data))
+
+    writer = threading.Thread(target=slowly)
+    writer.start()
+    assert f.read() == data
+    writer.join()
+    f.close()

@@ -153,13 +153,15 @@ WHERE id = $1 AND lease = $2 AND run = $3 AND status = 'parsing' AND resume_batc
 RETURNING id, user_id, storage_uri, filename, size_bytes, format, sensor, timezone, run;
 
 -- name: release_receiving
--- $1 file id, $2 lease, $3 run. A binary file whose upload still streams cannot be read
--- growing (its reader sizes the file first): back to queued, its claim's attempt kept but
--- the next claim counting none (yielded_at); ingest queues its event again once the last
--- byte is stored (services/ingest/sql/early.sql `finish`). Zero rows: the upload finished
--- meanwhile, so the job can be parsed whole.
+-- $1 file id, $2 lease, $3 run, $4 why ('binary' | 'paused'). A job whose upload still
+-- streams is given back (services/parser/upload_follower.py): a binary file cannot be read
+-- growing (its reader sizes the file first), a paused upload must not hold a parser slot.
+-- Back to queued, its claim's attempt kept but the next claim counting none (yielded_at);
+-- ingest queues its event again, once (`upload_parked`, services/ingest/sql/early.sql):
+-- at the next bytes (paused) or once the last byte is stored (both). Zero rows: the upload
+-- finished meanwhile, so the job can be parsed whole.
 UPDATE imu_data_files
-SET status = 'queued', queued_at = now(), yielded_at = now(), updated_at = now()
+SET status = 'queued', queued_at = now(), yielded_at = now(), updated_at = now(), upload_parked = $4
 WHERE id = $1 AND lease = $2 AND run = $3 AND status = 'parsing' AND upload_receiving
 RETURNING id;
 
