@@ -13,8 +13,8 @@ kept (202), removed as the duplicate of an earlier upload with its speculative s
 (200 with the earlier record, as for any duplicate), or failed with the reason and
 without samples (the client went away, 413, storage failure). A record whose ingest
 was killed stops being touched and is failed by the sweep of any ingest.
-Only on local storage: an S3 multipart object cannot be read before it is completed
-(docs/architecture.md says what S3 would need).
+On S3 a multipart object cannot be read before it is completed: each full part is also
+stored as a segment the parser reads (imuflow/storage/segments.py).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import Storage, StorageError
 from imuflow.storage.local import LocalStorage, path_of
+from imuflow.storage.s3 import S3Storage
 from services.ingest import early_repository
 from services.ingest.acceptance import Options, parse_options
 from services.ingest.multipart import UploadRejected
@@ -56,7 +57,7 @@ class EarlyRecord:
         self.user_id = user_id
         self.declared = declared
         self.enabled = (
-            isinstance(storage, LocalStorage)
+            isinstance(storage, (LocalStorage, S3Storage))
             and cfg.overlap_min_bytes > 0
             and declared is not None
             and declared >= cfg.overlap_min_bytes
@@ -90,6 +91,8 @@ class EarlyRecord:
             options = parse_options(form)
         except UploadRejected:
             return False  # the end answers 400 with the reason
+        if not sink.readable_while_writing():
+            return False
         assert self.declared is not None
         # Every byte of the body not before the file part is at most the file's.
         self.estimate = max(self.declared - (received - sink.size), sink.size)
@@ -188,7 +191,7 @@ async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> No
                     f"{row['size_bytes']:,} bytes: the ingest receiving it stopped"
                 )
                 if await early_repository.fail(pool, row["id"], reason):
-                    _remove_partial(storage, row["storage_uri"])
+                    await _remove_partial(storage, row["storage_uri"])
                     log.warning(
                         "abandoned upload failed", extra=fields(file_id=str(row["id"]), action="sweep")
                     )
@@ -197,8 +200,11 @@ async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> No
         await wait_any(stop, timeout=SWEEP_EVERY)
 
 
-def _remove_partial(storage: Storage, uri: str) -> None:
-    """The `<id>.part` a killed ingest left (early records exist only on local storage)."""
-    if isinstance(storage, LocalStorage) and storage.owns(uri):
+async def _remove_partial(storage: Storage, uri: str) -> None:
+    """The `<id>.part` (local) or the segments (S3) a killed ingest left; on S3 its
+    multipart upload is aborted by the next ingest's start-up sweep (`Storage.sweep`)."""
+    if isinstance(storage, S3Storage) and storage.owns(uri):
+        await storage.delete_segments(uri)
+    elif isinstance(storage, LocalStorage) and storage.owns(uri):
         path = path_of(uri)
         path.with_name(f"{path.name}.part").unlink(missing_ok=True)

@@ -20,11 +20,11 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from imuflow.storage.segments import UploadStopped
+
+__all__ = ["GrowingFile", "UploadEnd", "UploadStopped", "open_growing"]
+
 POLL = 0.02  # seconds between looks at the file's size while waiting for bytes
-
-
-class UploadStopped(Exception):
-    """The upload ended without its last byte, or the job was taken away meanwhile."""
 
 
 class UploadEnd:

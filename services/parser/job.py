@@ -24,6 +24,7 @@ from imuflow.logs import context, fields
 from imuflow.producer import Producer
 from imuflow.settings import Settings
 from imuflow.storage.local import path_of
+from imuflow.storage.segments import SegmentReader
 from services.parser import pgcopy, preview_blocks
 from services.parser.batching import BatchSizer
 from services.parser.cursor import Cursor
@@ -36,6 +37,7 @@ from services.parser.threads import JobThread
 log = logging.getLogger("imuflow.parser")
 MISSING_UPLOAD = "the stored upload is missing; upload the file again"
 ABANDON_WAIT = 5.0  # seconds a cancelled parse gets to unwind (its transaction rolls back)
+GROWING = (GrowingFile, SegmentReader)  # readers of an upload still being received
 FOLLOW_EVERY = 0.1  # seconds between looks at the record of an upload still being received
 SNIFF_BYTES = 4096  # what the binary formats' sniffers look at (cwa's header, GENEActiv's text)
 
@@ -168,7 +170,7 @@ class FileJob:
         end = UploadEnd()
         f = await self._open_upload(claim, thread, end)
         follow = None
-        if isinstance(f, GrowingFile):
+        if isinstance(f, GROWING):
             follow = asyncio.ensure_future(self._follow_upload(claim, end))
             follow.add_done_callback(_retrieve)
         try:
@@ -231,15 +233,20 @@ class FileJob:
                 raise FormatError(MISSING_UPLOAD)
             f: BinaryIO = await thread.submit(open, path, "rb")
             return f
+        store = storage.for_process(self.settings)
         try:
-            return await storage.open_any(storage.for_process(self.settings), claim.storage_uri)
+            receiving = claim.upload_receiving and isinstance(store, storage.S3Storage)
+            if receiving and store.owns(claim.storage_uri):
+                assert isinstance(store, storage.S3Storage)
+                return await store.open_growing(claim.storage_uri, claim.size_bytes, end)
+            return await storage.open_any(store, claim.storage_uri)
         except storage.ObjectMissing as exc:
             raise FormatError(MISSING_UPLOAD) from exc
         except storage.StorageError as exc:
             raise TransientError(f"upload storage: {exc}") from exc
 
     def _open_reader(self, f: BinaryIO, claim: Claim, end: UploadEnd) -> tuple[Reader, FileInfo]:
-        growing = isinstance(f, GrowingFile) and end.size is None
+        growing = isinstance(f, GROWING) and end.size is None
         if growing and _binary_upload(f, claim):
             raise _NotWhileReceiving  # binary readers size the file first: they need its end
         format_id = claim.format or registry.detect_file(f, claim.filename)
