@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,10 +26,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-async def s3(s3_server: S3Server, s3_prefix: str) -> S3Storage:
+async def s3(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Storage]:
     store = s3_server.storage(s3_prefix)
-    yield store  # type: ignore[misc]
-    await store.close()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _names(keys: list[str]) -> list[str]:
