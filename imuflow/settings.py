@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     upload_expiry: float = Field(86_400.0, gt=0)
     # Processing overlaps the upload (docs/architecture.md): a `POST /api/files` body at least
     # this large (its Content-Length) is recorded and queued at its first bytes, and parsed
-    # while it streams (local storage only; 0 = never).
+    # while it streams (local disk, or S3 through segments; 0 = never).
     overlap_min_bytes: int = Field(16 * 1024**2, ge=0)
     stuck_after: float = Field(300.0, gt=0)
     # The longest the progress service's apply transaction may hold files' row locks
