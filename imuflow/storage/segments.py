@@ -18,6 +18,7 @@ per upload otherwise.
 from __future__ import annotations
 
 import re
+import time
 from typing import Protocol
 
 from imuflow.storage.base import StorageError
@@ -71,3 +72,25 @@ class SegmentReader(RangedReader):
     def size(self) -> int:
         """The real size once known, else the declared estimate (an upper bound)."""
         return self._upload.size if self._upload.size is not None else self._size
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes, fewer only at the real end: a short read of what is stored (the
+        completed object, before the record says the upload ended) waits for that end, so
+        the job never sees its EOF (and completes) while the record is still receiving."""
+        want = None if size is None or size < 0 else size
+        data = super().read(size)
+        if want is not None and len(data) >= want:
+            return data
+        end = self._wait_for_end()
+        if self._pos < end:
+            data += super().read(-1 if want is None else want - len(data))
+            if self._pos < end and (want is None or len(data) < want):
+                raise UploadStopped(f"the upload holds {self._pos:,} bytes, not {end:,}")
+        return data
+
+    def _wait_for_end(self) -> int:
+        while self._upload.size is None:
+            if self._upload.stopped is not None:
+                raise UploadStopped(self._upload.stopped)
+            time.sleep(POLL)
+        return self._upload.size

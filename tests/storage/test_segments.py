@@ -55,6 +55,8 @@ async def test_read_while_written_then_only_the_object_is_left(s3: S3Storage) ->
     assert not rest.done()  # waits for bytes not stored yet
     await writer.write(data[PART + 100 :])
     await writer.commit()
+    await asyncio.sleep(0.3)
+    assert not rest.done()  # all bytes are stored, but the record does not say the end yet
     end.finish(len(data))
     got = data[:PART] + await asyncio.wait_for(rest, 30)
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
