@@ -511,22 +511,21 @@ class S3Storage:
     async def _segment(self, key: str, start: int, end: int, upload: UploadState) -> bytes:
         """Bytes `start` (a multiple of PART) up to `end`: the segment, or the completed object."""
         index = start // PART
-        while True:
+        while upload.size is None:  # one GET per look: a waiting parser costs the store little
             try:
                 return await self._range(segment_key(key, index), 0, PART)
             except ObjectMissing:
                 pass
-            try:
-                return await self._range(key, start, end)
-            except ObjectMissing:
-                pass
-            except StorageError as exc:
-                if "InvalidRange" in str(exc):  # completed, and shorter than the estimate
-                    return b""
-                raise
             if upload.stopped is not None:
                 raise UploadStopped(upload.stopped)
             await asyncio.sleep(POLL)
+        # The record says the upload ended: the object is complete (its segments may be gone).
+        try:
+            return await self._range(key, start, min(end, upload.size))
+        except StorageError as exc:
+            if "InvalidRange" in str(exc):  # at or past the real end
+                return b""
+            raise
 
     async def exists(self, uri: str) -> bool:
         """True when the object is stored."""
