@@ -12,7 +12,10 @@ within 1.2x the upload's time. Each run starts with a 1 MB file through the fres
 services (below the threshold), so the parser has joined its consumer group: a first job
 would otherwise wait for that (~1.5 s), which the overlap-off run hides behind its upload.
 
-`python -m benchmarks.overlap` (230 MB), `--small` (40 MB, cheap enough for a shared box).
+`python -m benchmarks.overlap` (230 MB), `--small` (40 MB, cheap enough for a shared box);
+`--s3` stores the uploads in an embedded SeaweedFS instead of the local disk (the parser
+then reads a POST body's parts received so far as segments: imuflow/storage/segments.py;
+a tus upload on S3 is parsed after its last byte, so its two rows measure the same path).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from benchmarks.common import RUNS, Table, show
 from benchmarks.stack import EmbeddedStack
 from imuflow.cli.client import StackClient
 from imuflow.cli.resumable import ResumableUpload
+from imuflow.stack.objectstore import start_object_store
 
 FULL_MB = 230
 SMALL_MB = 40
@@ -164,25 +168,48 @@ async def _one(stack: EmbeddedStack, client: httpx.AsyncClient, path: Path, way:
     }
 
 
-async def _run(megabytes: int) -> list[Table]:
+async def _run(megabytes: int, s3: bool = False) -> list[Table]:
     load = os.getloadavg()[0]
     # Deleting a file of millions of samples takes seconds: a generous timeout.
     async with EmbeddedStack() as stack, httpx.AsyncClient(trust_env=False, timeout=300) as client:
-        path = stack.dir / "walk.csv"
-        size = await asyncio.to_thread(_write_csv, path, megabytes)
-        small = stack.dir / "warm.csv"
-        await asyncio.to_thread(_write_csv, small, 1)
-        runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-        for _ in range(RUNS):
-            for mode, (min_bytes, way) in MODES.items():  # interleaved: each mode once per round
-                await stack.start("services", env={"IMUFLOW_OVERLAP_MIN_BYTES": min_bytes})
-                try:
-                    await _warm_up(stack, client, small)
-                    runs[mode].append(await _one(stack, client, path, way))
-                finally:
-                    await stack.stop("services")
+        storage: dict[str, str] = {}
+        store = await start_object_store(stack.dir / "objectstore", bucket="overlap") if s3 else None
+        if store is not None:
+            creds = store.credentials
+            storage = store.env() | {
+                "IMUFLOW_S3_ACCESS_KEY_ID": creds.access_key_id,
+                "IMUFLOW_S3_SECRET_ACCESS_KEY": creds.secret_access_key,
+            }
+        try:
+            size, runs = await _runs(stack, client, megabytes, storage)
+        finally:
+            if store is not None:
+                store.stop()
     load = max(load, os.getloadavg()[0])
+    return _table(size, runs, load, s3)
 
+
+async def _runs(
+    stack: EmbeddedStack, client: httpx.AsyncClient, megabytes: int, storage: dict[str, str]
+) -> tuple[int, dict[str, list[dict[str, float]]]]:
+    """The file's size, and each mode's runs (interleaved: each mode once per round)."""
+    path = stack.dir / "walk.csv"
+    size = await asyncio.to_thread(_write_csv, path, megabytes)
+    small = stack.dir / "warm.csv"
+    await asyncio.to_thread(_write_csv, small, 1)
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(RUNS):
+        for mode, (min_bytes, way) in MODES.items():  # interleaved: each mode once per round
+            await stack.start("services", env=storage | {"IMUFLOW_OVERLAP_MIN_BYTES": min_bytes})
+            try:
+                await _warm_up(stack, client, small)
+                runs[mode].append(await _one(stack, client, path, way))
+            finally:
+                await stack.stop("services")
+    return size, runs
+
+
+def _table(size: int, runs: dict[str, list[dict[str, float]]], load: float, s3: bool) -> list[Table]:
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[mode])
 
@@ -204,7 +231,8 @@ async def _run(megabytes: int) -> list[Table]:
     return [
         Table(
             f"A {size / 1e6:.0f} MB CSV ({samples.pop():,} samples) sent at {RATE / 1e6:.0f} MB/s through "
-            f"POST /api/files and tus: time to completed vs time to upload end "
+            f"POST /api/files and tus{' into S3 (SeaweedFS)' if s3 else ''}: time to completed vs time "
+            f"to upload end "
             f"(median of {RUNS}, interleaved)",
             ["mode", "upload s", "answered s", "completed s", "completed / upload", "target", ""],
             rows,
@@ -227,8 +255,9 @@ def run() -> list[Table]:
 
 
 def main() -> None:
-    """Measure and print (`--small`: a 40 MB file)."""
-    show(asyncio.run(_run(SMALL_MB if "--small" in sys.argv[1:] else FULL_MB)))
+    """Measure and print (`--small`: a 40 MB file; `--s3`: uploads in SeaweedFS)."""
+    args = sys.argv[1:]
+    show(asyncio.run(_run(SMALL_MB if "--small" in args else FULL_MB, s3="--s3" in args)))
 
 
 if __name__ == "__main__":

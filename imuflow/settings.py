@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     upload_expiry: float = Field(86_400.0, gt=0)
     # Processing overlaps the upload (docs/architecture.md): a `POST /api/files` body (its
     # Content-Length) or a resumable upload (its Upload-Length) at least this large is
-    # recorded and queued at its first bytes, and parsed while it streams (local storage
-    # only; 0 = never).
+    # recorded and queued at its first bytes, and parsed while it streams (local disk; on
+    # S3 a POST body through segments, a resumable upload after its last byte; 0 = never).
     overlap_min_bytes: int = Field(16 * 1024**2, ge=0)
     # A parse that overlaps an upload gives the job back (queued, no attempt counted) after
     # this many seconds without a new byte; the next bytes ingest stores queue it again, so

@@ -32,7 +32,7 @@ class RangedReader(io.RawIOBase):
         self._last = -1  # reading from the start counts as sequential
         self.name = name
         self.requests = 0  # ranged GETs issued (for tests and benchmarks)
-        self.timeout = 300.0  # a block's GET retries inside the client; this bounds it all
+        self.timeout: float | None = 300.0  # a block's GET retries inside the client; this bounds it all
 
     def readable(self) -> bool:
         return True
@@ -43,13 +43,17 @@ class RangedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def size(self) -> int:
+        """The object's size (a reader of a growing upload knows it only at the end)."""
+        return self._size
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
             pos = self._pos + offset
         elif whence == io.SEEK_END:
-            pos = self._size + offset
+            pos = self.size() + offset
         else:
             raise ValueError(f"invalid whence {whence}")
         if pos < 0:
@@ -61,7 +65,7 @@ class RangedReader(io.RawIOBase):
         future = self._blocks.get(index)
         if future is None:
             start = index * self._block
-            future = self._fetch(start, min(self._size, start + self._block))
+            future = self._fetch(start, min(self.size(), start + self._block))
             self.requests += 1
             self._blocks[index] = future
         return future
@@ -73,7 +77,7 @@ class RangedReader(io.RawIOBase):
         for old in [i for i in self._blocks if i not in (index, index + 1)]:
             self._blocks.pop(old).cancel()
         current = self._get(index)
-        if sequential and (index + 1) * self._block < self._size:
+        if sequential and (index + 1) * self._block < self.size():
             self._get(index + 1)
         try:
             return current.result(timeout=self.timeout)
@@ -82,13 +86,14 @@ class RangedReader(io.RawIOBase):
             current.cancel()
             self._blocks.pop(index, None)
             raise TimeoutError(
-                f"no answer for bytes {index * self._block}+ of {self.name} within {self.timeout:.0f}s"
+                f"no answer for bytes {index * self._block}+ of {self.name} within {self.timeout}s"
             ) from exc
 
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:
             raise ValueError("read of a closed reader")
-        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        total = self.size()
+        end = total if size is None or size < 0 else min(total, self._pos + size)
         parts: list[memoryview] = []  # views into the blocks: the join below is the one copy
         while self._pos < end:
             index = self._pos // self._block

@@ -35,6 +35,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from imuflow.logs import fields
 from imuflow.storage.base import ObjectMissing, PartialState, StorageError, is_file_id
 from imuflow.storage.reader import BLOCK, RangedReader
+from imuflow.storage.segments import (
+    POLL,
+    SegmentReader,
+    UploadState,
+    UploadStopped,
+    segment_key,
+    segment_owner,
+    segment_prefix,
+)
 
 log = logging.getLogger("imuflow.storage")
 
@@ -67,7 +76,11 @@ def _code(exc: ClientError) -> str:
 
 class S3Writer:
     """A multipart upload with up to IN_FLIGHT parts being stored while the next one fills;
-    nothing is created before the first part."""
+    nothing is created before the first part.
+
+    With `keep_segments`, each full part is also stored as segment `<key>.seg.<n>` (at the
+    same time, in the same in-flight window), so the upload is readable while it streams
+    (imuflow/storage/segments.py); commit and abort delete the segments."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
         self._storage = storage
@@ -78,6 +91,15 @@ class S3Writer:
         self._storing: deque[asyncio.Task[dict[str, Any]]] = deque()  # oldest part first
         self._numbered = 0
         self._done = False
+        self._segments = False
+        self._segments_stored = 0  # segments 0 .. n-1 may exist (deleted at commit or abort)
+
+    def keep_segments(self) -> bool:
+        """Store every full part as a segment too; False once a part was sent without one."""
+        if self._numbered:
+            return self._segments
+        self._segments = True
+        return True
 
     async def write(self, data: bytes) -> None:
         """Buffer `data`; send a part each time one is full (waits while IN_FLIGHT are stored)."""
@@ -103,7 +125,11 @@ class S3Writer:
         while len(self._storing) >= IN_FLIGHT:
             await self._settle_oldest()
         self._numbered += 1
-        task = asyncio.create_task(self._upload_part(self._numbered, body))
+        if self._segments and len(body) == PART:
+            self._segments_stored = self._numbered
+            task = asyncio.create_task(self._upload_part_and_segment(self._numbered, body))
+        else:
+            task = asyncio.create_task(self._upload_part(self._numbered, body))
         task.add_done_callback(_retrieve)
         self._storing.append(task)
 
@@ -120,6 +146,31 @@ class S3Writer:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
         return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    async def _upload_part_and_segment(self, number: int, body: bytes) -> dict[str, Any]:
+        """The part and its segment at once (both must be stored before the next part waits)."""
+        client = await self._storage.client()
+        key = segment_key(self._key, number - 1)
+        segment = client.put_object(Bucket=self._storage.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE)
+        try:
+            part: dict[str, Any] = (await asyncio.gather(self._upload_part(number, body), segment))[0]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"storing segment {number - 1} of the upload failed: {exc}") from exc
+        return part
+
+    async def _delete_segments(self) -> None:
+        """Remove the segments (after commit or abort); a failure is left to `sweep`."""
+        count, self._segments_stored = self._segments_stored, 0
+        if not count:
+            return
+        keys = [segment_key(self._key, n) for n in range(count)]
+        try:
+            await self._storage.delete_keys(keys)
+        except StorageError as exc:
+            log.warning(
+                "could not delete an upload's segments",
+                extra=fields(key=self._key, error=str(exc), action="delete_segments"),
+            )
 
     async def _settle_oldest(self) -> None:
         """Wait for the oldest part in flight (its failure is this upload's).
@@ -161,6 +212,8 @@ class S3Writer:
             raise StorageError(f"storing the upload failed: {exc}") from exc
         self._buffer = bytearray()
         self._done = True
+        # After the completion: a reader that misses a segment finds the final object.
+        await self._delete_segments()
 
     async def abort(self) -> None:
         """Abort the multipart upload so no part is left behind (idempotent).
@@ -173,7 +226,8 @@ class S3Writer:
         self._buffer = bytearray()
         if self._upload_id is None:
             return
-        # Shielded: an abort that runs because the request was cancelled must finish.
+        # Shielded: an abort that runs because the request was cancelled must finish
+        # (its segments included: they are deleted once no part is in flight).
         await asyncio.shield(self._abort(list(self._storing), self._upload_id))
         self._storing.clear()
 
@@ -189,6 +243,7 @@ class S3Writer:
                 "could not abort a multipart upload",
                 extra=fields(key=self._key, upload_id=upload_id, error=str(exc), action="abort"),
             )
+        await self._delete_segments()
 
 
 class S3PartialWriter:
@@ -441,6 +496,37 @@ class S3Storage:
 
         return cast(BinaryIO, RangedReader(fetch, size, block=BLOCK, name=uri))
 
+    async def open_growing(self, uri: str, estimate: int, upload: UploadState) -> BinaryIO:
+        """A reader of an upload still being received (its segments, then the final object)."""
+        key = self._key_of(uri)
+        loop = asyncio.get_running_loop()
+
+        def fetch(start: int, end: int) -> Future[bytes]:
+            if _on_loop(loop):
+                raise RuntimeError("read an S3 object from a worker thread, not the event loop")
+            return asyncio.run_coroutine_threadsafe(self._segment(key, start, end, upload), loop)
+
+        return cast(BinaryIO, SegmentReader(fetch, estimate, upload, block=PART, name=uri))
+
+    async def _segment(self, key: str, start: int, end: int, upload: UploadState) -> bytes:
+        """Bytes `start` (a multiple of PART) up to `end`: the segment, or the completed object."""
+        index = start // PART
+        while upload.size is None:  # one GET per look: a waiting parser costs the store little
+            try:
+                return await self._range(segment_key(key, index), 0, PART)
+            except ObjectMissing:
+                pass
+            if upload.stopped is not None:
+                raise UploadStopped(upload.stopped)
+            await asyncio.sleep(POLL)
+        # The record says the upload ended: the object is complete (its segments may be gone).
+        try:
+            return await self._range(key, start, min(end, upload.size))
+        except StorageError as exc:
+            if "InvalidRange" in str(exc):  # at or past the real end
+                return b""
+            raise
+
     async def exists(self, uri: str) -> bool:
         """True when the object is stored."""
         try:
@@ -458,6 +544,28 @@ class S3Storage:
                 log.warning("not removing an unexpected location", extra=fields(uri=uri, action="delete"))
                 continue
             keys.append(key)
+        # Segments exist only of an upload deleted while it was still being received.
+        for key in list(keys):
+            keys += await self._list_keys(segment_prefix(key))
+        await self.delete_keys(keys)
+
+    async def _list_keys(self, prefix: str) -> list[str]:
+        client = await self.client()
+        found: list[str] = []
+        try:
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found += [str(o["Key"]) for o in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"listing {prefix}* failed: {exc}") from exc
+        return found
+
+    async def delete_segments(self, uri: str) -> None:
+        """Remove the segments of an upload whose ingest was killed (its sweep)."""
+        await self.delete_keys(await self._list_keys(segment_prefix(self._key_of(uri))))
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete these keys (one request per 1000; missing ones are fine)."""
         client = await self.client()
         for at in range(0, len(keys), 1000):
             chunk = keys[at : at + 1000]
@@ -524,7 +632,16 @@ class S3Storage:
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted += 1
-        return aborted
+        # Segments a killed ingest left (one listing of the prefix, at ingest's start).
+        stale = []
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                owner = segment_owner(str(item["Key"]).rsplit("/", 1)[-1])
+                ours = owner is not None and is_file_id(owner) and owner not in keep
+                if ours and item["LastModified"] <= cutoff:
+                    stale.append(str(item["Key"]))
+        await self.delete_keys(stale)
+        return aborted + len({k.rsplit(".seg.", 1)[0] for k in stale})
 
     async def check(self) -> str | None:
         """None when the bucket answers (HEAD bucket: one cheap request)."""

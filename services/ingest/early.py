@@ -15,8 +15,9 @@ without samples (the client went away, 413, storage failure). A record whose ing
 was killed stops being touched and is failed by the sweep of any ingest. Resumable (tus)
 uploads share this path through services/ingest/tus_early.py (`overlap_enabled`,
 `parsed_growing`, `start_record`, `beat`); the sweep leaves them alone (paused, not dead).
-Only on local storage: an S3 multipart object cannot be read before it is completed
-(docs/architecture.md says what S3 would need).
+On S3 a multipart object cannot be read before it is completed: each full part of a
+`POST /api/files` body is also stored as a segment the parser reads
+(imuflow/storage/segments.py); a resumable upload on S3 is parsed after its last byte.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage import Storage, StorageError
 from imuflow.storage.local import LocalStorage, path_of
+from imuflow.storage.s3 import S3Storage
 from services.ingest import early_repository
 from services.ingest.acceptance import Options, parse_options
 from services.ingest.multipart import UploadRejected
@@ -57,7 +59,7 @@ class EarlyRecord:
         self.pool = pool
         self.user_id = user_id
         self.declared = declared
-        self.enabled = overlap_enabled(storage, cfg, declared)
+        self.enabled = overlap_enabled(storage, cfg, declared, segments=True)
         self.decided = not self.enabled
         self.file_id: UUID | None = None  # set once the record exists
         self.options: Options | None = None
@@ -87,6 +89,8 @@ class EarlyRecord:
             options = parse_options(form)
         except UploadRejected:
             return False  # the end answers 400 with the reason
+        if not sink.readable_while_writing():
+            return False
         assert self.declared is not None
         # Every byte of the body not before the file part is at most the file's.
         self.estimate = max(self.declared - (received - sink.size), sink.size)
@@ -168,10 +172,13 @@ class EarlyRecord:
             log.warning("could not fail the stopped upload: %s", exc, extra=fields(action="upload"))
 
 
-def overlap_enabled(storage: Storage, cfg: Settings, declared: int | None) -> bool:
-    """Whether an upload of `declared` bytes is recorded at its first bytes and parsed growing."""
+def overlap_enabled(storage: Storage, cfg: Settings, declared: int | None, *, segments: bool = False) -> bool:
+    """Whether an upload of `declared` bytes is recorded at its first bytes and parsed growing.
+
+    On S3 only where the writer also stores readable segments (`segments`: a POST body's
+    multipart writer); a resumable upload's parts there cannot be read before the end."""
     return (
-        isinstance(storage, LocalStorage)
+        (isinstance(storage, LocalStorage) or (segments and isinstance(storage, S3Storage)))
         and cfg.overlap_min_bytes > 0
         and declared is not None
         and declared >= cfg.overlap_min_bytes
@@ -219,7 +226,7 @@ async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> No
                     f"{row['size_bytes']:,} bytes: the ingest receiving it stopped"
                 )
                 if await early_repository.fail(pool, row["id"], reason):
-                    _remove_partial(storage, row["storage_uri"])
+                    await _remove_partial(storage, row["storage_uri"])
                     log.warning(
                         "abandoned upload failed", extra=fields(file_id=str(row["id"]), action="sweep")
                     )
@@ -228,8 +235,11 @@ async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> No
         await wait_any(stop, timeout=SWEEP_EVERY)
 
 
-def _remove_partial(storage: Storage, uri: str) -> None:
-    """The `<id>.part` a killed ingest left (early records exist only on local storage)."""
-    if isinstance(storage, LocalStorage) and storage.owns(uri):
+async def _remove_partial(storage: Storage, uri: str) -> None:
+    """The `<id>.part` (local) or the segments (S3) a killed ingest left; on S3 its
+    multipart upload is aborted by the next ingest's start-up sweep (`Storage.sweep`)."""
+    if isinstance(storage, S3Storage) and storage.owns(uri):
+        await storage.delete_segments(uri)
+    elif isinstance(storage, LocalStorage) and storage.owns(uri):
         path = path_of(uri)
         path.with_name(f"{path.name}.part").unlink(missing_ok=True)

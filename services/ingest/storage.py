@@ -75,6 +75,15 @@ class UploadSink:
         while self._pending:
             await self._writer.write(self._pending.pop(0))
 
+    def readable_while_writing(self) -> bool:
+        """Make the bytes readable before `finish` (for a parse that overlaps the upload).
+
+        A local file is read as it grows; an S3 writer stores each part as a segment too
+        (imuflow/storage/segments.py), which only one that has not sent a part yet can.
+        """
+        keep_segments = getattr(self._writer, "keep_segments", None)
+        return True if keep_segments is None else bool(keep_segments())
+
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from imuflow.storage.segments import UploadStopped
+
+__all__ = ["GrowingFile", "UploadEnd", "UploadPaused", "UploadStopped", "open_growing"]
+
 POLL = 0.02  # seconds between looks at the file's size while waiting for bytes
 
 
 PARTIAL_SUFFIXES = (".part", ".tus")  # POST /api/files, resumable (tus) uploads
-
-
-class UploadStopped(Exception):
-    """The upload ended without its last byte, or the job was taken away meanwhile."""
 
 
 class UploadPaused(Exception):

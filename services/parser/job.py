@@ -26,7 +26,7 @@ from services.parser.batching import BatchSizer
 from services.parser.cursor import Cursor
 from services.parser.formats import registry
 from services.parser.formats.base import FileInfo, FormatError, Reader, ReadOptions, ResumePoint, SampleBatch
-from services.parser.growing import GrowingFile, UploadEnd, UploadPaused, UploadStopped
+from services.parser.growing import UploadEnd, UploadPaused, UploadStopped
 from services.parser.repository import Claim, Fenced, ParserRepository, TransientError
 from services.parser.threads import JobThread
 from services.parser.upload_follower import NotWhileReceiving
@@ -167,7 +167,7 @@ class FileJob:
         end = UploadEnd()
         f = await upload_follower.open_upload(self.settings, thread, claim, end)
         follow = None
-        if isinstance(f, GrowingFile):
+        if isinstance(f, upload_follower.GROWING):
             follow = asyncio.ensure_future(upload_follower.follow(self.repo, claim, end))
             follow.add_done_callback(_retrieve)
         try:
@@ -201,7 +201,7 @@ class FileJob:
         return await self._on_fenced(claim)
 
     def _open_reader(self, f: BinaryIO, claim: Claim, end: UploadEnd) -> tuple[Reader, FileInfo]:
-        growing = isinstance(f, GrowingFile) and end.size is None
+        growing = isinstance(f, upload_follower.GROWING) and end.size is None
         if growing and upload_follower.binary_upload(f, claim):
             raise NotWhileReceiving  # binary readers size the file first: they need its end
         format_id = claim.format or registry.detect_file(f, claim.filename)

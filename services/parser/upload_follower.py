@@ -21,13 +21,15 @@ from imuflow import storage
 from imuflow.logs import fields
 from imuflow.settings import Settings
 from imuflow.storage.local import path_of
+from imuflow.storage.segments import SegmentReader
 from services.parser.formats import registry
 from services.parser.formats.base import FormatError
-from services.parser.growing import UploadEnd, open_growing
+from services.parser.growing import GrowingFile, UploadEnd, open_growing
 from services.parser.repository import Claim, ParserRepository, TransientError
 from services.parser.threads import JobThread
 
 log = logging.getLogger("imuflow.parser")
+GROWING = (GrowingFile, SegmentReader)  # readers of an upload still being received
 FOLLOW_EVERY = 0.1  # seconds between looks at the record of an upload still being received
 SNIFF_BYTES = 4096  # what the binary formats' sniffers look at (cwa's header, GENEActiv's text)
 MISSING_UPLOAD = "the stored upload is missing; upload the file again"
@@ -54,8 +56,11 @@ async def open_upload(settings: Settings, thread: JobThread, claim: Claim, end: 
             raise FormatError(MISSING_UPLOAD)
         f: BinaryIO = await thread.submit(open, path, "rb")
         return f
+    store = storage.for_process(settings)
     try:
-        return await storage.open_any(storage.for_process(settings), claim.storage_uri)
+        if claim.upload_receiving and isinstance(store, storage.S3Storage) and store.owns(claim.storage_uri):
+            return await store.open_growing(claim.storage_uri, claim.size_bytes, end)  # its segments
+        return await storage.open_any(store, claim.storage_uri)
     except storage.ObjectMissing as exc:
         raise FormatError(MISSING_UPLOAD) from exc
     except storage.StorageError as exc:

@@ -1,0 +1,110 @@
+"""Segments: an S3 upload readable while it streams (imuflow/storage/segments.py), on SeaweedFS.
+
+The reader runs in a thread as the parser's does, while the writer is still sending parts;
+every path that ends an upload (commit, abort, delete while receiving, sweep of a killed
+writer) leaves no segment, which the bucket's listing shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from imuflow.storage import S3Storage
+from imuflow.storage.s3 import PART
+from imuflow.storage.segments import UploadStopped, segment_key
+from services.parser.growing import UploadEnd
+from tests.objectstore import S3Server, leftovers
+from tests.waiting import until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def s3(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Storage]:
+    store = s3_server.storage(s3_prefix)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _names(keys: list[str]) -> list[str]:
+    return sorted(k.rsplit("/", 1)[-1] for k in keys)
+
+
+async def test_read_while_written_then_only_the_object_is_left(s3: S3Storage) -> None:
+    data = os.urandom(2 * PART + 12345)
+    name = str(uuid.uuid4())
+    writer = await s3.create(name)
+    assert writer.keep_segments()
+    end = UploadEnd()
+    reader = await s3.open_growing(s3.uri(name), len(data) + 1000, end)  # an upper bound, as ingest's
+    head = asyncio.ensure_future(asyncio.to_thread(reader.read, PART))
+    await writer.write(data[: PART + 100])  # one part: its segment is readable
+    assert await asyncio.wait_for(head, 30) == data[:PART]
+    objects, uploads = await leftovers(s3)
+    assert _names(objects) == [f"{name}.seg.0"] and _names(uploads) == [name]
+    rest = asyncio.ensure_future(asyncio.to_thread(reader.read, -1))
+    await asyncio.sleep(0.3)
+    assert not rest.done()  # waits for bytes not stored yet
+    await writer.write(data[PART + 100 :])
+    await writer.commit()
+    await asyncio.sleep(0.3)
+    assert not rest.done()  # all bytes are stored, but the record does not say the end yet
+    end.finish(len(data))
+    got = data[:PART] + await asyncio.wait_for(rest, 30)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    reader.close()
+    objects, uploads = await leftovers(s3)
+    assert (_names(objects), uploads) == ([name], [])
+
+
+async def test_a_stopped_upload_stops_its_reader_and_abort_leaves_nothing(s3: S3Storage) -> None:
+    name = str(uuid.uuid4())
+    writer = await s3.create(name)
+    assert writer.keep_segments()
+    await writer.write(os.urandom(PART + 1))
+    end = UploadEnd()
+    reader = await s3.open_growing(s3.uri(name), 3 * PART, end)
+    waiting = asyncio.ensure_future(asyncio.to_thread(reader.read, 2 * PART))
+    await asyncio.sleep(0.3)
+    end.stop("the client went away")
+    with pytest.raises(UploadStopped, match="the client went away"):
+        await asyncio.wait_for(waiting, 30)
+    reader.close()
+    await writer.abort()
+    assert await leftovers(s3) == ([], [])
+
+
+async def test_a_writer_that_sent_a_part_cannot_start_segments(s3: S3Storage) -> None:
+    name = str(uuid.uuid4())
+    writer = await s3.create(name)
+    await writer.write(os.urandom(PART))
+    assert not writer.keep_segments()
+    await writer.abort()
+    assert await leftovers(s3) == ([], [])
+
+
+async def test_delete_and_sweep_remove_the_segments_a_killed_writer_left(s3: S3Storage) -> None:
+    client = await s3.client()
+    deleted, swept = str(uuid.uuid4()), str(uuid.uuid4())
+    for name in (deleted, swept):  # what a killed ingest leaves: segments, and no object
+        for n in range(2):
+            await client.put_object(Bucket=s3.bucket, Key=segment_key(s3.key(name), n), Body=b"x")
+    await s3.delete([s3.uri(deleted)])
+    assert _names((await leftovers(s3))[0]) == [f"{swept}.seg.0", f"{swept}.seg.1"]
+    assert await s3.sweep(3600) == 0  # too recent: a live upload's
+    assert await s3.sweep(0, keep=frozenset({swept})) == 0
+    await asyncio.sleep(1.1)  # S3 times have whole seconds
+    assert await s3.sweep(0) == 1
+
+    async def empty() -> bool:
+        return await leftovers(s3) == ([], [])
+
+    await until(empty, "the segments swept", within=10, every=0.2)
