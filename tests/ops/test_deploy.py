@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SERVICES = {
     *("kafka", "postgres", "objectstore", "migrate"),
-    *("ingest", "parser", "progress", "prometheus", "grafana"),
+    *("ingest", "parser", "progress", "prometheus", "grafana", "sse-edge"),
 }
 METRIC = re.compile(r"\bimuflow_[a-z_]+")
 
