@@ -34,9 +34,8 @@ from imuflow import metrics
 from imuflow.aio import wait_any
 from imuflow.logs import fields
 from imuflow.settings import Settings
-from imuflow.storage import Storage, StorageError
+from imuflow.storage import Storage, StorageError, is_s3
 from imuflow.storage.local import LocalStorage, path_of
-from imuflow.storage.s3 import S3Storage
 from services.ingest import early_repository
 from services.ingest.acceptance import Options, parse_options
 from services.ingest.multipart import UploadRejected
@@ -178,7 +177,7 @@ def overlap_enabled(storage: Storage, cfg: Settings, declared: int | None, *, se
     On S3 only where the writer also stores readable segments (`segments`: a POST body's
     multipart writer); a resumable upload's parts there cannot be read before the end."""
     return (
-        (isinstance(storage, LocalStorage) or (segments and isinstance(storage, S3Storage)))
+        (isinstance(storage, LocalStorage) or (segments and is_s3(storage)))
         and cfg.overlap_min_bytes > 0
         and declared is not None
         and declared >= cfg.overlap_min_bytes
@@ -238,7 +237,7 @@ async def sweep(pool: asyncpg.Pool, storage: Storage, stop: asyncio.Event) -> No
 async def _remove_partial(storage: Storage, uri: str) -> None:
     """The `<id>.part` (local) or the segments (S3) a killed ingest left; on S3 its
     multipart upload is aborted by the next ingest's start-up sweep (`Storage.sweep`)."""
-    if isinstance(storage, S3Storage) and storage.owns(uri):
+    if is_s3(storage) and storage.owns(uri):
         await storage.delete_segments(uri)
     elif isinstance(storage, LocalStorage) and storage.owns(uri):
         path = path_of(uri)

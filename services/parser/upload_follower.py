@@ -58,7 +58,7 @@ async def open_upload(settings: Settings, thread: JobThread, claim: Claim, end: 
         return f
     store = storage.for_process(settings)
     try:
-        if claim.upload_receiving and isinstance(store, storage.S3Storage) and store.owns(claim.storage_uri):
+        if claim.upload_receiving and storage.is_s3(store) and store.owns(claim.storage_uri):
             return await store.open_growing(claim.storage_uri, claim.size_bytes, end)  # its segments
         return await storage.open_any(store, claim.storage_uri)
     except storage.ObjectMissing as exc:
