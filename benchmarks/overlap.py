@@ -14,7 +14,7 @@ would otherwise wait for that (~1.5 s), which the overlap-off run hides behind i
 
 `python -m benchmarks.overlap` (230 MB), `--small` (40 MB, cheap enough for a shared box);
 `--s3` stores the uploads in an embedded SeaweedFS instead of the local disk (the parser
-then reads a POST body's parts received so far as segments: imuflow/storage/segments.py;
+then reads a POST body, stored as segments, as they arrive: imuflow/storage/segments.py;
 a tus upload on S3 is parsed after its last byte, so its two rows measure the same path).
 """
 

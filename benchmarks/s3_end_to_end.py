@@ -5,7 +5,7 @@ The same embedded stack (Postgres, Tansu, the three services) runs the file with
 SeaweedFS on localhost, interleaved (local, S3, local, S3, ...), median of 3; progress
 tracking on. Upload = POST until 202 (ingest streams the body into a multipart upload);
 parse+store = claim to the completed commit (the parser reads by ranged GETs). Both
-storages parse the body while it streams (local: the growing file; S3: its segments,
+storages parse the body while it streams (local: the growing file; S3: the segments it is stored as,
 imuflow/storage/segments.py); beside them each runs once more with that overlap off
 (`IMUFLOW_OVERLAP_MIN_BYTES=0`: parsing starts after the last byte), and the ratio to
 local disk with the overlap is set against issue 15's target of 1.3x.
@@ -125,7 +125,7 @@ async def storage_beside(
                 f"stack's; {PART >> 20} MiB parts, {IN_FLIGHT} in flight; the parser reads 8 MiB ranged "
                 "GETs with one ahead.",
                 f"target (issue 15): S3 within {TARGET}x of local disk, both parsing while the body "
-                "streams (S3: each part also stored as an 8 MiB segment object, read while streaming).",
+                "streams (S3: the body stored as 8 MiB segment objects, read as they arrive).",
                 "no overlap: IMUFLOW_OVERLAP_MIN_BYTES=0, parsing starts after the last byte.",
                 "runs interleaved (local, S3, ...); each run restarts the services with that storage.",
                 "CPU s: user + system of that process in the run (median); the store's own is not counted.",

@@ -37,9 +37,12 @@ from imuflow.storage.base import ObjectMissing, PartialState, StorageError, is_f
 from imuflow.storage.reader import BLOCK, RangedReader
 from imuflow.storage.segments import (
     POLL,
+    Layout,
     SegmentReader,
     UploadState,
     UploadStopped,
+    layout_of,
+    manifest,
     segment_key,
     segment_owner,
     segment_prefix,
@@ -78,9 +81,12 @@ class S3Writer:
     """A multipart upload with up to IN_FLIGHT parts being stored while the next one fills;
     nothing is created before the first part.
 
-    With `keep_segments`, each full part is also stored as segment `<key>.seg.<n>` (at the
-    same time, in the same in-flight window), so the upload is readable while it streams
-    (imuflow/storage/segments.py); commit and abort delete the segments."""
+    With `keep_segments`, the upload is stored as segments instead (no multipart upload):
+    each part is the object `<key>.seg.<n>`, readable as soon as it is stored, so the upload
+    can be parsed while it streams, and commit adds the manifest `<key>` that makes it one
+    object to every reader (imuflow/storage/segments.py). Each byte is written once: storing
+    the parts and their segments doubled what the store wrote while the body streamed.
+    Abort deletes the segments."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
         self._storage = storage
@@ -92,10 +98,11 @@ class S3Writer:
         self._numbered = 0
         self._done = False
         self._segments = False
-        self._segments_stored = 0  # segments 0 .. n-1 may exist (deleted at commit or abort)
+        self._segments_stored = 0  # segments 0 .. n-1 may exist (deleted at abort)
+        self._size = 0  # bytes sent as parts or segments
 
     def keep_segments(self) -> bool:
-        """Store every full part as a segment too; False once a part was sent without one."""
+        """Store the upload as segments; False once a part was sent as a multipart part."""
         if self._numbered:
             return self._segments
         self._segments = True
@@ -113,7 +120,7 @@ class S3Writer:
 
     async def _send(self, body: bytes) -> None:
         """Start storing `body` as the next part, after the oldest part when IN_FLIGHT are."""
-        if self._upload_id is None:
+        if self._upload_id is None and not self._segments:
             client = await self._storage.client()
             try:
                 created = await client.create_multipart_upload(
@@ -125,9 +132,10 @@ class S3Writer:
         while len(self._storing) >= IN_FLIGHT:
             await self._settle_oldest()
         self._numbered += 1
-        if self._segments and len(body) == PART:
+        self._size += len(body)
+        if self._segments:
             self._segments_stored = self._numbered
-            task = asyncio.create_task(self._upload_part_and_segment(self._numbered, body))
+            task = asyncio.create_task(self._put_segment(self._numbered - 1, body))
         else:
             task = asyncio.create_task(self._upload_part(self._numbered, body))
         task.add_done_callback(_retrieve)
@@ -147,19 +155,17 @@ class S3Writer:
             raise StorageError(f"storing part {number} of the upload failed: {exc}") from exc
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
-    async def _upload_part_and_segment(self, number: int, body: bytes) -> dict[str, Any]:
-        """The part and its segment at once (both must be stored before the next part waits)."""
+    async def _put_segment(self, index: int, body: bytes) -> dict[str, Any]:
         client = await self._storage.client()
-        key = segment_key(self._key, number - 1)
-        segment = client.put_object(Bucket=self._storage.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE)
+        key = segment_key(self._key, index)
         try:
-            part: dict[str, Any] = (await asyncio.gather(self._upload_part(number, body), segment))[0]
+            await client.put_object(Bucket=self._storage.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE)
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"storing segment {number - 1} of the upload failed: {exc}") from exc
-        return part
+            raise StorageError(f"storing segment {index} of the upload failed: {exc}") from exc
+        return {"Segment": index, "Size": len(body)}
 
     async def _delete_segments(self) -> None:
-        """Remove the segments (after commit or abort); a failure is left to `sweep`."""
+        """Remove the segments of an aborted upload; a failure is left to `sweep`."""
         count, self._segments_stored = self._segments_stored, 0
         if not count:
             return
@@ -188,14 +194,20 @@ class S3Writer:
                 raise cast(BaseException, task.exception())
 
     async def commit(self) -> None:
-        """Complete the upload (a small object is one PUT)."""
+        """Complete the upload (a small object is one PUT; segments get their manifest)."""
         client = await self._storage.client()
         bucket = self._storage.bucket
         try:
-            if self._upload_id is None:
+            if not self._numbered:
                 await client.put_object(
                     Bucket=bucket, Key=self._key, Body=bytes(self._buffer), ContentType=CONTENT_TYPE
                 )
+            elif self._segments:
+                if self._buffer:
+                    await self._send(bytes(self._buffer))  # the last segment, shorter
+                while self._storing:
+                    await self._settle_oldest()
+                await put_manifest(client, bucket, self._key, self._numbered, self._size)
             else:
                 if self._buffer:
                     await self._send(bytes(self._buffer))
@@ -212,8 +224,6 @@ class S3Writer:
             raise StorageError(f"storing the upload failed: {exc}") from exc
         self._buffer = bytearray()
         self._done = True
-        # After the completion: a reader that misses a segment finds the final object.
-        await self._delete_segments()
 
     async def abort(self) -> None:
         """Abort the multipart upload so no part is left behind (idempotent).
@@ -224,15 +234,18 @@ class S3Writer:
             return
         self._done = True
         self._buffer = bytearray()
-        if self._upload_id is None:
+        if not self._numbered:
             return
         # Shielded: an abort that runs because the request was cancelled must finish
         # (its segments included: they are deleted once no part is in flight).
         await asyncio.shield(self._abort(list(self._storing), self._upload_id))
         self._storing.clear()
 
-    async def _abort(self, storing: list[asyncio.Task[dict[str, Any]]], upload_id: str) -> None:
+    async def _abort(self, storing: list[asyncio.Task[dict[str, Any]]], upload_id: str | None) -> None:
         await asyncio.gather(*storing, return_exceptions=True)
+        if upload_id is None:  # stored as segments: no multipart upload to abort
+            await self._delete_segments()
+            return
         client = await self._storage.client()
         try:
             await client.abort_multipart_upload(
@@ -456,7 +469,8 @@ class S3Storage:
             raise StorageError(f"storage unreachable: {exc}") from exc
         return S3Writer(self, self.key(key))
 
-    async def _size(self, key: str) -> int:
+    async def _layout(self, key: str) -> Layout:
+        """The object's size and where its bytes are (itself, or its segments): one HEAD."""
         client = await self.client()
         try:
             head = await client.head_object(Bucket=self.bucket, Key=key)
@@ -466,7 +480,17 @@ class S3Storage:
             raise StorageError(f"reading {key}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"storage unreachable: {exc}") from exc
-        return int(head["ContentLength"])
+        return layout_of(int(head["ContentLength"]), head.get("Metadata") or {})
+
+    async def _read(self, key: str, layout: Layout, start: int, end: int) -> bytes:
+        """Bytes `start`..`end` of the object, from its segments if it is stored as such."""
+        if layout.segments is None:
+            return await self._range(key, start, end)
+        pieces = layout.pieces(start, end)
+        if len(pieces) == 1:  # a reader's aligned block: no join
+            index, at, to = pieces[0]
+            return await self._range(segment_key(key, index), at, to)
+        return b"".join([await self._range(segment_key(key, n), at, to) for n, at, to in pieces])
 
     async def _range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
@@ -486,30 +510,32 @@ class S3Storage:
     async def open(self, uri: str) -> BinaryIO:
         """A RangedReader; its reads must run off this loop's thread (they wait on it)."""
         key = self._key_of(uri)
-        size = await self._size(key)
+        layout = await self._layout(key)
         loop = asyncio.get_running_loop()
 
         def fetch(start: int, end: int) -> Future[bytes]:
             if _on_loop(loop):
                 raise RuntimeError("read an S3 object from a worker thread, not the event loop")
-            return asyncio.run_coroutine_threadsafe(self._range(key, start, end), loop)
+            return asyncio.run_coroutine_threadsafe(self._read(key, layout, start, end), loop)
 
-        return cast(BinaryIO, RangedReader(fetch, size, block=BLOCK, name=uri))
+        return cast(BinaryIO, RangedReader(fetch, layout.size, block=BLOCK, name=uri))
 
     async def open_growing(self, uri: str, estimate: int, upload: UploadState) -> BinaryIO:
-        """A reader of an upload still being received (its segments, then the final object)."""
+        """A reader of an upload still being received (its segments, waited for)."""
         key = self._key_of(uri)
         loop = asyncio.get_running_loop()
+        stored: list[Layout] = []  # the finished object's layout, once it is looked up
 
         def fetch(start: int, end: int) -> Future[bytes]:
             if _on_loop(loop):
                 raise RuntimeError("read an S3 object from a worker thread, not the event loop")
-            return asyncio.run_coroutine_threadsafe(self._segment(key, start, end, upload), loop)
+            return asyncio.run_coroutine_threadsafe(self._segment(key, start, end, upload, stored), loop)
 
         return cast(BinaryIO, SegmentReader(fetch, estimate, upload, block=PART, name=uri))
 
-    async def _segment(self, key: str, start: int, end: int, upload: UploadState) -> bytes:
-        """Bytes `start` (a multiple of PART) up to `end`: the segment, or the completed object."""
+    async def _segment(self, key: str, start: int, end: int, upload: UploadState, stored: list[Layout]) -> bytes:
+        """Bytes `start` (a multiple of PART) up to `end`: segment n, waited for while the
+        upload is received (the last one is shorter: the reader then waits for the end)."""
         index = start // PART
         while upload.size is None:  # one GET per look: a waiting parser costs the store little
             try:
@@ -519,18 +545,18 @@ class S3Storage:
             if upload.stopped is not None:
                 raise UploadStopped(upload.stopped)
             await asyncio.sleep(POLL)
-        # The record says the upload ended: the object is complete (its segments may be gone).
-        try:
-            return await self._range(key, start, min(end, upload.size))
-        except StorageError as exc:
-            if "InvalidRange" in str(exc):  # at or past the real end
-                return b""
-            raise
+        # The record says the upload ended: the object is complete, however it is stored
+        # (segments with their manifest, or one object: an upload under 8 MiB is one PUT).
+        if start >= upload.size:
+            return b""
+        if not stored:
+            stored.append(await self._layout(key))
+        return await self._read(key, stored[0], start, min(end, upload.size))
 
     async def exists(self, uri: str) -> bool:
         """True when the object is stored."""
         try:
-            await self._size(self._key_of(uri))
+            await self._layout(self._key_of(uri))
         except ObjectMissing:
             return False
         return True
@@ -544,7 +570,7 @@ class S3Storage:
                 log.warning("not removing an unexpected location", extra=fields(uri=uri, action="delete"))
                 continue
             keys.append(key)
-        # Segments exist only of an upload deleted while it was still being received.
+        # The segments of an upload stored as such (or deleted while it was being received).
         for key in list(keys):
             keys += await self._list_keys(segment_prefix(key))
         await self.delete_keys(keys)
@@ -632,12 +658,17 @@ class S3Storage:
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted += 1
-        # Segments a killed ingest left (one listing of the prefix, at ingest's start).
-        stale = []
+        # Segments a killed ingest left: those with no manifest (one listing of the prefix,
+        # at ingest's start). A stored upload's segments sort after its manifest.
+        stale, stored = [], set()
         async for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                owner = segment_owner(str(item["Key"]).rsplit("/", 1)[-1])
-                ours = owner is not None and is_file_id(owner) and owner not in keep
+                name = str(item["Key"]).rsplit("/", 1)[-1]
+                owner = segment_owner(name)
+                if owner is None:
+                    stored.add(name)
+                    continue
+                ours = is_file_id(owner) and owner not in keep and owner not in stored
                 if ours and item["LastModified"] <= cutoff:
                     stale.append(str(item["Key"]))
         await self.delete_keys(stale)
@@ -657,6 +688,12 @@ class S3Storage:
         """Close the client's connections."""
         await self._stack.aclose()
         self._client = None
+
+
+async def put_manifest(client: Any, bucket: str, key: str, count: int, size: int) -> None:
+    """Make `count` stored segments holding `size` bytes the object `key`."""
+    body, metadata = manifest(count, size, PART)
+    await client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata=metadata)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -1,14 +1,22 @@
-"""An S3 upload read while it is still being received: its parts, also stored as segments.
+"""An S3 upload stored as segments: readable while it is still being received.
 
 A multipart object cannot be read before it is completed, and S3 offers no GET of an
-uploaded part. So while a large `POST /api/files` body streams (services/ingest/early.py),
-each full 8 MiB part is also stored as an object of its own, `<key>.seg.<n>` (bytes
-n x PART to (n + 1) x PART), beside the part. The parser reads through a `SegmentReader`:
-block n is segment n by one GET, the next block is fetched while this one is parsed
-(read-ahead, as for any S3 object), and a missing segment is waited for, like the bytes of
-a growing local file. Once the record says the upload ended (its real size), the final
-object is read instead: it is complete by then, and its segments may already be deleted.
-The last, shorter part is never a segment: it is read from the final object.
+uploaded part. So a large `POST /api/files` body (services/ingest/early.py) is stored as
+segments instead of a multipart upload: each 8 MiB part is an object of its own,
+`<key>.seg.<n>` (bytes n x PART to (n + 1) x PART; the last one shorter), and once the last
+byte is stored a small manifest is put at `<key>` itself. Each byte is written once (the
+first design stored every part twice, as a multipart part and as a segment, which doubled
+the store's CPU while the body streamed: docs/scaling.md).
+
+* Readers: `S3Storage.open` sees the manifest in the object's metadata (one HEAD, as for
+  any object) and reads the bytes from the segments, so reparse, retry, export and the
+  ZIP split read a segmented upload like any other; delete removes `<key>` and every
+  `<key>.seg.*`. The manifest's body says in JSON what it is, for an operator who fetches
+  `<key>` with another S3 client.
+* While the upload streams the parser reads through a `SegmentReader`: block n is
+  segment n by one GET, the next block is fetched while this one is parsed (read-ahead, as
+  for any S3 object), and a missing segment is waited for, like the bytes of a growing
+  local file.
 
 Segment names are flat (`.seg.<n>`, no `/`): SeaweedFS would keep an empty directory
 per upload otherwise.
@@ -16,8 +24,11 @@ per upload otherwise.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from imuflow.storage.base import StorageError
@@ -25,6 +36,8 @@ from imuflow.storage.reader import Fetch, RangedReader
 
 POLL = 0.1  # seconds between looks for a segment not stored yet (one arrives every 0.3 s at 25 MB/s)
 _SEGMENT = re.compile(r"^(?P<name>[^/]+)\.seg\.(?P<n>\d+)$")
+# The manifest's metadata (S3 user metadata: `x-amz-meta-*`, given back by every HEAD).
+SEGMENTS, SIZE, PART_SIZE = "imuflow-segments", "imuflow-size", "imuflow-part"
 
 
 class UploadStopped(StorageError):
@@ -54,6 +67,42 @@ def segment_owner(name: str) -> str | None:
     return match.group("name") if match else None
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How an object's bytes are stored: in itself, or in `segments` of `part` bytes."""
+
+    size: int
+    segments: int | None = None
+    part: int = 0
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(segment, from, to) byte ranges within the segments that hold `start`..`end`."""
+        assert self.segments is not None and self.part > 0
+        end = min(end, self.size)
+        out = []
+        while start < end:
+            index, at = divmod(start, self.part)
+            take = min(end - start, self.part - at)
+            out.append((index, at, at + take))
+            start += take
+        return out
+
+
+def manifest(count: int, size: int, part: int) -> tuple[bytes, dict[str, str]]:
+    """The manifest of `count` segments of `part` bytes holding `size` bytes: body, metadata."""
+    body = {"imuflow": "an upload stored as segments", "size": size, "segments": count, "part": part,
+            "keys": "<this key>.seg.0 .. .seg.%d" % (count - 1)}
+    meta = {SEGMENTS: str(count), SIZE: str(size), PART_SIZE: str(part)}
+    return json.dumps(body).encode(), meta
+
+
+def layout_of(length: int, metadata: Mapping[str, str]) -> Layout:
+    """The layout from a HEAD's length and user metadata."""
+    if SEGMENTS not in metadata:
+        return Layout(length)
+    return Layout(int(metadata[SIZE]), int(metadata[SEGMENTS]), int(metadata[PART_SIZE]))
+
+
 class SegmentReader(RangedReader):
     """A RangedReader whose size is the declared estimate until the upload's end is known.
 
@@ -74,8 +123,8 @@ class SegmentReader(RangedReader):
 
     def read(self, size: int | None = -1) -> bytes:
         """`size` bytes, fewer only at the real end: a short read of what is stored (the
-        completed object, before the record says the upload ended) waits for that end, so
-        the job never sees its EOF (and completes) while the record is still receiving."""
+        last segment, before the record says the upload ended) waits for that end, so the
+        job never sees its EOF (and completes) while the record is still receiving."""
         want = None if size is None or size < 0 else size
         data = super().read(size)
         if want is not None and len(data) >= want:

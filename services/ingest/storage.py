@@ -78,7 +78,7 @@ class UploadSink:
     def readable_while_writing(self) -> bool:
         """Make the bytes readable before `finish` (for a parse that overlaps the upload).
 
-        A local file is read as it grows; an S3 writer stores each part as a segment too
+        A local file is read as it grows; an S3 writer stores the upload as segments
         (imuflow/storage/segments.py), which only one that has not sent a part yet can.
         """
         keep_segments = getattr(self._writer, "keep_segments", None)

@@ -1,14 +1,16 @@
 """Processing that overlaps the upload, with uploads in S3 (SeaweedFS): real services.
 
-On S3 the parser reads the parts already received as segments (imuflow/storage/segments.py).
-The body is sent slowly and waits, halfway, until samples of the file still being uploaded
-are stored; afterwards the bucket is listed: only the final object is left, or nothing.
+On S3 such a body is stored as segments, which the parser reads as they arrive
+(imuflow/storage/segments.py). The body is sent slowly and waits, halfway, until samples of
+the file still being uploaded are stored; afterwards the bucket is listed: only the upload's
+manifest and segments are left (nothing once the file is deleted), or nothing at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +20,8 @@ import pytest
 
 from imuflow.settings import Settings
 from imuflow.storage import S3Storage
-from tests.e2e.helpers import make_token
+from imuflow.storage.s3 import PART
+from tests.e2e.helpers import bearer, make_token
 from tests.faults.helpers import kill, service_pid, wait_restarted, wait_terminal
 from tests.ingest.test_early import _csv, _parsed_while_receiving, _send
 from tests.objectstore import S3Server, leftovers
@@ -55,6 +58,11 @@ async def stack(
     )
 
 
+def _stored(file_id: str, size: int) -> list[str]:
+    """The objects of an upload of `size` bytes stored as segments: manifest and segments."""
+    return [file_id] + [f"{file_id}.seg.{n}" for n in range(math.ceil(size / PART))]
+
+
 async def _left(store: S3Storage, expected: list[str]) -> None:
     """The bucket (this test's prefix) holds exactly `expected` and no multipart upload."""
 
@@ -68,7 +76,7 @@ async def _left(store: S3Storage, expected: list[str]) -> None:
         raise AssertionError(f"left in the bucket: {await leftovers(store)}") from None
 
 
-async def test_s3_upload_parsed_while_it_streams_leaves_only_its_object(
+async def test_s3_upload_parsed_while_it_streams_is_stored_once_and_deleted_whole(
     stack: ServiceStack, database_url: str, s3_store: S3Storage
 ) -> None:
     token = await make_token(database_url, "alice")
@@ -94,7 +102,12 @@ async def test_s3_upload_parsed_while_it_streams_leaves_only_its_object(
         assert (done.samples, done.distinct) == (ROWS, ROWS)
     finally:
         await conn.close()
-    await _left(s3_store, [str(seen["id"])])
+    file_id = str(seen["id"])
+    await _left(s3_store, _stored(file_id, len(data)))  # each byte once: no multipart copy
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        deleted = await client.delete(f"{stack.progress_url}/api/files/{file_id}", headers=bearer(token))
+    assert deleted.status_code == 204, deleted.text
+    await _left(s3_store, [])
 
 
 async def test_s3_client_gone_mid_upload_leaves_no_object_and_no_samples(
@@ -140,4 +153,4 @@ async def test_s3_parser_killed_mid_overlap_resumes_exactly(
         assert done.attempts >= 2
     finally:
         await conn.close()
-    await _left(s3_store, [str(seen["id"])])
+    await _left(s3_store, _stored(str(seen["id"]), len(_csv(ROWS, seed=3))))

@@ -1,8 +1,10 @@
-"""Segments: an S3 upload readable while it streams (imuflow/storage/segments.py), on SeaweedFS.
+"""Segments: an S3 upload stored once and readable while it streams
+(imuflow/storage/segments.py), on SeaweedFS.
 
-The reader runs in a thread as the parser's does, while the writer is still sending parts;
-every path that ends an upload (commit, abort, delete while receiving, sweep of a killed
-writer) leaves no segment, which the bucket's listing shows.
+The reader runs in a thread as the parser's does, while the writer is still sending parts.
+A committed upload is its manifest and segments, read by `open` like any object; every
+other path that ends an upload (abort, delete, sweep of a killed writer) leaves no
+segment, which the bucket's listing shows.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _names(keys: list[str]) -> list[str]:
     return sorted(k.rsplit("/", 1)[-1] for k in keys)
 
 
-async def test_read_while_written_then_only_the_object_is_left(s3: S3Storage) -> None:
+async def test_read_while_written_then_stored_once_and_read_like_any_object(s3: S3Storage) -> None:
     data = os.urandom(2 * PART + 12345)
     name = str(uuid.uuid4())
     writer = await s3.create(name)
@@ -49,7 +51,7 @@ async def test_read_while_written_then_only_the_object_is_left(s3: S3Storage) ->
     await writer.write(data[: PART + 100])  # one part: its segment is readable
     assert await asyncio.wait_for(head, 30) == data[:PART]
     objects, uploads = await leftovers(s3)
-    assert _names(objects) == [f"{name}.seg.0"] and _names(uploads) == [name]
+    assert _names(objects) == [f"{name}.seg.0"] and uploads == []  # no multipart copy of it
     rest = asyncio.ensure_future(asyncio.to_thread(reader.read, -1))
     await asyncio.sleep(0.3)
     assert not rest.done()  # waits for bytes not stored yet
@@ -62,7 +64,23 @@ async def test_read_while_written_then_only_the_object_is_left(s3: S3Storage) ->
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
     reader.close()
     objects, uploads = await leftovers(s3)
-    assert (_names(objects), uploads) == ([name], [])
+    assert (_names(objects), uploads) == ([name, f"{name}.seg.0", f"{name}.seg.1", f"{name}.seg.2"], [])
+    assert await s3.exists(s3.uri(name))
+    stored = await s3.open(s3.uri(name))
+    assert stored.seek(0, os.SEEK_END) == len(data)
+    stored.seek(PART - 10)  # a read across two segments
+    assert await asyncio.to_thread(stored.read, 20) == data[PART - 10 : PART + 10]
+    stored.seek(0)
+    assert hashlib.sha256(await asyncio.to_thread(stored.read)).digest() == hashlib.sha256(data).digest()
+    stored.close()
+    client = await s3.client()
+    manifest = await client.get_object(Bucket=s3.bucket, Key=s3.key(name))
+    async with manifest["Body"] as body:  # what another S3 client sees at the upload's key
+        assert b"an upload stored as segments" in await body.read()
+    await asyncio.sleep(1.1)  # S3 times have whole seconds
+    assert await s3.sweep(0) == 0  # a stored upload's segments are not a killed writer's
+    await s3.delete([s3.uri(name)])
+    assert await leftovers(s3) == ([], [])
 
 
 async def test_a_stopped_upload_stops_its_reader_and_abort_leaves_nothing(s3: S3Storage) -> None:
