@@ -533,7 +533,9 @@ class S3Storage:
 
         return cast(BinaryIO, SegmentReader(fetch, estimate, upload, block=PART, name=uri))
 
-    async def _segment(self, key: str, start: int, end: int, upload: UploadState, stored: list[Layout]) -> bytes:
+    async def _segment(
+        self, key: str, start: int, end: int, upload: UploadState, stored: list[Layout]
+    ) -> bytes:
         """Bytes `start` (a multiple of PART) up to `end`: segment n, waited for while the
         upload is received (the last one is shorter: the reader then waits for the end)."""
         index = start // PART
@@ -693,7 +695,9 @@ class S3Storage:
 async def put_manifest(client: Any, bucket: str, key: str, count: int, size: int) -> None:
     """Make `count` stored segments holding `size` bytes the object `key`."""
     body, metadata = manifest(count, size, PART)
-    await client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata=metadata)
+    await client.put_object(
+        Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata=metadata
+    )
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -90,8 +90,13 @@ class Layout:
 
 def manifest(count: int, size: int, part: int) -> tuple[bytes, dict[str, str]]:
     """The manifest of `count` segments of `part` bytes holding `size` bytes: body, metadata."""
-    body = {"imuflow": "an upload stored as segments", "size": size, "segments": count, "part": part,
-            "keys": "<this key>.seg.0 .. .seg.%d" % (count - 1)}
+    body = {
+        "imuflow": "an upload stored as segments",
+        "size": size,
+        "segments": count,
+        "part": part,
+        "keys": f"<this key>.seg.0 .. .seg.{count - 1}",
+    }
     meta = {SEGMENTS: str(count), SIZE: str(size), PART_SIZE: str(part)}
     return json.dumps(body).encode(), meta
 

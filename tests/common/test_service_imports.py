@@ -20,7 +20,9 @@ print(",".join(m for m in ("aiobotocore", "pyarrow.parquet") if m in sys.modules
 
 
 def test_services_import_no_s3_client_and_no_parquet_writer() -> None:
-    found = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60, check=True)
+    found = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60, check=True
+    )
     assert found.stdout.strip() == "", f"imported at start: {found.stdout.strip()}"
 
 
