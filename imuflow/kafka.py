@@ -142,15 +142,15 @@ def broker(settings: Settings, *, consumer_only: bool = False) -> KafkaBroker:
 
 
 def consumer(settings: Settings, group_id: str, *topic_bases: str, **extra: Any) -> AIOKafkaConsumer:
-    """A group consumer that commits only what the caller says is done (not started)."""
+    """A group consumer that commits only what the caller says is done (not started);
+    `extra` options override consumer_options'."""
     return AIOKafkaConsumer(
         *(topic(settings, base) for base in topic_bases),
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **consumer_options(settings),
-        **extra,
+        **(consumer_options(settings) | extra),
     )
 
 

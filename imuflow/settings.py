@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(1, ge=1)
     # Tansu answers a waiting fetch only when this expires, so it bounds browser latency.
     kafka_fetch_max_wait_ms: int = Field(10, ge=0)
+    # The parser's job consumer: a job may start up to this much later, and an idle parser
+    # (with the broker answering it) no longer polls 100 times a second (docs/architecture.md).
+    kafka_job_fetch_max_wait_ms: int = Field(100, ge=0)
     kafka_session_timeout_ms: int = Field(6_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)

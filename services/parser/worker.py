@@ -76,7 +76,9 @@ class ParserWorker:
         self.repo = repo
         self.producer = producer
         group = settings.parser_group_id
-        self.consumer_factory = consumer_factory or partial(kafka.consumer, settings, group)
+        self.consumer_factory = consumer_factory or partial(
+            kafka.consumer, settings, group, fetch_max_wait_ms=settings.kafka_job_fetch_max_wait_ms
+        )
         self.consumer: AIOKafkaConsumer | None = None
         self._slots: dict[TopicPartition, _Slot] = {}
         self._freed = asyncio.Event()

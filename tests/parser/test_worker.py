@@ -268,3 +268,12 @@ async def test_a_rebalance_abandons_the_jobs_it_moved_and_keeps_the_others(rig: 
 
         await until(committed, "the kept job committed", within=30)
     assert worker.started.count(stays) == 1  # its message was not handed out again
+
+
+async def test_the_job_consumer_waits_longer_per_fetch_than_the_progress_consumers() -> None:
+    # An idle parser polling the embedded broker every 10 ms cost ~7% of a core (and the
+    # broker as much again); a job may start 100 ms later instead.
+    settings = Settings(kafka_fetch_max_wait_ms=10, kafka_job_fetch_max_wait_ms=100)
+    consumer = ParserWorker(settings, cast(ParserRepository, None), cast(Producer, None)).consumer_factory()
+    assert consumer._fetch_max_wait_ms == 100
+    assert kafka.consumer(settings, "any")._fetch_max_wait_ms == 10
