@@ -1,8 +1,9 @@
-"""What a service imports before it starts: the S3 client and Parquet only where used.
+"""What a service imports before it starts: the S3 client, Parquet and Sentry only where used.
 
 Every service start pays its imports (three per test stack, and every `imuflow up`):
-aiobotocore costs ~0.5 CPU s and pyarrow.parquet ~0.3 s, so a service on local storage
-must not import the one, nor progress the other before its first Parquet export.
+aiobotocore costs ~0.5 CPU s, pyarrow.parquet ~0.3 s and sentry_sdk ~0.2 s, so a service
+on local storage must not import the first, progress not the second before its first
+Parquet export, and none the third without a DSN.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import pytest
 CHECK = """
 import sys
 import services.ingest.app, services.progress.app, services.parser.main
-print(",".join(m for m in ("aiobotocore", "pyarrow.parquet") if m in sys.modules))
+print(",".join(m for m in ("aiobotocore", "pyarrow.parquet", "sentry_sdk") if m in sys.modules))
 """
 
 
-def test_services_import_no_s3_client_and_no_parquet_writer() -> None:
+def test_services_import_no_s3_client_parquet_writer_or_sentry() -> None:
     found = subprocess.run(
         [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60, check=True
     )
