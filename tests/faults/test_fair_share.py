@@ -20,8 +20,12 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.xdist_group("cpu"),
 ]
-BIG = 100_000  # in batches of 100: ~20 s or more per file with two running side by side
-SMALL = 23_000  # ~1.4 MB of CSV, the upload of the issue
+# In batches of 100. Bob's file must end before the first of alice's: a slot frees within
+# one slice (3 s), then his 100 batches take ~2.5 s alone; each of hers 600 batches, two at
+# a time (~12 s or more). The ratio is that of the earlier 100,000 / 23,000 (~20 s against
+# 3 + 5.7 s), at 60 % of the suite's time for this test.
+BIG = 60_000
+SMALL = 10_000  # ~0.6 MB of CSV: a small upload
 ENV = {
     **FAST_JOB_ENV,
     "IMUFLOW_BATCH_SIZE": "100",
