@@ -25,7 +25,7 @@ from tests.faults.helpers import (
 from tests.stack import StartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
-SAMPLES = 500_000
+SAMPLES = 200_000  # 200 batches: the hang comes at batch 10, the kill right after the claim
 BATCH = 1_000
 ENV = {**FAST_JOB_ENV, "IMUFLOW_BATCH_SIZE": str(BATCH), "IMUFLOW_STUCK_AFTER": "3"}
 REQUEUED = "SELECT last_error LIKE 'requeued:%' FROM imu_data_files WHERE id = $1::uuid"

@@ -32,6 +32,7 @@ PATCH_BYTES = 128 * 1024
 TRICKLE_BYTES = 2048
 PAUSE_YIELD = 1.5
 EXPIRY = 20.0  # longer than an ingest restart on a loaded machine (the restart test)
+SHORT_EXPIRY = 4.0  # the expiry test's own: it waits for it, and restarts nothing
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
@@ -42,18 +43,19 @@ def _csv(rows: int = ROWS, seed: int = 0) -> bytes:
     return b"".join(lines)
 
 
+def _env(expiry: float) -> dict[str, str]:
+    return {
+        "IMUFLOW_OVERLAP_MIN_BYTES": "50000",
+        "IMUFLOW_BATCH_SIZE": "2000",
+        "IMUFLOW_ADAPTIVE_BATCHING": "false",
+        "IMUFLOW_UPLOAD_PAUSE_YIELD": str(PAUSE_YIELD),
+        "IMUFLOW_UPLOAD_EXPIRY": str(expiry),
+    }
+
+
 @pytest.fixture
 async def stack(test_settings: Settings, service_stack: StartStack) -> ServiceStack:
-    return await service_stack(
-        test_settings,
-        env={
-            "IMUFLOW_OVERLAP_MIN_BYTES": "50000",
-            "IMUFLOW_BATCH_SIZE": "2000",
-            "IMUFLOW_ADAPTIVE_BATCHING": "false",
-            "IMUFLOW_UPLOAD_PAUSE_YIELD": str(PAUSE_YIELD),
-            "IMUFLOW_UPLOAD_EXPIRY": str(EXPIRY),
-        },
-    )
+    return await service_stack(test_settings, env=_env(EXPIRY))
 
 
 class Upload:
@@ -226,8 +228,10 @@ async def test_a_pause_gives_the_slot_back_and_the_next_patch_resumes(
 
 @pytest.mark.parametrize("end", ["terminated", "expired"])
 async def test_terminated_or_expired_mid_parse_fails_without_samples(
-    stack: ServiceStack, database_url: str, end: str
+    test_settings: Settings, service_stack: StartStack, database_url: str, end: str
 ) -> None:
+    expiry = SHORT_EXPIRY if end == "expired" else EXPIRY
+    stack = await service_stack(test_settings, env=_env(expiry))
     token = await make_token(database_url, f"carol-{end}")
     conn = await asyncpg.connect(database_url)
     upload = Upload(stack, token, _csv(seed=2 if end == "terminated" else 3))
@@ -238,13 +242,13 @@ async def test_terminated_or_expired_mid_parse_fails_without_samples(
         if end == "terminated":
             gone = await upload.client.delete(upload.url)
             assert gone.status_code == 204, gone.text
-        # else: nothing more is sent; the upload expires after EXPIRY seconds
+        # else: nothing more is sent; the upload expires after `expiry` seconds
 
         async def failed() -> dict[str, Any] | None:
             row = await _record(conn, file_id)
             return row if row is not None and row["status"] == "failed" else None
 
-        row = await until(failed, "the upload's record failed", within=EXPIRY * 4, every=0.1)
+        row = await until(failed, "the upload's record failed", within=expiry * 4 + 10, every=0.1)
         expected = "the client terminated it" if end == "terminated" else "it expired"
         assert row["error_message"].startswith("the upload stopped after ")
         assert expected in row["error_message"], row["error_message"]
