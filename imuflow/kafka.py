@@ -143,7 +143,7 @@ def broker(settings: Settings, *, consumer_only: bool = False) -> KafkaBroker:
 
 def consumer(settings: Settings, group_id: str, *topic_bases: str, **extra: Any) -> AIOKafkaConsumer:
     """A group consumer that commits only what the caller says is done (not started);
-    `extra` options override consumer_options'."""
+    options in `extra` win over consumer_options (the parser's own fetch wait)."""
     return AIOKafkaConsumer(
         *(topic(settings, base) for base in topic_bases),
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -174,8 +174,8 @@ class EarlyRecord:
 def overlap_enabled(storage: Storage, cfg: Settings, declared: int | None, *, segments: bool = False) -> bool:
     """Whether an upload of `declared` bytes is recorded at its first bytes and parsed growing.
 
-    On S3 only where the writer also stores readable segments (`segments`: a POST body's
-    multipart writer); a resumable upload's parts there cannot be read before the end."""
+    On S3 only where the writer stores the upload as readable segments (`segments`: a POST
+    body's writer); a resumable upload's parts there cannot be read before the end."""
     return (
         (isinstance(storage, LocalStorage) or (segments and is_s3(storage)))
         and cfg.overlap_min_bytes > 0
