@@ -1,7 +1,7 @@
 """Shared fixtures: real servers (tests/servers.py) and the service stack (tests/stack.py)."""
 
 from tests.basetemp import pytest_configure, pytest_unconfigure
-from tests.objectstore import s3_prefix, s3_server, storage
+from tests.objectstore import s3_prefix, s3_server, s3_store, storage
 from tests.servers import (
     database_url,
     kafka_bootstrap,
@@ -23,6 +23,7 @@ __all__ = [
     "pytest_unconfigure",
     "s3_prefix",
     "s3_server",
+    "s3_store",
     "service_stack",
     "settings_factory",
     "storage",

@@ -90,6 +90,16 @@ def s3_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+async def s3_store(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Storage]:
+    """A client of this test's prefix (to write, or to look at what the services left)."""
+    store = s3_server.storage(s3_prefix)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def leftovers(store: S3Storage) -> tuple[list[str], list[str]]:
     """Keys of the objects and of the unfinished multipart uploads under the store's prefix."""
     client = await store.client()

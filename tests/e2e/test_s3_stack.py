@@ -38,16 +38,6 @@ def s3_settings(settings_factory: SettingsFactory, s3_server: S3Server, s3_prefi
     return settings_factory(max_upload_bytes=12 * MIB, **s3_server.settings(s3_prefix))
 
 
-@pytest.fixture
-async def s3_store(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Storage]:
-    """A client of this test's prefix, to look at what the services left."""
-    store = s3_server.storage(s3_prefix)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 async def _assert_empty(store: S3Storage, within: float = 15.0) -> None:
     """No object and no multipart upload left in the bucket (within `within` s)."""
 

@@ -190,3 +190,10 @@ async def wait_restarted(supervisor: Supervisor, name: str, old_pid: int, timeou
         return state.pid if running and state.pid not in (None, old_pid) else None
 
     return await until(new_pid, f"{name} restarted", within=timeout)
+
+
+async def kill_and_wait_restarted(supervisor: Supervisor, name: str, timeout: float = 30.0) -> int:
+    """SIGKILL a supervised service's process; return the pid of the one the supervisor starts."""
+    pid = service_pid(supervisor, name)
+    kill(pid)
+    return await wait_restarted(supervisor, name, pid, timeout=timeout)

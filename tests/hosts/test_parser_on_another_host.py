@@ -30,7 +30,7 @@ from imuflow.stack.objectstore import REGION, ObjectStore, start_object_store
 from imuflow.stack.procs import free_port
 from imuflow.stack.supervisor import Supervisor, service_specs
 from tests.e2e.helpers import DATA, make_token, once_ended, upload
-from tests.faults.helpers import kill, service_pid, synth_csv, wait_restarted, wait_terminal
+from tests.faults.helpers import kill_and_wait_restarted, synth_csv, wait_terminal
 from tests.hosts.netns import NamespacesUnavailable, OtherHost, check_allowed, forward, other_host
 from tests.ingest.test_archive import PHYPHOX, phyphox_zip
 from tests.parser.formats.test_gt3x import RATE, make_gt3x, synthetic_log
@@ -175,9 +175,7 @@ async def _kill_mid_file_resumes_exact(
             await asyncio.sleep(0.005)
     finally:
         await conn.close()
-    old = service_pid(parser, "parser")
-    kill(old)
-    await wait_restarted(parser, "parser", old, timeout=30)
+    await kill_and_wait_restarted(parser, "parser")
     final = await wait_terminal(database_url, file_id, timeout=60)
     assert final.status == "completed", final
     assert (final.samples, final.distinct) == (BIG_SAMPLES, BIG_SAMPLES), final

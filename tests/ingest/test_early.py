@@ -20,7 +20,7 @@ import pytest
 
 from imuflow.settings import Settings
 from tests.e2e.helpers import DATA, bearer, follow_until_done, make_token
-from tests.faults.helpers import kill, service_pid, wait_restarted, wait_terminal
+from tests.faults.helpers import kill_and_wait_restarted, wait_terminal
 from tests.stack import ServiceStack, StartStack
 from tests.waiting import until
 
@@ -245,9 +245,7 @@ async def test_parser_killed_mid_overlap_resumes_exactly(stack: ServiceStack, da
 
     async def halfway() -> None:
         speculative.update(await _parsed_while_receiving(conn, "dave"))
-        pid = service_pid(stack.supervisor, "parser")
-        kill(pid)
-        await wait_restarted(stack.supervisor, "parser", pid)
+        await kill_and_wait_restarted(stack.supervisor, "parser")
 
     try:
         response = await _send(stack, token, _csv(seed=3), halfway)
@@ -269,9 +267,7 @@ async def test_ingest_killed_mid_upload_leaves_a_failed_record(
 
     async def halfway() -> None:
         speculative.update(await _parsed_while_receiving(conn, "erin"))
-        pid = service_pid(stack.supervisor, "ingest")
-        kill(pid)
-        await wait_restarted(stack.supervisor, "ingest", pid)
+        await kill_and_wait_restarted(stack.supervisor, "ingest")
 
     try:
         with contextlib.suppress(httpx.HTTPError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,7 +21,7 @@ from imuflow.settings import Settings
 from imuflow.storage import S3Storage
 from imuflow.storage.s3 import PART
 from tests.e2e.helpers import bearer, make_token
-from tests.faults.helpers import kill, service_pid, wait_restarted, wait_terminal
+from tests.faults.helpers import kill_and_wait_restarted, wait_terminal
 from tests.ingest.test_early import _csv, _parsed_while_receiving, _send
 from tests.objectstore import S3Server, leftovers
 from tests.servers import SettingsFactory
@@ -32,15 +31,6 @@ from tests.waiting import until
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 ROWS = 600_000  # 22 MB: two 8 MiB segments before the last part
 CHUNK = 256 * 1024
-
-
-@pytest.fixture
-async def s3_store(s3_server: S3Server, s3_prefix: str) -> AsyncIterator[S3Storage]:
-    store = s3_server.storage(s3_prefix)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture
@@ -140,9 +130,7 @@ async def test_s3_parser_killed_mid_overlap_resumes_exactly(
 
     async def halfway() -> None:
         seen.update(await _parsed_while_receiving(conn, "dave"))
-        pid = service_pid(stack.supervisor, "parser")
-        kill(pid)
-        await wait_restarted(stack.supervisor, "parser", pid)
+        await kill_and_wait_restarted(stack.supervisor, "parser")
 
     try:
         response = await _send(stack, token, _csv(ROWS, seed=3), halfway, chunk=CHUNK)

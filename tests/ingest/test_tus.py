@@ -24,7 +24,7 @@ from imuflow.auth import SESSION_COOKIE
 from imuflow.settings import Settings
 from imuflow.storage import open_storage
 from tests.e2e.helpers import bearer, make_token
-from tests.faults.helpers import kill, service_pid, wait_for, wait_restarted
+from tests.faults.helpers import kill_and_wait_restarted, wait_for
 from tests.objectstore import S3Server, stored_names
 from tests.servers import SettingsFactory
 from tests.stack import ServiceStack, StartStack
@@ -94,9 +94,7 @@ async def test_tuspy_uploads_in_chunks_and_a_new_client_resumes_after_a_restart(
 
     url = await asyncio.to_thread(first_part)
     # The ingest that took those bytes dies: its running hash is gone with it.
-    old = service_pid(stack.supervisor, "ingest")
-    kill(old)
-    await wait_restarted(stack.supervisor, "ingest", old)
+    await kill_and_wait_restarted(stack.supervisor, "ingest")
     await stack.supervisor.wait_healthy(within=30)
 
     def resume() -> tuple[int, str]:
