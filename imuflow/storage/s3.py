@@ -98,7 +98,6 @@ class S3Writer:
         self._numbered = 0
         self._done = False
         self._segments = False
-        self._segments_stored = 0  # segments 0 .. n-1 may exist (deleted at abort)
         self._size = 0  # bytes sent as parts or segments
 
     def keep_segments(self) -> bool:
@@ -134,7 +133,6 @@ class S3Writer:
         self._numbered += 1
         self._size += len(body)
         if self._segments:
-            self._segments_stored = self._numbered
             task = asyncio.create_task(self._put_segment(self._numbered - 1, body))
         else:
             task = asyncio.create_task(self._upload_part(self._numbered, body))
@@ -165,11 +163,9 @@ class S3Writer:
         return {"Segment": index, "Size": len(body)}
 
     async def _delete_segments(self) -> None:
-        """Remove the segments of an aborted upload; a failure is left to `sweep`."""
-        count, self._segments_stored = self._segments_stored, 0
-        if not count:
-            return
-        keys = [segment_key(self._key, n) for n in range(count)]
+        """Remove the segments of an aborted upload (0 .. n-1, every part sent); a failure is
+        left to `sweep`."""
+        keys = [segment_key(self._key, n) for n in range(self._numbered)]
         try:
             await self._storage.delete_keys(keys)
         except StorageError as exc:
@@ -256,7 +252,6 @@ class S3Writer:
                 "could not abort a multipart upload",
                 extra=fields(key=self._key, upload_id=upload_id, error=str(exc), action="abort"),
             )
-        await self._delete_segments()
 
 
 class S3PartialWriter:
